@@ -1,0 +1,139 @@
+//! Turns the chosen board (`boards/$NODEGATE_BOARD.json`, `host` by default) into the constants of
+//! `src/board.rs`, so every capacity and timeout is fixed at build time and lives in one file.
+
+use serde::Deserialize;
+use std::{env, fs, path::Path};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Board<'a> {
+    name: &'a str,
+    #[allow(dead_code)]
+    description: &'a str,
+    conntrack_capacity: u32,
+    max_nodes: u32,
+    max_addresses_per_node: u32,
+    max_services: u32,
+    max_ports_per_service: u32,
+    max_endpoints_per_service: u32,
+    maglev_table_size: u32,
+    neighbor_capacity: u32,
+    parked_frames: u32,
+    snat_port_min: u16,
+    snat_port_max: u16,
+    conntrack_sweep_per_turn: u32,
+    timeouts: Timeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Timeouts {
+    tcp_syn_sent_seconds: u32,
+    tcp_syn_recv_seconds: u32,
+    tcp_established_seconds: u32,
+    tcp_fin_wait_seconds: u32,
+    tcp_close_wait_seconds: u32,
+    tcp_time_wait_seconds: u32,
+    tcp_close_seconds: u32,
+    udp_seconds: u32,
+    udp_stream_seconds: u32,
+    neighbor_seconds: u32,
+    arp_retry_millis: u32,
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn main() {
+    let board = env::var("NODEGATE_BOARD").unwrap_or_else(|_| "host".into());
+    let path = Path::new("boards").join(format!("{board}.json"));
+    println!("cargo:rerun-if-env-changed=NODEGATE_BOARD");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (b, _): (Board, _) = serde_json_core::from_slice(&text)
+        .unwrap_or_else(|e| panic!("{}: not a valid board file: {e}", path.display()));
+
+    let fail = |field: &str, why: &str| panic!("{}: {field}: {why}", path.display());
+    if b.name != board {
+        fail("name", "must equal the file name");
+    }
+    if !is_prime(b.maglev_table_size) || b.maglev_table_size > u16::MAX as u32 {
+        fail("maglevTableSize", "must be a prime below 65536");
+    }
+    if b.max_endpoints_per_service == 0 || b.max_endpoints_per_service > 255 {
+        fail("maxEndpointsPerService", "must be 1..=255 (Maglev stores endpoint indices in a byte)");
+    }
+    if b.maglev_table_size < 10 * b.max_endpoints_per_service {
+        fail("maglevTableSize", "must be at least 10 x maxEndpointsPerService");
+    }
+    if b.max_services == 0 || b.max_services > 255 {
+        fail("maxServices", "must be 1..=255");
+    }
+    if b.conntrack_capacity < 16 || b.conntrack_capacity > (1 << 24) {
+        fail("conntrackCapacity", "must be 16..=16777216");
+    }
+    if b.snat_port_min < 1024 || b.snat_port_min >= b.snat_port_max {
+        fail("snatPortMin", "must be >= 1024 and below snatPortMax");
+    }
+    if b.neighbor_capacity == 0 || b.parked_frames == 0 || b.conntrack_sweep_per_turn == 0 {
+        fail("neighborCapacity/parkedFrames/conntrackSweepPerTurn", "must be positive");
+    }
+
+    let t = &b.timeouts;
+    let out = format!(
+        "/// Name of the board this binary was built for.\n\
+         pub const NAME: &str = {name:?};\n\
+         /// Flows the connection table holds (both directions of a flow are one entry).\n\
+         pub const CONNTRACK_CAPACITY: usize = {ct};\n\
+         pub const MAX_NODES: usize = {nodes};\n\
+         pub const MAX_ADDRESSES_PER_NODE: usize = {addrs};\n\
+         pub const MAX_SERVICES: usize = {svcs};\n\
+         pub const MAX_PORTS_PER_SERVICE: usize = {ports};\n\
+         pub const MAX_ENDPOINTS_PER_SERVICE: usize = {eps};\n\
+         /// Prime size of each service's Maglev lookup table.\n\
+         pub const MAGLEV_TABLE_SIZE: usize = {maglev};\n\
+         pub const NEIGHBOR_CAPACITY: usize = {neigh};\n\
+         /// Frames held while their next hop is being resolved by ARP.\n\
+         pub const PARKED_FRAMES: usize = {parked};\n\
+         pub const SNAT_PORT_MIN: u16 = {smin};\n\
+         pub const SNAT_PORT_MAX: u16 = {smax};\n\
+         /// Connection-table slots examined for expiry per loop turn (bounded work).\n\
+         pub const CONNTRACK_SWEEP_PER_TURN: usize = {sweep};\n\
+         /// Timeouts of this board.\n\
+         pub const TIMEOUTS: crate::conntrack::Timeouts = crate::conntrack::Timeouts {{\n\
+             tcp_syn_sent: {a}, tcp_syn_recv: {b_}, tcp_established: {c}, tcp_fin_wait: {d},\n\
+             tcp_close_wait: {e}, tcp_time_wait: {f}, tcp_close: {g}, udp: {h}, udp_stream: {i},\n\
+         }};\n\
+         /// Seconds a learned neighbour (ARP) entry stays valid without being refreshed.\n\
+         pub const NEIGHBOR_SECONDS: u32 = {ns};\n\
+         /// Milliseconds between two ARP requests for the same address.\n\
+         pub const ARP_RETRY_MILLIS: u64 = {arp};\n",
+        name = b.name,
+        ct = b.conntrack_capacity,
+        nodes = b.max_nodes,
+        addrs = b.max_addresses_per_node,
+        svcs = b.max_services,
+        ports = b.max_ports_per_service,
+        eps = b.max_endpoints_per_service,
+        maglev = b.maglev_table_size,
+        neigh = b.neighbor_capacity,
+        parked = b.parked_frames,
+        smin = b.snat_port_min,
+        smax = b.snat_port_max,
+        sweep = b.conntrack_sweep_per_turn,
+        a = t.tcp_syn_sent_seconds,
+        b_ = t.tcp_syn_recv_seconds,
+        c = t.tcp_established_seconds,
+        d = t.tcp_fin_wait_seconds,
+        e = t.tcp_close_wait_seconds,
+        f = t.tcp_time_wait_seconds,
+        g = t.tcp_close_seconds,
+        h = t.udp_seconds,
+        i = t.udp_stream_seconds,
+        ns = t.neighbor_seconds,
+        arp = t.arp_retry_millis,
+    );
+    let dest = Path::new(&env::var("OUT_DIR").unwrap()).join("board.rs");
+    fs::write(dest, out).unwrap();
+}

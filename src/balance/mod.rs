@@ -1,0 +1,5 @@
+//! Endpoint selection.
+
+pub mod maglev;
+
+pub use maglev::Maglev;

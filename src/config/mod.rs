@@ -1,0 +1,217 @@
+//! The site configuration: one JSON file per site, Kubernetes field names, fixed capacities.
+//!
+//! [`parse`] reads the bytes into [`raw`] types and [`validate`]s them into a [`Config`], in which
+//! every value is known to be good. Errors carry the field path
+//! (`services[0].ports[0].nodePort: …`), so an operator sees where a file is wrong.
+
+mod raw;
+mod validate;
+
+use core::fmt::{self, Write};
+use core::net::Ipv4Addr;
+use heapless::{String, Vec};
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+
+use crate::board;
+
+/// Longest object name: a Kubernetes DNS label.
+pub const NAME_LEN: usize = 63;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const IFNAME_LEN: usize = 15;
+
+pub type Name = String<NAME_LEN>;
+pub type IfName = String<IFNAME_LEN>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const DEFAULT: PortRange = PortRange { first: 30000, last: 32767 };
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    NodePort,
+}
+
+impl ServiceType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::NodePort => "NodePort",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint; the client's address is replaced by the node's (SNAT).
+    Cluster,
+    /// Only this node's endpoints; the client's address is kept.
+    Local,
+}
+
+impl TrafficPolicy {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: Name,
+    pub tap: IfName,
+    pub bridge: Option<IfName>,
+    pub mac: EthernetAddress,
+    pub addresses: Vec<Ipv4Cidr, { board::MAX_ADDRESSES_PER_NODE }>,
+    pub gateway: Option<Ipv4Addr>,
+    pub metrics_port: Option<u16>,
+}
+
+impl Node {
+    /// The node's address on the subnet that holds `ip`, if any.
+    pub fn address_on_link(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.addresses.iter().find(|c| c.contains_addr(&ip)).map(|c| c.address())
+    }
+
+    pub fn owns(&self, ip: Ipv4Addr) -> bool {
+        self.addresses.iter().any(|c| c.address() == ip)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<Name>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    /// Index in [`Config::nodes`] of the node the endpoint runs on (`nodeName`).
+    pub node: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: Name,
+    pub kind: ServiceType,
+    pub external_traffic_policy: TrafficPolicy,
+    pub ports: Vec<ServicePort, { board::MAX_PORTS_PER_SERVICE }>,
+    pub endpoints: Vec<Endpoint, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+}
+
+/// A validated site configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_port_range: PortRange,
+    pub nodes: Vec<Node, { board::MAX_NODES }>,
+    pub services: Vec<Service, { board::MAX_SERVICES }>,
+}
+
+impl Config {
+    /// The node this gateway runs as: `name`, or the only node when none is given.
+    pub fn node(&self, name: Option<&str>) -> Result<&Node, ConfigError> {
+        match name {
+            Some(name) => self.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+                let mut known: String<256> = String::new();
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let _ = write!(known, "{}{}", if i > 0 { ", " } else { "" }, n.name);
+                }
+                ConfigError::new(
+                    format_args!("--node"),
+                    format_args!("no node named {name:?} (nodes: {known})"),
+                )
+            }),
+            None if self.nodes.len() == 1 => Ok(&self.nodes[0]),
+            None => Err(ConfigError::new(
+                format_args!("--node"),
+                format_args!("the config has {} nodes: name one with --node", self.nodes.len()),
+            )),
+        }
+    }
+}
+
+/// Why a config was rejected: the field's path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String<96>,
+    pub message: String<192>,
+}
+
+impl ConfigError {
+    pub fn new(path: fmt::Arguments, message: fmt::Arguments) -> Self {
+        let mut e = ConfigError { path: String::new(), message: String::new() };
+        // Both buffers are sized for the longest path and message this module writes.
+        let _ = e.path.write_fmt(path);
+        let _ = e.message.write_fmt(message);
+        e
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Parses and validates a config file's bytes.
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    let raw = parse_raw(bytes)?;
+    validate::config(&raw)
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<raw::RawConfig<'_>, ConfigError> {
+    match serde_json_core::from_slice::<raw::RawConfig>(bytes) {
+        Ok((raw, _)) => Ok(raw),
+        Err(e) => Err(ConfigError::new(format_args!(""), format_args!("invalid JSON: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,107 @@
+//! The JSON shape of a config file, as serde-json-core reads it: strings stay borrowed text and
+//! numbers stay wide, so that [`super::validate`] can reject bad values with the field's path
+//! instead of serde's pathless error.
+
+use core::{fmt, marker::PhantomData};
+use heapless::Vec;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+
+use crate::board;
+
+/// A list that keeps up to `N` items and counts the rest, so that a list longer than the board
+/// holds is reported with its path and its length rather than as an anonymous parse error.
+#[derive(Debug)]
+pub struct Bounded<T, const N: usize> {
+    pub items: Vec<T, N>,
+    pub len: usize,
+}
+
+impl<T, const N: usize> Default for Bounded<T, N> {
+    fn default() -> Self {
+        Self { items: Vec::new(), len: 0 }
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SeqVisitor<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for SeqVisitor<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Bounded::default();
+                while out.items.len() < N {
+                    match seq.next_element()? {
+                        Some(item) => {
+                            // Cannot fail: the loop stops at capacity.
+                            let _ = out.items.push(item);
+                            out.len += 1;
+                        }
+                        None => return Ok(out),
+                    }
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    out.len += 1;
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_seq(SeqVisitor(PhantomData))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawConfig<'a> {
+    #[serde(borrow)]
+    pub node_port_range: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub nodes: Bounded<RawNode<'a>, { board::MAX_NODES }>,
+    #[serde(borrow, default)]
+    pub services: Bounded<RawService<'a>, { board::MAX_SERVICES }>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawNode<'a> {
+    pub name: Option<&'a str>,
+    pub tap: Option<&'a str>,
+    pub bridge: Option<&'a str>,
+    pub mac: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub addresses: Bounded<&'a str, { board::MAX_ADDRESSES_PER_NODE }>,
+    pub gateway: Option<&'a str>,
+    pub metrics_port: Option<u32>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawService<'a> {
+    pub name: Option<&'a str>,
+    #[serde(rename = "type")]
+    pub kind: Option<&'a str>,
+    pub external_traffic_policy: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub ports: Bounded<RawPort<'a>, { board::MAX_PORTS_PER_SERVICE }>,
+    #[serde(borrow, default)]
+    pub endpoints: Bounded<RawEndpoint<'a>, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawPort<'a> {
+    pub name: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub port: Option<u32>,
+    pub target_port: Option<u32>,
+    pub node_port: Option<u32>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawEndpoint<'a> {
+    pub ip: Option<&'a str>,
+    pub node_name: Option<&'a str>,
+}

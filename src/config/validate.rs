@@ -1,0 +1,272 @@
+//! From [`raw`](super::raw) to [`Config`]: every check that a config file can fail, each error
+//! naming the field by its path.
+
+use core::net::Ipv4Addr;
+use core::str::FromStr;
+use heapless::{String, Vec};
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+
+use super::raw::{Bounded, RawConfig, RawEndpoint, RawNode, RawPort, RawService};
+use super::*;
+
+type Result<T> = core::result::Result<T, ConfigError>;
+
+macro_rules! fail {
+    ($path:expr, $($msg:tt)+) => {
+        return Err(ConfigError::new($path, format_args!($($msg)+)))
+    };
+}
+
+pub(super) fn config(raw: &RawConfig) -> Result<Config> {
+    let node_port_range = match raw.node_port_range {
+        None => PortRange::DEFAULT,
+        Some(text) => port_range(text)?,
+    };
+    capacity(format_args!("nodes"), &raw.nodes, board::MAX_NODES)?;
+    capacity(format_args!("services"), &raw.services, board::MAX_SERVICES)?;
+    if raw.nodes.items.is_empty() {
+        fail!(format_args!("nodes"), "at least one node is needed");
+    }
+    let mut cfg = Config { node_port_range, nodes: Vec::new(), services: Vec::new() };
+    for (i, n) in raw.nodes.items.iter().enumerate() {
+        let node = node(i, n)?;
+        if cfg.nodes.iter().any(|o| o.name == node.name) {
+            fail!(format_args!("nodes[{i}].name"), "{:?} is used by an earlier node", node.name);
+        }
+        let _ = cfg.nodes.push(node);
+    }
+    for (i, s) in raw.services.items.iter().enumerate() {
+        let svc = service(i, s, &cfg)?;
+        if cfg.services.iter().any(|o| o.name == svc.name) {
+            fail!(format_args!("services[{i}].name"), "{:?} is used by an earlier service", svc.name);
+        }
+        let _ = cfg.services.push(svc);
+    }
+    Ok(cfg)
+}
+
+fn capacity<T, const N: usize>(path: fmt::Arguments, list: &Bounded<T, N>, max: usize) -> Result<()> {
+    if list.len > max {
+        fail!(path, "{} entries, but board {:?} holds at most {max}", list.len, board::NAME);
+    }
+    Ok(())
+}
+
+fn required<T: Copy>(path: fmt::Arguments, value: Option<T>) -> Result<T> {
+    match value {
+        Some(v) => Ok(v),
+        None => fail!(path, "is required"),
+    }
+}
+
+/// A Kubernetes DNS label: lower-case letters, digits and '-', starting and ending alphanumeric.
+fn name(path: fmt::Arguments, text: Option<&str>) -> Result<Name> {
+    let text = required(path, text)?;
+    let ok = !text.is_empty()
+        && text.len() <= NAME_LEN
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if !ok {
+        fail!(path, "{:?} is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')", Short(text));
+    }
+    Ok(String::try_from(text).unwrap_or_default())
+}
+
+fn if_name(path: fmt::Arguments, text: &str) -> Result<IfName> {
+    let ok = !text.is_empty()
+        && text.len() <= IFNAME_LEN
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        fail!(path, "{:?} is not a valid interface name (1-15 of A-Z, a-z, 0-9, '-', '_', '.')", Short(text));
+    }
+    Ok(String::try_from(text).unwrap_or_default())
+}
+
+fn ipv4(path: fmt::Arguments, text: &str) -> Result<Ipv4Addr> {
+    match Ipv4Addr::from_str(text) {
+        Ok(ip) if !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast() => Ok(ip),
+        Ok(_) => fail!(path, "{text:?} is not a unicast address"),
+        Err(_) => fail!(path, "{:?} is not an IPv4 address", Short(text)),
+    }
+}
+
+fn cidr(path: fmt::Arguments, text: &str) -> Result<Ipv4Cidr> {
+    let parsed = text.split_once('/').and_then(|(ip, len)| {
+        let ip = Ipv4Addr::from_str(ip).ok()?;
+        let len = u8::from_str(len).ok().filter(|l| (1..=32).contains(l))?;
+        Some(Ipv4Cidr::new(ip, len))
+    });
+    match parsed {
+        Some(c) if !c.address().is_unspecified() && !c.address().is_multicast() && c.address() != c.broadcast().unwrap_or(Ipv4Addr::BROADCAST) && (c.prefix_len() == 32 || c.address() != c.network().address()) => Ok(c),
+        Some(_) => fail!(path, "{text:?}: the address must be a host address of its subnet"),
+        None => fail!(path, "{:?} is not an IPv4 address with a prefix length (like 10.77.0.1/24)", Short(text)),
+    }
+}
+
+fn mac(path: fmt::Arguments, text: &str) -> Result<EthernetAddress> {
+    let mut bytes = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in bytes.iter_mut() {
+        match parts.next().filter(|p| p.len() == 2).and_then(|p| u8::from_str_radix(p, 16).ok()) {
+            Some(v) => *b = v,
+            None => fail!(path, "{:?} is not a MAC address (like 02:00:00:00:00:01)", Short(text)),
+        }
+    }
+    let mac = EthernetAddress(bytes);
+    if parts.next().is_some() {
+        fail!(path, "{:?} is not a MAC address (like 02:00:00:00:00:01)", Short(text));
+    }
+    if !mac.is_unicast() || bytes == [0; 6] {
+        fail!(path, "{text:?} is not a unicast MAC address");
+    }
+    Ok(mac)
+}
+
+fn port(path: fmt::Arguments, value: u32) -> Result<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => fail!(path, "{value} is not a port (1-65535)"),
+    }
+}
+
+fn port_range(text: &str) -> Result<PortRange> {
+    let path = format_args!("nodePortRange");
+    let parsed = text.split_once('-').and_then(|(a, b)| Some((u16::from_str(a).ok()?, u16::from_str(b).ok()?)));
+    match parsed {
+        Some((first, last)) if first > 0 && first <= last => Ok(PortRange { first, last }),
+        _ => fail!(path, "{:?} is not a port range like \"30000-32767\"", Short(text)),
+    }
+}
+
+/// A locally administered MAC derived from the node's name, stable across restarts.
+fn mac_from_name(name: &str) -> EthernetAddress {
+    let h = crate::hash::sip13(crate::hash::STABLE_KEY, name.len() as u64, name.bytes().fold(0u64, |a, b| a.rotate_left(8) ^ b as u64)).to_le_bytes();
+    EthernetAddress([0x02, h[0], h[1], h[2], h[3], h[4]])
+}
+
+fn node(i: usize, raw: &RawNode) -> Result<Node> {
+    let name = name(format_args!("nodes[{i}].name"), raw.name)?;
+    let tap = if_name(format_args!("nodes[{i}].tap"), required(format_args!("nodes[{i}].tap"), raw.tap)?)?;
+    let bridge = match raw.bridge {
+        Some(b) => Some(if_name(format_args!("nodes[{i}].bridge"), b)?),
+        None => None,
+    };
+    let mac = match raw.mac {
+        Some(m) => mac(format_args!("nodes[{i}].mac"), m)?,
+        None => mac_from_name(&name),
+    };
+    capacity(format_args!("nodes[{i}].addresses"), &raw.addresses, board::MAX_ADDRESSES_PER_NODE)?;
+    let mut addresses = Vec::new();
+    for (j, text) in raw.addresses.items.iter().enumerate() {
+        let _ = addresses.push(cidr(format_args!("nodes[{i}].addresses[{j}]"), text)?);
+    }
+    if addresses.is_empty() {
+        fail!(format_args!("nodes[{i}].addresses"), "at least one address is needed");
+    }
+    let gateway = match raw.gateway {
+        Some(g) => {
+            let gw = ipv4(format_args!("nodes[{i}].gateway"), g)?;
+            if !addresses.iter().any(|c: &Ipv4Cidr| c.contains_addr(&gw)) {
+                fail!(format_args!("nodes[{i}].gateway"), "{gw} is on none of the node's subnets");
+            }
+            Some(gw)
+        }
+        None => None,
+    };
+    let metrics_port = match raw.metrics_port {
+        Some(p) => Some(port(format_args!("nodes[{i}].metricsPort"), p)?),
+        None => None,
+    };
+    Ok(Node { name, tap, bridge, mac, addresses, gateway, metrics_port })
+}
+
+fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
+    let name = name(format_args!("services[{i}].name"), raw.name)?;
+    let kind = match raw.kind.unwrap_or("NodePort") {
+        "NodePort" => ServiceType::NodePort,
+        other => fail!(format_args!("services[{i}].type"), "{:?} is not supported (NodePort)", Short(other)),
+    };
+    let external_traffic_policy = match raw.external_traffic_policy.unwrap_or("Cluster") {
+        "Cluster" => TrafficPolicy::Cluster,
+        "Local" => TrafficPolicy::Local,
+        other => fail!(format_args!("services[{i}].externalTrafficPolicy"), "{:?} is not one of Cluster, Local", Short(other)),
+    };
+    capacity(format_args!("services[{i}].ports"), &raw.ports, board::MAX_PORTS_PER_SERVICE)?;
+    capacity(format_args!("services[{i}].endpoints"), &raw.endpoints, board::MAX_ENDPOINTS_PER_SERVICE)?;
+    if raw.ports.items.is_empty() {
+        fail!(format_args!("services[{i}].ports"), "at least one port is needed");
+    }
+    let mut ports: Vec<ServicePort, { board::MAX_PORTS_PER_SERVICE }> = Vec::new();
+    for (j, p) in raw.ports.items.iter().enumerate() {
+        let sp = service_port(i, j, p, raw.ports.items.len() > 1, cfg)?;
+        if ports.iter().any(|o| o.name.is_some() && o.name == sp.name) {
+            fail!(format_args!("services[{i}].ports[{j}].name"), "{:?} is used by an earlier port", sp.name.as_deref().unwrap_or(""));
+        }
+        let same = |o: &ServicePort| o.node_port == sp.node_port && o.protocol == sp.protocol;
+        let owner = cfg.services.iter().find(|s| s.ports.iter().any(same)).map(|s| s.name.as_str());
+        if let Some(owner) = owner.or_else(|| ports.iter().any(same).then_some(name.as_str())) {
+            fail!(format_args!("services[{i}].ports[{j}].nodePort"), "{}/{} is already used by service {owner:?}", sp.node_port, sp.protocol.as_str());
+        }
+        let _ = ports.push(sp);
+    }
+    let mut endpoints: Vec<Endpoint, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+    for (j, e) in raw.endpoints.items.iter().enumerate() {
+        let ep = endpoint(i, j, e, cfg)?;
+        if endpoints.iter().any(|o| o.ip == ep.ip) {
+            fail!(format_args!("services[{i}].endpoints[{j}].ip"), "{} is listed twice", ep.ip);
+        }
+        let _ = endpoints.push(ep);
+    }
+    Ok(Service { name, kind, external_traffic_policy, ports, endpoints })
+}
+
+fn service_port(i: usize, j: usize, raw: &RawPort, named: bool, cfg: &Config) -> Result<ServicePort> {
+    let name = match raw.name {
+        Some(n) => Some(super::validate::name(format_args!("services[{i}].ports[{j}].name"), Some(n))?),
+        None if named => fail!(format_args!("services[{i}].ports[{j}].name"), "is required when a service has several ports"),
+        None => None,
+    };
+    let protocol = match raw.protocol.unwrap_or("TCP") {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => fail!(format_args!("services[{i}].ports[{j}].protocol"), "{:?} is not one of TCP, UDP", Short(other)),
+    };
+    let svc_port = port(format_args!("services[{i}].ports[{j}].port"), required(format_args!("services[{i}].ports[{j}].port"), raw.port)?)?;
+    let target_port = match raw.target_port {
+        Some(p) => port(format_args!("services[{i}].ports[{j}].targetPort"), p)?,
+        None => svc_port,
+    };
+    let node_port = required(format_args!("services[{i}].ports[{j}].nodePort"), raw.node_port)?;
+    let range = cfg.node_port_range;
+    if u16::try_from(node_port).map_or(true, |p| !range.contains(p)) {
+        fail!(format_args!("services[{i}].ports[{j}].nodePort"), "{node_port} is outside nodePortRange {range}");
+    }
+    Ok(ServicePort { name, protocol, port: svc_port, target_port, node_port: node_port as u16 })
+}
+
+fn endpoint(i: usize, j: usize, raw: &RawEndpoint, cfg: &Config) -> Result<Endpoint> {
+    let path = format_args!("services[{i}].endpoints[{j}].ip");
+    let ip = ipv4(format_args!("services[{i}].endpoints[{j}].ip"), required(path, raw.ip)?)?;
+    let node = match raw.node_name {
+        Some(n) => match cfg.nodes.iter().position(|node| node.name == n) {
+            Some(k) => Some(k as u8),
+            None => fail!(format_args!("services[{i}].endpoints[{j}].nodeName"), "{:?} is not one of the nodes", Short(n)),
+        },
+        None => None,
+    };
+    Ok(Endpoint { ip, node })
+}
+
+/// Quotes at most 40 characters of a rejected value, so that one bad value cannot flood a log
+/// line or overflow the fixed-size error message.
+struct Short<'a>(&'a str);
+
+impl fmt::Debug for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0.char_indices().nth(40) {
+            None => fmt::Debug::fmt(self.0, f),
+            Some((cut, _)) => write!(f, "{:?}...", &self.0[..cut]),
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Connection tracking: a fixed-capacity table of NATed flows, each found from both directions.
+//!
+//! Flows live densely in `flows[..len]` (a removal moves the last flow into the hole), so a sweep
+//! or a dump walks only live entries. An open-addressing index with linear probing maps both the
+//! original and the reply tuple of every flow to its slot. The index is hashed with a key drawn
+//! at start, so a client cannot aim tuples at one probe run. Storage is borrowed from the caller:
+//! a `static` on a microcontroller, a start-up allocation on Linux, an array in a test.
+
+pub mod tcp;
+
+use core::net::Ipv4Addr;
+
+use crate::hash::sip13;
+pub use tcp::State;
+
+/// Seconds each kind of flow may stay idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+}
+
+/// Which way a packet travels relative to the flow's first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to service.
+    Original,
+    /// Endpoint back to the client (or to the node, when SNATed).
+    Reply,
+}
+
+/// A 5-tuple as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+/// The flow has seen a packet in the reply direction.
+const REPLIED: u8 = 1 << 2;
+/// The original tuple is in the index. It is taken out when a new SYN reuses the tuple of a
+/// flow in TIME_WAIT: the old flow keeps its reply tuple reserved until it expires.
+const ORIGINAL_INDEXED: u8 = 1 << 3;
+
+/// One tracked flow: both directions, the translation, the state and the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub client: Ipv4Addr,
+    /// The address the client sent to (a node address).
+    pub service_ip: Ipv4Addr,
+    pub endpoint: Ipv4Addr,
+    /// The source the endpoint sees: the node's address with SNAT, else the client's.
+    pub source: Ipv4Addr,
+    pub client_port: u16,
+    pub service_port: u16,
+    pub endpoint_port: u16,
+    pub source_port: u16,
+    /// Where replies to the client go: the MAC its packets came from (the client or its router).
+    pub client_mac: [u8; 6],
+    pub proto: u8,
+    pub state: State,
+    /// Index of the service in the engine's service table.
+    pub service: u8,
+    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED.
+    pub(crate) flags: u8,
+    /// Deadline in seconds since start.
+    pub expires: u32,
+}
+
+impl Flow {
+    pub const EMPTY: Flow = Flow {
+        client: Ipv4Addr::UNSPECIFIED,
+        service_ip: Ipv4Addr::UNSPECIFIED,
+        endpoint: Ipv4Addr::UNSPECIFIED,
+        source: Ipv4Addr::UNSPECIFIED,
+        client_port: 0,
+        service_port: 0,
+        endpoint_port: 0,
+        source_port: 0,
+        client_mac: [0; 6],
+        proto: 0,
+        state: State::None,
+        service: 0,
+        flags: 0,
+        expires: 0,
+    };
+
+    pub const fn original(&self) -> Tuple {
+        Tuple { src: self.client, dst: self.service_ip, src_port: self.client_port, dst_port: self.service_port, proto: self.proto }
+    }
+
+    pub const fn reply(&self) -> Tuple {
+        Tuple { src: self.endpoint, dst: self.source, src_port: self.endpoint_port, dst_port: self.source_port, proto: self.proto }
+    }
+
+    pub const fn replied(&self) -> bool {
+        self.flags & REPLIED != 0
+    }
+
+    /// Records a packet in `dir` and moves the deadline.
+    fn seen(&mut self, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32, t: &Timeouts) {
+        if dir == Direction::Reply {
+            self.flags |= REPLIED;
+        }
+        if let Some(f) = tcp_flags {
+            let mut fins = self.flags & (tcp::FIN_ORIGINAL | tcp::FIN_REPLY);
+            self.state = tcp::advance(self.state, &mut fins, dir, f);
+            self.flags = (self.flags & !(tcp::FIN_ORIGINAL | tcp::FIN_REPLY)) | fins;
+        }
+        self.expires = now.saturating_add(self.state.timeout(self.replied(), t));
+    }
+
+    /// Seconds until the flow expires.
+    pub const fn remaining(&self, now: u32) -> u32 {
+        self.expires.saturating_sub(now)
+    }
+}
+
+/// Index slots needed for `capacity` flows: two tuples a flow, at most half full.
+pub const fn buckets_for(capacity: usize) -> usize {
+    (capacity * 4).next_power_of_two()
+}
+
+/// Fixed storage for a table of `N` flows and `B` index slots (`B = buckets_for(N)`), for
+/// callers that keep it in a `static` or on the stack.
+pub struct Storage<const N: usize, const B: usize> {
+    pub flows: [Flow; N],
+    pub buckets: [u32; B],
+}
+
+impl<const N: usize, const B: usize> Storage<N, B> {
+    pub const fn new() -> Self {
+        assert!(B == buckets_for(N), "B must be buckets_for(N)");
+        Storage { flows: [Flow::EMPTY; N], buckets: [0; B] }
+    }
+}
+
+impl<const N: usize, const B: usize> Default for Storage<N, B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a flow could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// How many flows a full table looks at when it searches for one to evict.
+const EVICTION_WINDOW: usize = 64;
+
+pub struct Table<'a> {
+    flows: &'a mut [Flow],
+    buckets: &'a mut [u32],
+    len: usize,
+    key: [u64; 2],
+    timeouts: Timeouts,
+    cursor: usize,
+    evictions: u64,
+}
+
+impl<'a> Table<'a> {
+    /// A table over caller storage; `buckets.len()` must be `buckets_for(flows.len())`.
+    /// `key` seeds the index hash: draw it from a random source at start.
+    pub fn new(flows: &'a mut [Flow], buckets: &'a mut [u32], key: [u64; 2], timeouts: Timeouts) -> Self {
+        // A sizing mistake of the caller, found at start-up; no packet can reach it.
+        assert!(!flows.is_empty() && buckets.len() == buckets_for(flows.len()), "conntrack storage mis-sized");
+        buckets.fill(0);
+        Table { flows, buckets, len: 0, key, timeouts, cursor: 0, evictions: 0 }
+    }
+
+    pub fn from_storage<const N: usize, const B: usize>(s: &'a mut Storage<N, B>, key: [u64; 2], timeouts: Timeouts) -> Self {
+        Self::new(&mut s.flows, &mut s.buckets, key, timeouts)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The live flows.
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows[..self.len]
+    }
+
+    pub fn flow(&self, slot: usize) -> &Flow {
+        &self.flows[slot]
+    }
+
+    /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on.
+    pub fn seen(&mut self, slot: usize, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32) {
+        let t = self.timeouts;
+        self.flows[slot].seen(dir, tcp_flags, now, &t);
+    }
+
+    /// Starts the flow in `slot` over as a new one, keeping its tuples: a SYN that reuses the
+    /// tuple of a closing flow whose endpoint sees the client's own address.
+    pub fn restart(&mut self, slot: usize, state: State, now: u32) {
+        let f = &mut self.flows[slot];
+        f.state = state;
+        f.flags &= ORIGINAL_INDEXED;
+        f.expires = now.saturating_add(state.timeout(false, &self.timeouts));
+    }
+
+    /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
+    /// here and not returned.
+    pub fn lookup(&mut self, tuple: &Tuple, now: u32) -> Option<(usize, Direction)> {
+        let (_, slot, dir) = self.find(tuple)?;
+        if self.flows[slot].expires <= now {
+            self.remove(slot);
+            return None;
+        }
+        Some((slot, dir))
+    }
+
+    /// No live flow uses `tuple` in either direction.
+    pub fn is_free(&mut self, tuple: &Tuple, now: u32) -> bool {
+        self.lookup(tuple, now).is_none()
+    }
+
+    /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must be free. A full table
+    /// first evicts a flow that never saw a reply, then one that is closing; never a live one.
+    pub fn insert(&mut self, flow: Flow, now: u32) -> Result<usize, Full> {
+        if self.len == self.capacity() {
+            let victim = self.victim().ok_or(Full)?;
+            self.remove(victim);
+            self.evictions += 1;
+        }
+        let slot = self.len;
+        let expires = now.saturating_add(flow.state.timeout(false, &self.timeouts));
+        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
+        self.len += 1;
+        self.index(&flow.original(), encode(slot, Direction::Original));
+        self.index(&flow.reply(), encode(slot, Direction::Reply));
+        Ok(slot)
+    }
+
+    /// Takes the original tuple of the flow in `slot` out of the index, so that a new flow can
+    /// use it; the reply tuple stays reserved until the old flow expires.
+    pub fn detach_original(&mut self, slot: usize) {
+        if self.flows[slot].flags & ORIGINAL_INDEXED != 0 {
+            self.flows[slot].flags &= !ORIGINAL_INDEXED;
+            let tuple = self.flows[slot].original();
+            self.unindex(&tuple, encode(slot, Direction::Original));
+        }
+    }
+
+    /// Removes the flow in `slot`. The last flow moves into the slot.
+    pub fn remove(&mut self, slot: usize) {
+        let flow = self.flows[slot];
+        if flow.flags & ORIGINAL_INDEXED != 0 {
+            self.unindex(&flow.original(), encode(slot, Direction::Original));
+        }
+        self.unindex(&flow.reply(), encode(slot, Direction::Reply));
+        let last = self.len - 1;
+        if slot != last {
+            let moved = self.flows[last];
+            self.flows[slot] = moved;
+            if moved.flags & ORIGINAL_INDEXED != 0 {
+                self.repoint(&moved.original(), encode(last, Direction::Original), encode(slot, Direction::Original));
+            }
+            self.repoint(&moved.reply(), encode(last, Direction::Reply), encode(slot, Direction::Reply));
+        }
+        self.len = last;
+    }
+
+    /// Removes up to `budget` expired flows, looking at no more than `budget` slots, and returns
+    /// how many went. Called once a loop turn, so expiry never stalls the datapath.
+    pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget {
+            if self.len == 0 {
+                break;
+            }
+            if self.cursor >= self.len {
+                self.cursor = 0;
+            }
+            if self.flows[self.cursor].expires <= now {
+                // The last flow moves into the cursor's slot: look at it next.
+                self.remove(self.cursor);
+                removed += 1;
+            } else {
+                self.cursor += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every flow for which `gone` holds, for example UDP flows to an endpoint that left.
+    pub fn remove_where(&mut self, mut gone: impl FnMut(&Flow) -> bool) -> usize {
+        let mut removed = 0;
+        let mut slot = 0;
+        while slot < self.len {
+            if gone(&self.flows[slot]) {
+                self.remove(slot);
+                removed += 1;
+            } else {
+                slot += 1;
+            }
+        }
+        removed
+    }
+
+    fn victim(&self) -> Option<usize> {
+        let window = EVICTION_WINDOW.min(self.len);
+        let at = |i: usize| (self.cursor + i) % self.len;
+        let unreplied = (0..window).map(at).find(|&s| !self.flows[s].replied());
+        unreplied.or_else(|| (0..window).map(at).find(|&s| self.flows[s].state.is_closing()))
+    }
+
+    fn hash(&self, t: &Tuple) -> usize {
+        let ips = (u32::from(t.src) as u64) << 32 | u32::from(t.dst) as u64;
+        let rest = (t.src_port as u64) << 32 | (t.dst_port as u64) << 16 | t.proto as u64;
+        sip13(self.key, ips, rest) as usize & (self.buckets.len() - 1)
+    }
+
+    fn tuple_of(&self, code: u32) -> Tuple {
+        let (slot, dir) = decode(code);
+        match dir {
+            Direction::Original => self.flows[slot].original(),
+            Direction::Reply => self.flows[slot].reply(),
+        }
+    }
+
+    /// The bucket, slot and direction of `tuple`. The probe ends at an empty bucket, and the
+    /// index is at most half full, so one always exists.
+    fn find(&self, tuple: &Tuple) -> Option<(usize, usize, Direction)> {
+        let mask = self.buckets.len() - 1;
+        let mut b = self.hash(tuple);
+        loop {
+            let code = self.buckets[b];
+            if code == 0 {
+                return None;
+            }
+            if self.tuple_of(code) == *tuple {
+                let (slot, dir) = decode(code);
+                return Some((b, slot, dir));
+            }
+            b = (b + 1) & mask;
+        }
+    }
+
+    fn index(&mut self, tuple: &Tuple, code: u32) {
+        let mask = self.buckets.len() - 1;
+        let mut b = self.hash(tuple);
+        while self.buckets[b] != 0 {
+            b = (b + 1) & mask;
+        }
+        self.buckets[b] = code;
+    }
+
+    fn bucket_holding(&self, tuple: &Tuple, code: u32) -> Option<usize> {
+        let mask = self.buckets.len() - 1;
+        let mut b = self.hash(tuple);
+        loop {
+            match self.buckets[b] {
+                0 => return None,
+                c if c == code => return Some(b),
+                _ => b = (b + 1) & mask,
+            }
+        }
+    }
+
+    fn repoint(&mut self, tuple: &Tuple, from: u32, to: u32) {
+        if let Some(b) = self.bucket_holding(tuple, from) {
+            self.buckets[b] = to;
+        }
+    }
+
+    /// Backward-shift deletion: later members of the probe run move up, so no tombstones build
+    /// up and lookups stay short however long the gateway runs.
+    fn unindex(&mut self, tuple: &Tuple, code: u32) {
+        let Some(mut hole) = self.bucket_holding(tuple, code) else { return };
+        let mask = self.buckets.len() - 1;
+        self.buckets[hole] = 0;
+        let mut b = hole;
+        loop {
+            b = (b + 1) & mask;
+            let c = self.buckets[b];
+            if c == 0 {
+                return;
+            }
+            let home = self.hash(&self.tuple_of(c));
+            // The entry may move into the hole unless its home lies cyclically in (hole, b].
+            let stays = if hole <= b { hole < home && home <= b } else { hole < home || home <= b };
+            if !stays {
+                self.buckets[hole] = c;
+                self.buckets[b] = 0;
+                hole = b;
+            }
+        }
+    }
+}
+
+const fn encode(slot: usize, dir: Direction) -> u32 {
+    ((slot as u32) << 1 | matches!(dir, Direction::Reply) as u32) + 1
+}
+
+const fn decode(code: u32) -> (usize, Direction) {
+    let v = code - 1;
+    ((v >> 1) as usize, if v & 1 == 1 { Direction::Reply } else { Direction::Original })
+}
+
+#[cfg(test)]
+mod test;

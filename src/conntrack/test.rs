@@ -1,0 +1,174 @@
+use super::*;
+
+const T: Timeouts = Timeouts {
+    tcp_syn_sent: 120,
+    tcp_syn_recv: 60,
+    tcp_established: 86400,
+    tcp_fin_wait: 120,
+    tcp_close_wait: 60,
+    tcp_time_wait: 120,
+    tcp_close: 10,
+    udp: 30,
+    udp_stream: 120,
+};
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, last)
+}
+
+fn flow(client_port: u16, source_port: u16) -> Flow {
+    Flow {
+        client: ip(100),
+        service_ip: ip(1),
+        endpoint: ip(11),
+        source: ip(1),
+        client_port,
+        service_port: 30080,
+        endpoint_port: 3000,
+        source_port,
+        proto: 6,
+        state: State::SynSent,
+        ..Flow::EMPTY
+    }
+}
+
+type Small = Storage<8, { buckets_for(8) }>;
+
+#[test]
+fn finds_a_flow_from_both_directions() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let f = flow(40000, 40000);
+    let slot = t.insert(f, 0).unwrap();
+    assert_eq!(t.lookup(&f.original(), 1), Some((slot, Direction::Original)));
+    assert_eq!(t.lookup(&f.reply(), 1), Some((slot, Direction::Reply)));
+    let other = Tuple { src_port: 40001, ..f.original() };
+    assert_eq!(t.lookup(&other, 1), None);
+}
+
+#[test]
+fn expired_flows_are_not_found_and_are_removed() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let f = flow(40000, 40000);
+    t.insert(f, 0).unwrap();
+    assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).is_some());
+    assert!(t.lookup(&f.original(), T.tcp_syn_sent).is_none());
+    assert_eq!(t.len(), 0);
+    assert!(t.is_free(&f.reply(), T.tcp_syn_sent));
+}
+
+#[test]
+fn removal_keeps_every_other_flow_reachable() {
+    // Removing from the middle moves the last flow and shifts probe runs: every survivor must
+    // still be found from both directions, under many keys (so many probe layouts).
+    for key in 0..200u64 {
+        let mut s = Small::new();
+        let mut t = Table::from_storage(&mut s, [key, key * 7], T);
+        let flows: [Flow; 8] = core::array::from_fn(|i| flow(1000 + i as u16, 2000 + i as u16));
+        for f in flows {
+            t.insert(f, 0).unwrap();
+        }
+        let gone = [3usize, 0, 7];
+        for g in gone {
+            let (slot, _) = t.lookup(&flows[g].original(), 1).unwrap();
+            t.remove(slot);
+        }
+        for (i, f) in flows.iter().enumerate() {
+            let found_o = t.lookup(&f.original(), 1).map(|(s, _)| *t.flow(s));
+            let found_r = t.lookup(&f.reply(), 1).map(|(s, _)| *t.flow(s));
+            if gone.contains(&i) {
+                assert_eq!((found_o, found_r), (None, None), "key {key} flow {i}");
+            } else {
+                assert_eq!(found_o.map(|x| x.client_port), Some(f.client_port), "key {key} flow {i}");
+                assert_eq!(found_r.map(|x| x.client_port), Some(f.client_port), "key {key} flow {i}");
+            }
+        }
+        assert_eq!(t.len(), 5);
+    }
+}
+
+#[test]
+fn sweep_removes_only_expired_flows_within_its_budget() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    for i in 0..6 {
+        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        if i % 2 == 0 {
+            t.seen(slot, Direction::Reply, Some(tcp::Flags { syn: true, ack: true, ..Default::default() }), 0);
+            t.seen(slot, Direction::Original, Some(tcp::Flags { ack: true, ..Default::default() }), 0);
+        }
+    }
+    let now = T.tcp_syn_sent + 1;
+    assert_eq!(t.sweep(now, 2), 1, "two slots looked at: one expired, one established");
+    for _ in 0..10 {
+        assert!(t.sweep(now, 2) <= 2);
+    }
+    assert_eq!(t.len(), 3);
+    assert!(t.flows().iter().all(|f| f.state == State::Established));
+}
+
+#[test]
+fn full_table_evicts_unreplied_then_closing_never_live() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let ack = tcp::Flags { ack: true, ..Default::default() };
+    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
+    for i in 0..8u16 {
+        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        t.seen(slot, Direction::Reply, Some(synack), 0);
+        t.seen(slot, Direction::Original, Some(ack), 0);
+    }
+    assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "every flow is established");
+    let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
+    t.seen(slot, Direction::Reply, Some(tcp::Flags { rst: true, ..Default::default() }), 0);
+    t.insert(flow(2000, 2000), 0).expect("the reset flow makes room");
+    assert_eq!(t.evictions(), 1);
+    assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
+    assert!(t.insert(flow(2001, 2001), 0).is_ok(), "the unreplied new flow is evicted");
+    assert!(t.lookup(&flow(2000, 2000).original(), 0).is_none());
+    assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 7);
+}
+
+#[test]
+fn detached_original_keeps_reply_reserved() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let old = flow(40000, 40000);
+    let slot = t.insert(old, 0).unwrap();
+    t.detach_original(slot);
+    assert!(t.is_free(&old.original(), 1));
+    assert!(!t.is_free(&old.reply(), 1));
+    let new = flow(40000, 51000);
+    let new_slot = t.insert(new, 1).unwrap();
+    assert_eq!(t.lookup(&old.original(), 1), Some((new_slot, Direction::Original)));
+    t.remove(slot);
+    assert_eq!(t.lookup(&new.original(), 1).map(|(s, _)| t.flow(s).source_port), Some(51000));
+    assert!(t.is_free(&old.reply(), 1));
+}
+
+#[test]
+fn remove_where_flushes_matching_flows() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    for i in 0..6u16 {
+        let mut f = flow(1000 + i, 1000 + i);
+        f.endpoint = ip(11 + (i % 2) as u8);
+        t.insert(f, 0).unwrap();
+    }
+    assert_eq!(t.remove_where(|f| f.endpoint == ip(12)), 3);
+    assert!(t.flows().iter().all(|f| f.endpoint == ip(11)));
+    for f in t.flows().to_owned_array() {
+        assert!(t.lookup(&f.reply(), 0).is_some());
+    }
+}
+
+trait OwnedArray {
+    fn to_owned_array(&self) -> heapless::Vec<Flow, 8>;
+}
+
+impl OwnedArray for [Flow] {
+    fn to_owned_array(&self) -> heapless::Vec<Flow, 8> {
+        self.iter().copied().collect()
+    }
+}

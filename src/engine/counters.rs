@@ -1,0 +1,82 @@
+//! What the engine did with each frame, counted: one counter per drop reason, so that every
+//! dropped frame is explained.
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Why a frame was dropped.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+
+            /// The reason's metric label.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than the headers it announces.
+    Truncated => "truncated",
+    /// An IPv4 header that is not one (version, header length, total length).
+    Malformed => "malformed",
+    /// IPv4 header checksum wrong.
+    BadChecksum => "bad_checksum",
+    /// Unicast to another MAC (a bridge floods those to every port).
+    OtherMac => "other_mac",
+    /// IPv4 to an address that is not the node's: the gateway is not a router.
+    OtherAddress => "other_address",
+    /// Neither IPv4 nor ARP.
+    UnsupportedEthertype => "unsupported_ethertype",
+    /// Broadcast, multicast or unspecified source address.
+    MartianSource => "martian_source",
+    /// IPv4 fragment of a service flow: fragments carry no ports to balance on.
+    Fragment => "fragment",
+    /// TCP segment other than a SYN to a service port, for no tracked flow.
+    TcpNoFlow => "tcp_no_flow",
+    /// A service with no ready endpoint: answered with TCP RST or ICMP port unreachable.
+    NoEndpoint => "no_endpoint",
+    /// TTL ran out: answered with ICMP time exceeded.
+    TtlExceeded => "ttl_exceeded",
+    /// The connection table is full of live flows.
+    ConntrackFull => "conntrack_full",
+    /// No free SNAT source port towards the endpoint.
+    SnatExhausted => "snat_exhausted",
+    /// The endpoint is on none of the node's subnets and the node has no gateway.
+    NoRoute => "no_route",
+    /// The next hop did not answer ARP in time, or too many frames were waiting for it.
+    NeighborMissing => "neighbor_missing",
+    /// The TAP device would not take the frame.
+    TxBusy => "tx_busy",
+}
+
+/// Totals since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Frames rewritten and sent on.
+    pub forwarded: u64,
+    /// Frames handed to the node's own stack (ARP, ping, its sockets).
+    pub to_stack: u64,
+    /// Flows created.
+    pub new_flows: u64,
+}
+
+impl Counters {
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}

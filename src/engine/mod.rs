@@ -1,0 +1,456 @@
+//! The packet engine: a pure state machine over `(frame, now)`.
+//!
+//! [`Engine::process`] looks at one Ethernet frame and decides: rewrite it and send it on (DNAT,
+//! SNAT, or the reverse for a reply), answer it (RST, ICMP error), hold it until its next hop
+//! answers ARP, hand it to the node's own stack, or drop it with a counted reason. It reads no
+//! clock, does no I/O and allocates nothing, so every behaviour is a "frame in, frame out" test.
+
+pub mod checksum;
+pub mod counters;
+pub mod packet;
+mod parked;
+pub mod reply;
+
+use core::net::Ipv4Addr;
+use heapless::Vec;
+
+use crate::balance::{Maglev, maglev::flow_hash};
+use crate::board;
+use crate::config::{Config, ConfigError, Node, Service, TrafficPolicy};
+use crate::conntrack::{Direction, Flow, State, Table, Tuple};
+use crate::neighbor::Neighbors;
+use crate::time::Millis;
+pub use counters::{Counters, DropReason};
+use packet::{Ipv4Frame, PROTO_TCP, PROTO_UDP, Rewrite};
+use parked::Parked;
+
+/// What to do with a frame after [`Engine::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The frame was translated in place: send it.
+    Forward,
+    /// The frame was answered (or dropped and answered): send `out[..len]`.
+    Reply(usize),
+    /// The frame is for the node itself: hand it to the stack.
+    Stack,
+    /// The frame waits for its next hop's MAC; send `out[..len]` (an ARP request) if `len > 0`.
+    Parked(usize),
+    /// The frame was dropped, for this reason (already counted).
+    Drop(DropReason),
+}
+
+/// ICMP types and codes the engine sends.
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_PORT_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// Random SNAT ports tried before a new flow is dropped as `snat_exhausted`.
+const SNAT_ATTEMPTS: usize = 64;
+/// How long a frame may wait for ARP before it is dropped as `neighbor_missing`.
+const PARK_MAX_MS: u64 = 3 * board::ARP_RETRY_MILLIS;
+/// How often the next hops of all endpoints are checked for an ARP refresh.
+const RESOLVE_EVERY_MS: u64 = 100;
+
+/// A service's balancing state.
+struct ServiceState {
+    config: Service,
+    maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
+}
+
+/// `(protocol, nodePort)` to the service and port that own it.
+#[derive(Debug, Clone, Copy)]
+struct Listener {
+    proto: u8,
+    node_port: u16,
+    service: u8,
+    port: u8,
+}
+
+pub struct Engine<'a> {
+    node: Node,
+    services: Vec<ServiceState, { board::MAX_SERVICES }>,
+    /// Sorted by `(proto, node_port)`.
+    listeners: Vec<Listener, { board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE }>,
+    conntrack: Table<'a>,
+    neighbors: Neighbors<{ board::NEIGHBOR_CAPACITY }>,
+    parked: Parked<{ board::PARKED_FRAMES }>,
+    counters: Counters,
+    rng: u64,
+    /// (service, endpoint) the periodic ARP refresh looks at next.
+    resolve_cursor: (usize, usize),
+    last_resolve: Option<Millis>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for node `node_name` of `config`, tracking flows in `conntrack`. `seed` seeds
+    /// the SNAT port choice; draw it from a random source.
+    pub fn new(config: &Config, node_name: Option<&str>, conntrack: Table<'a>, seed: u64) -> Result<Self, ConfigError> {
+        let node = config.node(node_name)?.clone();
+        let node_index = config.nodes.iter().position(|n| n.name == node.name).map(|i| i as u8);
+        let mut services = Vec::new();
+        let mut listeners: Vec<Listener, { board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE }> = Vec::new();
+        for (s, svc) in config.services.iter().enumerate() {
+            let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+            let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+            for ep in &svc.endpoints {
+                let eligible = match svc.external_traffic_policy {
+                    TrafficPolicy::Cluster => true,
+                    TrafficPolicy::Local => ep.node.is_some() && ep.node == node_index,
+                };
+                let _ = ips.push(ep.ip);
+                let _ = weights.push(u8::from(eligible));
+            }
+            let mut state = ServiceState { config: svc.clone(), maglev: Maglev::new() };
+            state.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
+            let _ = services.push(state);
+            for (p, port) in svc.ports.iter().enumerate() {
+                let _ = listeners.push(Listener { proto: port.protocol.number(), node_port: port.node_port, service: s as u8, port: p as u8 });
+            }
+        }
+        listeners.sort_unstable_by_key(|l| (l.proto, l.node_port));
+        Ok(Engine {
+            node,
+            services,
+            listeners,
+            conntrack,
+            neighbors: Neighbors::new(board::NEIGHBOR_SECONDS as u64 * 1000, board::ARP_RETRY_MILLIS),
+            parked: Parked::new(),
+            counters: Counters::default(),
+            rng: seed | 1,
+            resolve_cursor: (0, 0),
+            last_resolve: None,
+        })
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn conntrack(&self) -> &Table<'a> {
+        &self.conntrack
+    }
+
+    /// Counts a frame the host could not send.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.counters.drop(reason);
+    }
+
+    /// Decides what happens to `frame`, rewriting it in place or writing a reply into `out`
+    /// (which must hold a full frame).
+    pub fn process(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
+        let verdict = self.classify(frame, now, out);
+        match verdict {
+            Verdict::Forward => self.counters.forwarded += 1,
+            Verdict::Stack => self.counters.to_stack += 1,
+            Verdict::Drop(reason) => self.counters.drop(reason),
+            Verdict::Reply(_) | Verdict::Parked(_) => {}
+        }
+        verdict
+    }
+
+    /// Once a loop turn: expires flows, a bounded number at a time.
+    pub fn housekeeping(&mut self, now: Millis) {
+        self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN);
+    }
+
+    /// A frame the engine wants to send on its own (a parked frame whose next hop answered, an
+    /// ARP request to refresh a next hop), written to `out`. Call until `None`.
+    pub fn next_output(&mut self, now: Millis, out: &mut [u8]) -> Option<usize> {
+        loop {
+            let neighbors = &self.neighbors;
+            match self.parked.take_ready(now, PARK_MAX_MS, |ip| neighbors.lookup(ip, now), out) {
+                Some(Ok((len, mac))) => {
+                    packet::set_macs(out, self.node.mac.0, mac);
+                    self.counters.forwarded += 1;
+                    return Some(len);
+                }
+                Some(Err(())) => self.counters.drop(DropReason::NeighborMissing),
+                None => return self.refresh_next_hop(now, out),
+            }
+        }
+    }
+
+    fn classify(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
+        if frame.len() < packet::ETH_HEADER {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let dst_mac = &frame[0..6];
+        if frame[6] & 1 != 0 {
+            return Verdict::Drop(DropReason::MartianSource);
+        }
+        if dst_mac != self.node.mac.0 && dst_mac[0] & 1 == 0 {
+            return Verdict::Drop(DropReason::OtherMac);
+        }
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            0x0806 => {
+                self.learn_arp(frame, now);
+                Verdict::Stack
+            }
+            0x0800 => match Ipv4Frame::parse(frame) {
+                Ok(f) => self.ipv4(frame, &f, now, out),
+                Err(reason) => Verdict::Drop(reason),
+            },
+            _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+    }
+
+    /// Learns `sender IP is at sender MAC` from any ARP frame on one of the node's subnets.
+    fn learn_arp(&mut self, frame: &[u8], now: Millis) {
+        let a = &frame[packet::ETH_HEADER..];
+        if a.len() < 28 || a[0..6] != [0, 1, 8, 0, 6, 4] {
+            return;
+        }
+        let mac: [u8; 6] = [a[8], a[9], a[10], a[11], a[12], a[13]];
+        let ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+        if self.node.address_on_link(ip).is_some() && !self.node.owns(ip) && mac[0] & 1 == 0 {
+            self.neighbors.learn(ip, mac, now);
+        }
+    }
+
+    fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() {
+            return Verdict::Drop(DropReason::MartianSource);
+        }
+        let for_node = self.node.owns(f.dst);
+        let Some((src_port, dst_port)) = f.ports else {
+            return match () {
+                _ if f.fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => Verdict::Drop(DropReason::Fragment),
+                _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+                _ => Verdict::Drop(DropReason::OtherAddress),
+            };
+        };
+        let tuple = Tuple { src: f.src, dst: f.dst, src_port, dst_port, proto: f.proto };
+        let secs = now.secs();
+        match self.conntrack.lookup(&tuple, secs) {
+            Some((slot, Direction::Original)) => {
+                let flow = *self.conntrack.flow(slot);
+                let reopens = f.tcp.is_some_and(|t| t.syn && !t.ack) && flow.state.is_closing();
+                if reopens && flow.source != flow.client {
+                    // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new SYN gets
+                    // a flow and a source port of its own, so the endpoint never sees a reused
+                    // tuple it may still hold in TIME_WAIT (PAWS drops).
+                    self.conntrack.detach_original(slot);
+                    return self.new_flow(frame, f, src_port, dst_port, now, out);
+                }
+                if let Some(v) = self.ttl_expired(frame, f, out) {
+                    return v;
+                }
+                if reopens {
+                    self.conntrack.restart(slot, State::SynSent, secs);
+                } else {
+                    self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
+                }
+                let to = Rewrite { src: flow.source, src_port: flow.source_port, dst: flow.endpoint, dst_port: flow.endpoint_port };
+                self.forward(frame, f, to, None, flow.endpoint, now, out)
+            }
+            Some((slot, Direction::Reply)) => {
+                if let Some(v) = self.ttl_expired(frame, f, out) {
+                    return v;
+                }
+                self.conntrack.seen(slot, Direction::Reply, f.tcp, secs);
+                let flow = *self.conntrack.flow(slot);
+                let to = Rewrite { src: flow.service_ip, src_port: flow.service_port, dst: flow.client, dst_port: flow.client_port };
+                self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
+            }
+            None if for_node && self.listener(f.proto, dst_port).is_some() => self.new_flow(frame, f, src_port, dst_port, now, out),
+            None if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+            None => Verdict::Drop(DropReason::OtherAddress),
+        }
+    }
+
+    fn listener(&self, proto: u8, node_port: u16) -> Option<Listener> {
+        let i = self.listeners.binary_search_by_key(&(proto, node_port), |l| (l.proto, l.node_port)).ok()?;
+        Some(self.listeners[i])
+    }
+
+    /// The first packet of a flow to a service: choose the endpoint and the source, track it.
+    fn new_flow(&mut self, frame: &mut [u8], f: &Ipv4Frame, src_port: u16, dst_port: u16, now: Millis, out: &mut [u8]) -> Verdict {
+        let Some(listener) = self.listener(f.proto, dst_port) else { return Verdict::Stack };
+        if let Some(t) = f.tcp
+            && !(t.syn && !t.ack && !t.rst && !t.fin)
+        {
+            return Verdict::Drop(DropReason::TcpNoFlow);
+        }
+        let svc = &self.services[listener.service as usize];
+        let hash = flow_hash(f.src, src_port, f.dst, dst_port, f.proto);
+        let Some(ep) = svc.maglev.pick(hash) else {
+            return match svc.config.external_traffic_policy {
+                TrafficPolicy::Local => Verdict::Drop(DropReason::NoEndpoint),
+                TrafficPolicy::Cluster => self.reject(frame, f, out),
+            };
+        };
+        let endpoint = svc.config.endpoints[ep].ip;
+        let endpoint_port = svc.config.ports[listener.port as usize].target_port;
+        let policy = svc.config.external_traffic_policy;
+        if let Some(v) = self.ttl_expired(frame, f, out) {
+            return v;
+        }
+        let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
+        let secs = now.secs();
+        let (source, source_port) = match policy {
+            TrafficPolicy::Cluster => {
+                let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
+                match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
+                    Some(port) => (snat_ip, port),
+                    None => return Verdict::Drop(DropReason::SnatExhausted),
+                }
+            }
+            TrafficPolicy::Local => (f.src, src_port),
+        };
+        let flow = Flow {
+            client: f.src,
+            service_ip: f.dst,
+            endpoint,
+            source,
+            client_port: src_port,
+            service_port: dst_port,
+            endpoint_port,
+            source_port,
+            client_mac: packet::src_mac(frame),
+            proto: f.proto,
+            state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
+            service: listener.service,
+            ..Flow::EMPTY
+        };
+        if !self.conntrack.is_free(&flow.reply(), secs) {
+            return Verdict::Drop(DropReason::SnatExhausted);
+        }
+        if self.conntrack.insert(flow, secs).is_err() {
+            return Verdict::Drop(DropReason::ConntrackFull);
+        }
+        self.counters.new_flows += 1;
+        let to = Rewrite { src: source, src_port: source_port, dst: endpoint, dst_port: endpoint_port };
+        self.forward(frame, f, to, None, endpoint, now, out)
+    }
+
+    /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses
+    /// (TIME_WAIT included): the client's own port if free, else a random one in the SNAT range.
+    fn snat_port(&mut self, endpoint: Ipv4Addr, endpoint_port: u16, snat_ip: Ipv4Addr, proto: u8, client_port: u16, now: u32) -> Option<u16> {
+        let reply = |port| Tuple { src: endpoint, dst: snat_ip, src_port: endpoint_port, dst_port: port, proto };
+        let range = board::SNAT_PORT_MIN..=board::SNAT_PORT_MAX;
+        if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
+            return Some(client_port);
+        }
+        let span = (board::SNAT_PORT_MAX - board::SNAT_PORT_MIN) as u64 + 1;
+        for _ in 0..SNAT_ATTEMPTS {
+            let port = board::SNAT_PORT_MIN + (self.random() % span) as u16;
+            if self.conntrack.is_free(&reply(port), now) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// xorshift64*: SNAT ports need to be unpredictable to a client, not cryptographic.
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Where a packet for `ip` goes first: `ip` itself on a node subnet, else the gateway.
+    fn next_hop(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.node.address_on_link(ip).is_some() { Some(ip) } else { self.node.gateway }
+    }
+
+    /// The node's address to answer `peer` from.
+    fn address_for(&self, peer: Ipv4Addr) -> Ipv4Addr {
+        self.node.address_on_link(peer).unwrap_or(self.node.addresses[0].address())
+    }
+
+    /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
+    fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, out: &mut [u8]) -> Verdict {
+        self.counters.drop(DropReason::NoEndpoint);
+        let mac = self.node.mac.0;
+        let len = match f.proto {
+            PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
+            _ => reply::icmp_error(frame, f, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, f.dst, mac, out),
+        };
+        Verdict::Reply(len)
+    }
+
+    /// A packet that would leave with TTL 0 is dropped and answered with ICMP time exceeded.
+    fn ttl_expired(&mut self, frame: &[u8], f: &Ipv4Frame, out: &mut [u8]) -> Option<Verdict> {
+        if f.ttl > 1 {
+            return None;
+        }
+        self.counters.drop(DropReason::TtlExceeded);
+        let from = self.address_for(f.src);
+        Some(Verdict::Reply(reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, self.node.mac.0, out)))
+    }
+
+    /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&mut self, frame: &mut [u8], f: &Ipv4Frame, to: Rewrite, dst_mac: Option<[u8; 6]>, to_ip: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+        packet::rewrite(frame, f, to);
+        let our_mac = self.node.mac.0;
+        let mac = match dst_mac {
+            Some(mac) => mac,
+            None => {
+                let Some(hop) = self.next_hop(to_ip) else { return Verdict::Drop(DropReason::NoRoute) };
+                match self.neighbors.lookup(hop, now) {
+                    Some(mac) => mac,
+                    None => return self.park(frame, hop, now, out),
+                }
+            }
+        };
+        packet::set_macs(frame, our_mac, mac);
+        Verdict::Forward
+    }
+
+    fn park(&mut self, frame: &[u8], hop: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+        let ask = self.arp_request(hop, now, out);
+        if self.parked.park(hop, &frame[..], now) {
+            Verdict::Parked(ask)
+        } else {
+            self.counters.drop(DropReason::NeighborMissing);
+            Verdict::Reply(ask)
+        }
+    }
+
+    /// An ARP request for `ip` in `out`, unless one went out too recently (then 0).
+    fn arp_request(&mut self, ip: Ipv4Addr, now: Millis, out: &mut [u8]) -> usize {
+        if !self.neighbors.should_ask(ip, now) {
+            return 0;
+        }
+        reply::arp_request(self.node.mac.0, self.address_for(ip), ip, out)
+    }
+
+    /// Keeps the MACs of every endpoint's next hop (and the gateway) fresh, so that new flows
+    /// rarely wait for ARP. Walks the endpoints at most once per `RESOLVE_EVERY_MS`.
+    fn refresh_next_hop(&mut self, now: Millis, out: &mut [u8]) -> Option<usize> {
+        if self.last_resolve.is_some_and(|t| now.0.saturating_sub(t.0) < RESOLVE_EVERY_MS) {
+            return None;
+        }
+        loop {
+            let (s, e) = self.resolve_cursor;
+            let target = match self.services.get(s) {
+                Some(svc) if e < svc.config.endpoints.len() => {
+                    self.resolve_cursor.1 += 1;
+                    self.next_hop(svc.config.endpoints[e].ip)
+                }
+                Some(_) => {
+                    self.resolve_cursor = (s + 1, 0);
+                    continue;
+                }
+                None => {
+                    self.resolve_cursor = (0, 0);
+                    self.last_resolve = Some(now);
+                    return self.node.gateway.map(|gw| self.arp_request(gw, now, out)).filter(|&len| len > 0);
+                }
+            };
+            if let Some(hop) = target {
+                let len = self.arp_request(hop, now, out);
+                if len > 0 {
+                    return Some(len);
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,101 @@
+//! Frames the engine writes itself: TCP RST and ICMP errors back to a sender, ARP requests for
+//! next hops. Each writes into the caller's `out` buffer and returns the length (0 when `out` is
+//! too small, which the caller's fixed buffers never are).
+
+use core::net::Ipv4Addr;
+
+use super::checksum;
+use super::packet::{ETH_HEADER, Ipv4Frame, PROTO_ICMP, PROTO_TCP, set_macs, src_mac};
+
+/// TTL of the packets the node originates.
+const TTL: u8 = 64;
+/// Bytes of the offending datagram an ICMP error quotes beyond its IP header (RFC 792).
+const QUOTED_PAYLOAD: usize = 8;
+
+/// Writes an IPv4 header for `payload_len` bytes of `proto` at `out[ETH_HEADER..]`.
+fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) {
+    let h = &mut out[ETH_HEADER..ETH_HEADER + 20];
+    h.fill(0);
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    h[6] = 0x40; // DF
+    h[8] = TTL;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::finish(checksum::sum(h));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A RST answering the TCP segment in `frame`, as from its destination (RFC 9293 3.10.7.1).
+pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+    let len = ETH_HEADER + 20 + 20;
+    let (Some((sport, dport)), Some(flags)) = (f.ports, f.tcp) else { return 0 };
+    if out.len() < len {
+        return 0;
+    }
+    let seg = &frame[f.l4..f.end];
+    let seq = u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]);
+    let ack = u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]);
+    let data_len = seg.len() - (seg[12] >> 4) as usize * 4;
+    set_macs(out, our_mac, src_mac(frame));
+    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    ipv4_header(out, f.dst, f.src, PROTO_TCP, 20);
+    let t = &mut out[ETH_HEADER + 20..len];
+    t.fill(0);
+    t[0..2].copy_from_slice(&dport.to_be_bytes());
+    t[2..4].copy_from_slice(&sport.to_be_bytes());
+    if flags.ack {
+        // <SEQ=SEG.ACK><CTL=RST>
+        t[4..8].copy_from_slice(&ack.to_be_bytes());
+        t[13] = 0x04;
+    } else {
+        // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
+        let seg_len = data_len as u32 + flags.syn as u32 + flags.fin as u32;
+        t[8..12].copy_from_slice(&seq.wrapping_add(seg_len).to_be_bytes());
+        t[13] = 0x14;
+    }
+    t[12] = 5 << 4;
+    let c = checksum::finish(checksum::pseudo_header(f.dst.octets(), f.src.octets(), PROTO_TCP, 20) + checksum::sum(t));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    len
+}
+
+/// An ICMP error of `icmp_type`/`code` about the packet in `frame`, from `from`, quoting its IP
+/// header and the first 8 bytes of its payload.
+pub fn icmp_error(frame: &[u8], f: &Ipv4Frame, icmp_type: u8, code: u8, from: Ipv4Addr, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+    let quoted = &frame[ETH_HEADER..f.end.min(f.l4 + QUOTED_PAYLOAD)];
+    let icmp_len = 8 + quoted.len();
+    let len = ETH_HEADER + 20 + icmp_len;
+    if out.len() < len {
+        return 0;
+    }
+    set_macs(out, our_mac, src_mac(frame));
+    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    ipv4_header(out, from, f.src, PROTO_ICMP, icmp_len);
+    let m = &mut out[ETH_HEADER + 20..len];
+    m[..8].fill(0);
+    m[0] = icmp_type;
+    m[1] = code;
+    m[8..].copy_from_slice(quoted);
+    let c = checksum::finish(checksum::sum(m));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    len
+}
+
+/// A broadcast ARP request: who has `target`? tell `sender` (at `our_mac`).
+pub fn arp_request(our_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr, out: &mut [u8]) -> usize {
+    const LEN: usize = ETH_HEADER + 28;
+    if out.len() < LEN {
+        return 0;
+    }
+    set_macs(out, our_mac, [0xff; 6]);
+    out[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let a = &mut out[ETH_HEADER..LEN];
+    a[0..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, request
+    a[8..14].copy_from_slice(&our_mac);
+    a[14..18].copy_from_slice(&sender.octets());
+    a[18..24].fill(0);
+    a[24..28].copy_from_slice(&target.octets());
+    LEN
+}

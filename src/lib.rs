@@ -1,0 +1,23 @@
+//! nodegate: a firmware-style NodePort gateway.
+//!
+//! The crate is `no_std` and heap-free: configuration, the packet engine, connection tracking,
+//! balancing and the neighbour table work on fixed-size storage whose sizes come from the board
+//! (`boards/*.json`, chosen at build time). Only [`host`] (feature `std`) touches the operating
+//! system: the TAP device, the smoltcp interface, the clock, signals and logging.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod balance;
+pub mod board;
+pub mod config;
+pub mod conntrack;
+pub mod engine;
+pub mod hash;
+pub mod neighbor;
+pub mod time;
+
+#[cfg(feature = "std")]
+pub mod host;
