@@ -1,0 +1,380 @@
+//! The engine, frame in → frame out + verdict. Frames are built and checked with etherparse, an
+//! implementation independent of ours, so a checksum or field we get wrong cannot agree with
+//! itself.
+
+use etherparse::{Icmpv4Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use nodegate::config;
+use nodegate::conntrack::{Storage, Table, buckets_for};
+use nodegate::engine::{DropReason, Engine, Verdict};
+use nodegate::time::Millis;
+
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
+const EP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+const NODE: [u8; 4] = [10, 77, 0, 1];
+const CLIENT: [u8; 4] = [10, 77, 0, 100];
+const EP: [u8; 4] = [10, 77, 0, 11];
+const REMOTE: [u8; 4] = [192, 0, 2, 7];
+const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+const CONFIG: &str = r#"{
+  "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01",
+              "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254" }],
+  "services": [
+    { "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+      "endpoints": [{ "ip": "10.77.0.11" }] },
+    { "name": "dns", "ports": [{ "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+      "endpoints": [{ "ip": "10.77.0.11" }] },
+    { "name": "empty", "ports": [{ "name": "t", "port": 1, "nodePort": 30090 }, { "name": "u", "protocol": "UDP", "port": 1, "nodePort": 30090 }],
+      "endpoints": [] },
+    { "name": "local", "externalTrafficPolicy": "Local", "ports": [{ "port": 81, "targetPort": 3001, "nodePort": 30081 }],
+      "endpoints": [{ "ip": "10.77.0.11", "nodeName": "edge-1" }] }
+  ]
+}"#;
+
+type Small = Storage<64, { buckets_for(64) }>;
+
+fn engine(storage: &mut Small) -> Engine<'_> {
+    let cfg = config::parse(CONFIG.as_bytes()).unwrap();
+    let mut e = Engine::new(&cfg, None, Table::from_storage(storage, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    // The endpoint and the gateway answered ARP earlier.
+    for (ip, mac) in [(EP, EP_MAC), ([10, 77, 0, 254], GATEWAY_MAC)] {
+        let mut arp = arp_reply(mac, ip);
+        assert_eq!(e.process(&mut arp, Millis(0), &mut [0; 1514]), Verdict::Stack);
+    }
+    e
+}
+
+fn arp_reply(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&NODE_MAC);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&NODE_MAC);
+    f.extend_from_slice(&NODE);
+    f
+}
+
+#[derive(Clone, Copy)]
+enum L4 {
+    Syn { seq: u32 },
+    SynAck { seq: u32, ack: u32 },
+    Ack { seq: u32, ack: u32 },
+    Fin { seq: u32, ack: u32 },
+    Udp,
+}
+
+fn frame(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16), ttl: u8, l4: L4, payload: &[u8]) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src.0, dst.0, ttl);
+    let mut out = Vec::new();
+    match l4 {
+        L4::Syn { seq } => ip.tcp(src.1, dst.1, seq, 64240).syn().write(&mut out, payload),
+        L4::SynAck { seq, ack } => ip.tcp(src.1, dst.1, seq, 64240).syn().ack(ack).write(&mut out, payload),
+        L4::Ack { seq, ack } => ip.tcp(src.1, dst.1, seq, 64240).ack(ack).write(&mut out, payload),
+        L4::Fin { seq, ack } => ip.tcp(src.1, dst.1, seq, 64240).fin().ack(ack).write(&mut out, payload),
+        L4::Udp => ip.udp(src.1, dst.1).write(&mut out, payload),
+    }
+    .unwrap();
+    out
+}
+
+/// What an output frame must be, checked field by field with every checksum recomputed.
+struct Want {
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    ttl: u8,
+}
+
+fn check_frame(out: &[u8], want: &Want, payload: &[u8], what: &str) {
+    let h = PacketHeaders::from_ethernet_slice(out).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let eth = h.link.clone().and_then(|l| l.ethernet2()).unwrap();
+    assert_eq!((eth.source, eth.destination), want.macs, "{what}: MACs");
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!("{what}: not IPv4") };
+    assert_eq!((ip.source, ip.destination, ip.time_to_live), (want.src.0, want.dst.0, want.ttl), "{what}: IP");
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "{what}: IP checksum");
+    let body = h.payload.slice();
+    assert_eq!(body, payload, "{what}: payload");
+    match h.transport.as_ref().unwrap() {
+        TransportHeader::Tcp(t) => {
+            assert_eq!((t.source_port, t.destination_port), (want.src.1, want.dst.1), "{what}: ports");
+            assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, body).unwrap(), "{what}: TCP checksum");
+        }
+        TransportHeader::Udp(u) => {
+            assert_eq!((u.source_port, u.destination_port), (want.src.1, want.dst.1), "{what}: ports");
+            assert_eq!(u.checksum, u.calc_checksum_ipv4(ip, body).unwrap(), "{what}: UDP checksum");
+        }
+        other => panic!("{what}: unexpected {other:?}"),
+    }
+}
+
+struct Row {
+    what: &'static str,
+    input: Vec<u8>,
+    verdict: Verdict,
+    /// For `Forward`, the rewritten frame; for `Reply`, checked by `reply`.
+    want: Option<Want>,
+    payload: &'static [u8],
+}
+
+fn run(e: &mut Engine, rows: Vec<Row>) {
+    for mut row in rows {
+        let mut out = [0u8; 1514];
+        let verdict = e.process(&mut row.input, Millis(1000), &mut out);
+        assert_eq!(verdict, row.verdict, "{}", row.what);
+        if let Some(want) = &row.want {
+            check_frame(&row.input, want, row.payload, row.what);
+        }
+    }
+}
+
+const SVC: ([u8; 4], u16) = (NODE, 30080);
+const CLI: ([u8; 4], u16) = (CLIENT, 40000);
+const BACKEND: ([u8; 4], u16) = (EP, 3000);
+/// The client's port is free at the endpoint, so SNAT keeps it.
+const SNAT: ([u8; 4], u16) = (NODE, 40000);
+
+#[test]
+fn tcp_flow_is_dnated_snated_and_translated_back() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let to_node = (CLIENT_MAC, NODE_MAC);
+    let to_ep = (NODE_MAC, EP_MAC);
+    let from_ep = (EP_MAC, NODE_MAC);
+    let to_client = (NODE_MAC, CLIENT_MAC);
+    run(&mut e, vec![
+        Row { what: "SYN to NodeIP:nodePort → DNAT to the endpoint, SNAT to the node, TTL - 1",
+            input: frame(to_node, CLI, SVC, 64, L4::Syn { seq: 100 }, b""), verdict: Verdict::Forward,
+            want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }), payload: b"" },
+        Row { what: "SYN-ACK from the endpoint → back to the client from NodeIP:nodePort",
+            input: frame(from_ep, BACKEND, SNAT, 64, L4::SynAck { seq: 900, ack: 101 }, b""), verdict: Verdict::Forward,
+            want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }), payload: b"" },
+        Row { what: "data from the client follows the flow",
+            input: frame(to_node, CLI, SVC, 64, L4::Ack { seq: 101, ack: 901 }, b"GET / HTTP/1.0\r\n\r\n"), verdict: Verdict::Forward,
+            want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }), payload: b"GET / HTTP/1.0\r\n\r\n" },
+        Row { what: "odd-length data from the endpoint (checksum padding)",
+            input: frame(from_ep, BACKEND, SNAT, 64, L4::Ack { seq: 901, ack: 119 }, b"hello"), verdict: Verdict::Forward,
+            want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }), payload: b"hello" },
+        Row { what: "a mid-stream segment of no tracked flow is dropped",
+            input: frame(to_node, (CLIENT, 40001), SVC, 64, L4::Ack { seq: 1, ack: 1 }, b""), verdict: Verdict::Drop(DropReason::TcpNoFlow),
+            want: None, payload: b"" },
+        Row { what: "a reply to a port nothing tracks goes to the node's own stack",
+            input: frame(from_ep, BACKEND, (NODE, 40002), 64, L4::Ack { seq: 1, ack: 1 }, b""), verdict: Verdict::Stack,
+            want: None, payload: b"" },
+    ]);
+    assert_eq!(e.counters().new_flows, 1);
+    assert_eq!(e.conntrack().flows()[0].state.as_str(), "ESTABLISHED");
+}
+
+#[test]
+fn udp_both_ways() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let cli = (CLIENT, 5000);
+    run(&mut e, vec![
+        Row { what: "UDP to the nodePort → endpoint:targetPort, from the node",
+            input: frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, b"query"), verdict: Verdict::Forward,
+            want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 }), payload: b"query" },
+        Row { what: "the answer goes back from NodeIP:nodePort",
+            input: frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, b"answer!"), verdict: Verdict::Forward,
+            want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30053), dst: cli, ttl: 63 }), payload: b"answer!" },
+    ]);
+    assert!(e.conntrack().flows()[0].replied());
+}
+
+#[test]
+fn udp_without_checksum_stays_without() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"q");
+    f[14 + 20 + 6] = 0;
+    f[14 + 20 + 7] = 0;
+    assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    assert_eq!(&f[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+}
+
+#[test]
+fn local_policy_keeps_the_client_address() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    run(&mut e, vec![
+        Row { what: "Local: DNAT only, the endpoint sees the client",
+            input: frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30081), 64, L4::Syn { seq: 1 }, b""), verdict: Verdict::Forward,
+            want: Some(Want { macs: (NODE_MAC, EP_MAC), src: CLI, dst: (EP, 3001), ttl: 63 }), payload: b"" },
+        Row { what: "Local: the reply, routed via the node, goes back from NodeIP:nodePort",
+            input: frame((EP_MAC, NODE_MAC), (EP, 3001), CLI, 64, L4::SynAck { seq: 5, ack: 2 }, b""), verdict: Verdict::Forward,
+            want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30081), dst: CLI, ttl: 63 }), payload: b"" },
+    ]);
+}
+
+#[test]
+fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30090), 64, L4::Syn { seq: 1000 }, b"");
+    let Verdict::Reply(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("TCP: no reply") };
+    let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
+    let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!() };
+    assert_eq!((ip.source, ip.destination), (NODE, CLIENT));
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    assert_eq!((t.source_port, t.destination_port), (30090, 40000));
+    assert!(t.rst && t.ack && !t.syn);
+    assert_eq!(t.acknowledgment_number, 1001, "RST acknowledges the SYN");
+    assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, &[]).unwrap());
+    assert_eq!(h.link.unwrap().ethernet2().unwrap().destination, CLIENT_MAC);
+
+    let mut dgram = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30090), 64, L4::Udp, b"hello?");
+    let Verdict::Reply(len) = e.process(&mut dgram, Millis(0), &mut out) else { panic!("UDP: no reply") };
+    let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    assert_eq!((ip.source, ip.destination), (NODE, CLIENT));
+    assert!(matches!(icmp.icmp_type, Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)));
+    let quoted = h.payload.slice();
+    assert_eq!(quoted, &dgram[14..14 + 28], "quotes the IP header and 8 bytes of the datagram");
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(quoted));
+    assert_eq!(e.counters().dropped(DropReason::NoEndpoint), 2);
+    assert!(e.conntrack().is_empty());
+}
+
+#[test]
+fn ttl_expiry_drops_and_answers_time_exceeded() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 1, L4::Syn { seq: 1 }, b"");
+    let Verdict::Reply(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("no reply") };
+    let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    assert!(matches!(icmp.icmp_type, Icmpv4Type::TimeExceeded(_)));
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(h.payload.slice()));
+    assert_eq!(e.counters().dropped(DropReason::TtlExceeded), 1);
+    assert!(e.conntrack().is_empty(), "no flow for a packet that never left");
+}
+
+#[test]
+fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let to_node = (CLIENT_MAC, NODE_MAC);
+    let from_ep = (EP_MAC, NODE_MAC);
+    let mut out = [0u8; 1514];
+    let steps = [
+        frame(to_node, CLI, SVC, 64, L4::Syn { seq: 1 }, b""),
+        frame(from_ep, BACKEND, SNAT, 64, L4::SynAck { seq: 9, ack: 2 }, b""),
+        frame(to_node, CLI, SVC, 64, L4::Ack { seq: 2, ack: 10 }, b""),
+        frame(to_node, CLI, SVC, 64, L4::Fin { seq: 2, ack: 10 }, b""),
+        frame(from_ep, BACKEND, SNAT, 64, L4::Fin { seq: 10, ack: 3 }, b""),
+        frame(to_node, CLI, SVC, 64, L4::Ack { seq: 3, ack: 11 }, b""),
+    ];
+    for mut f in steps {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+    }
+    assert_eq!(e.conntrack().flows()[0].state.as_str(), "TIME_WAIT");
+
+    let mut again = frame(to_node, CLI, SVC, 64, L4::Syn { seq: 5000 }, b"");
+    assert_eq!(e.process(&mut again, Millis(1000), &mut out), Verdict::Forward);
+    let h = PacketHeaders::from_ethernet_slice(&again).unwrap();
+    let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!() };
+    assert_ne!(t.source_port, 40000, "the old tuple is still reserved at the endpoint");
+    assert!((nodegate::board::SNAT_PORT_MIN..=nodegate::board::SNAT_PORT_MAX).contains(&t.source_port));
+    assert_eq!(e.conntrack().len(), 2, "the TIME_WAIT flow stays until it expires");
+
+    // A late segment of the old connection still reaches the client through the old flow.
+    let mut late = frame(from_ep, BACKEND, SNAT, 64, L4::Ack { seq: 11, ack: 3 }, b"");
+    assert_eq!(e.process(&mut late, Millis(1000), &mut out), Verdict::Forward);
+    // The new connection's reply comes back on its own port.
+    let new_port = t.source_port;
+    let mut synack = frame(from_ep, BACKEND, (NODE, new_port), 64, L4::SynAck { seq: 1, ack: 5001 }, b"");
+    assert_eq!(e.process(&mut synack, Millis(1000), &mut out), Verdict::Forward);
+    check_frame(&synack, &Want { macs: (NODE_MAC, CLIENT_MAC), src: SVC, dst: CLI, ttl: 63 }, b"", "new flow's SYN-ACK");
+}
+
+#[test]
+fn unresolved_endpoint_parks_the_frame_and_asks_arp() {
+    let cfg = config::parse(CONFIG.as_bytes()).unwrap();
+    let mut s = Small::new();
+    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut out = [0u8; 1514];
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+    let Verdict::Parked(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("not parked") };
+    let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
+    let Some(NetHeaders::Arp(arp)) = &h.net else { panic!("no ARP request") };
+    assert_eq!((arp.sender_protocol_addr(), arp.target_protocol_addr()), (&NODE[..], &EP[..]));
+    assert_eq!(h.link.unwrap().ethernet2().unwrap().destination, [0xff; 6]);
+
+    assert_eq!(e.process(&mut arp_reply(EP_MAC, EP), Millis(10), &mut out), Verdict::Stack);
+    let len = e.next_output(Millis(10), &mut out).expect("the parked frame goes out");
+    check_frame(&out[..len], &Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 }, b"", "released frame");
+}
+
+#[test]
+fn endpoint_off_link_goes_via_the_gateway() {
+    let json = CONFIG.replace(r#""endpoints": [{ "ip": "10.77.0.11" }] },
+    { "name": "dns""#, r#""endpoints": [{ "ip": "192.0.2.7" }] },
+    { "name": "dns""#);
+    let cfg = config::parse(json.as_bytes()).unwrap();
+    let mut s = Small::new();
+    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    e.process(&mut arp_reply(GATEWAY_MAC, [10, 77, 0, 254]), Millis(0), &mut [0; 1514]);
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+    assert_eq!(e.process(&mut syn, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    check_frame(&syn, &Want { macs: (NODE_MAC, GATEWAY_MAC), src: SNAT, dst: (REMOTE, 3000), ttl: 63 }, b"", "via gateway");
+}
+
+#[test]
+fn frames_not_for_the_node() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let rows: Vec<(&str, Vec<u8>, Verdict)> = vec![
+        ("unicast to another MAC", frame((CLIENT_MAC, EP_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::OtherMac)),
+        ("to another IP", frame((CLIENT_MAC, NODE_MAC), CLI, (EP, 30080), 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::OtherAddress)),
+        ("to a node port that is no service", frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 22), 64, L4::Syn { seq: 1 }, b""), Verdict::Stack),
+        ("truncated Ethernet", vec![0; 10], Verdict::Drop(DropReason::Truncated)),
+        ("IPv6", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Udp, b""); f[12] = 0x86; f[13] = 0xdd; f }, Verdict::Drop(DropReason::UnsupportedEthertype)),
+        ("bad IP header checksum", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[24] ^= 0xff; f }, Verdict::Drop(DropReason::BadChecksum)),
+        ("IHL below 5", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[14] = 0x44; f }, Verdict::Drop(DropReason::Malformed)),
+        ("total length past the frame", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[16] = 0x05; f }, Verdict::Drop(DropReason::Malformed)),
+        ("cut TCP header", { let f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); let mut g = f[..14 + 20 + 10].to_vec(); g[16..18].copy_from_slice(&30u16.to_be_bytes()); fix_ip_checksum(&mut g); g }, Verdict::Drop(DropReason::Truncated)),
+        ("multicast source MAC", frame(([1, 0, 0x5e, 0, 0, 1], NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::MartianSource)),
+        ("broadcast source IP", frame((CLIENT_MAC, NODE_MAC), ([255; 4], 1), SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::MartianSource)),
+        ("a fragment to a service", { let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"x"); f[20] = 0x20; fix_ip_checksum(&mut f); f }, Verdict::Drop(DropReason::Fragment)),
+    ];
+    for (what, mut f, want) in rows {
+        assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), want, "{what}");
+    }
+    assert_eq!(e.counters().dropped(DropReason::OtherMac), 1);
+}
+
+fn fix_ip_checksum(f: &mut [u8]) {
+    f[24] = 0;
+    f[25] = 0;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..]).unwrap().to_header();
+    f[24..26].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
+}
+
+#[test]
+fn random_frames_never_panic() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let base = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"payload");
+    let mut seed = 1u64;
+    for i in 0..50_000u64 {
+        let mut f = base.clone();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        for k in 0..(seed % 4) {
+            let at = ((seed >> (8 * k)) as usize) % f.len();
+            f[at] = (seed >> (16 + k)) as u8;
+        }
+        f.truncate(((seed >> 40) as usize % (f.len() + 1)).max(if i % 3 == 0 { f.len() } else { 0 }));
+        let mut out = [0u8; 1514];
+        let _ = e.process(&mut f, Millis(i), &mut out);
+    }
+}
