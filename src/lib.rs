@@ -5,7 +5,7 @@
 //! (`boards/*.json`, chosen at build time). Only [`host`] (feature `std`) touches the operating
 //! system: the TAP device, the smoltcp interface, the clock, signals and logging.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 #[cfg(feature = "std")]
 extern crate std;

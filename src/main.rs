@@ -1,1 +1,116 @@
-fn main(){}
+//! The `nodegate` command: `run` the gateway, or `check` a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use nodegate::board;
+use nodegate::config::{Config, Node, TrafficPolicy};
+use nodegate::conntrack::{Flow, buckets_for};
+use nodegate::host::{load, runner};
+
+#[derive(Parser)]
+#[command(name = "nodegate", about = "NodePort gateway on a TAP device: kube-proxy's NodePort semantics on smoltcp")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway on the node's TAP device until SIGINT or SIGTERM.
+    Run(Target),
+    /// Validate a config and show its services as `kubectl get svc` does.
+    Check(Target),
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The site's config file; without it, the built-in config/default.json.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Which node of the config this gateway is; may be left out when there is one.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+}
+
+/// `--version`: the build's board and what its tables hold.
+fn version() -> String {
+    // A flow's slot plus its share of the index (both directions).
+    let entry = std::mem::size_of::<Flow>() + std::mem::size_of::<u32>() * buckets_for(board::CONNTRACK_CAPACITY) / board::CONNTRACK_CAPACITY;
+    format!(
+        "{} (board {}: {} flows x {} bytes = {} KiB conntrack, {} services x {} ports x {} endpoints, Maglev table {}, {} neighbours)",
+        env!("CARGO_PKG_VERSION"),
+        board::NAME,
+        board::CONNTRACK_CAPACITY,
+        entry,
+        board::CONNTRACK_CAPACITY * entry / 1024,
+        board::MAX_SERVICES,
+        board::MAX_PORTS_PER_SERVICE,
+        board::MAX_ENDPOINTS_PER_SERVICE,
+        board::MAGLEV_TABLE_SIZE,
+        board::NEIGHBOR_CAPACITY,
+    )
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Check(t) => check(&t),
+        Command::Run(t) => run(&t),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(t: &Target) -> Result<(), String> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    let (source, config) = load::load(t.config.as_deref())?;
+    runner::run(&config, &source, t.node.as_deref())
+}
+
+fn check(t: &Target) -> Result<(), String> {
+    let (source, config) = load::load(t.config.as_deref())?;
+    let node = config.node(t.node.as_deref()).map_err(|e| format!("{source}: {e}"))?;
+    print!("{}", service_table(&config, node));
+    Ok(())
+}
+
+/// The services as `kubectl get svc -o wide` shows them, plus their endpoints.
+fn service_table(config: &Config, node: &Node) -> String {
+    let mut rows = vec![["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "ENDPOINTS"].map(String::from)];
+    for svc in &config.services {
+        let ports: Vec<String> = svc.ports.iter().map(|p| format!("{}:{}/{}", p.port, p.node_port, p.protocol.as_str())).collect();
+        let target = svc.ports.first().map_or(0, |p| p.target_port);
+        let local = |e: &&nodegate::config::Endpoint| {
+            svc.external_traffic_policy == TrafficPolicy::Cluster || e.node.is_some_and(|i| config.nodes.get(i as usize).is_some_and(|n| n.name == node.name))
+        };
+        let eps: Vec<String> = svc.endpoints.iter().filter(local).map(|e| format!("{}:{target}", e.ip)).collect();
+        rows.push([
+            svc.name.to_string(),
+            svc.kind.as_str().into(),
+            "<none>".into(),
+            "<none>".into(),
+            ports.join(","),
+            svc.external_traffic_policy.as_str().into(),
+            if eps.is_empty() { "<none>".into() } else { eps.join(",") },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}

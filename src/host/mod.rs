@@ -1,1 +1,9 @@
+//! The operating-system edge (feature `std`): the TAP device, the smoltcp interface that gives
+//! the node its ARP, ping and sockets, the clock, signals, and the loop that ties them to the
+//! engine. Everything here is glue; decisions live in the `no_std` core.
 
+pub mod device;
+pub mod load;
+pub mod runner;
+mod sys;
+pub mod tap;

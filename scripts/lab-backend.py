@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""A lab backend: HTTP on :3000 and UDP on :5353, each answering with the backend's name and
+the address the request came from, so a test can see who served it and whom it saw."""
+import http.server
+import socket
+import sys
+import threading
+
+NAME = sys.argv[1]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{NAME} saw {self.client_address[0]}:{self.client_address[1]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def udp_echo():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5353))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(f"{NAME} saw {peer[0]}:{peer[1]} ".encode() + data, peer)
+
+
+threading.Thread(target=udp_echo, daemon=True).start()
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 3000), Handler)
+server.daemon_threads = True
+server.serve_forever()

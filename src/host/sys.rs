@@ -1,0 +1,121 @@
+//! The few system calls the std edge makes directly: interface flags and bridge ports (which
+//! tun-tap does not offer), `poll(2)` on the TAP, signal flags and the random seed.
+#![allow(unsafe_code)]
+
+use std::format;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by SIGINT or SIGTERM; the loop checks it every turn.
+pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+/// Routes SIGINT and SIGTERM to [`SHUTDOWN`]. Without SA_RESTART, so a `poll` in progress
+/// returns at once.
+pub fn catch_shutdown_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passes (or a signal arrives).
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<()> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} is too long")));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+struct Socket(RawFd);
+
+impl Socket {
+    fn new() -> io::Result<Socket> {
+        // SAFETY: plain socket(2); the fd is owned and closed by Drop.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(Socket(fd)) }
+    }
+
+    fn ioctl(&self, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+        // SAFETY: `req` is a valid ifreq for these interface ioctls.
+        if unsafe { libc::ioctl(self.0, request, req as *mut libc::ifreq) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Sets interface `name` up.
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    let sock = Socket::new()?;
+    let mut req = ifreq(name)?;
+    sock.ioctl(libc::SIOCGIFFLAGS as libc::Ioctl, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    sock.ioctl(libc::SIOCSIFFLAGS as libc::Ioctl, &mut req)
+}
+
+/// Makes interface `port` a port of bridge `bridge`.
+pub fn add_to_bridge(bridge: &str, port: &str) -> io::Result<()> {
+    const SIOCBRADDIF: libc::Ioctl = 0x89a2;
+    let c_port = std::ffi::CString::new(port).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c_port.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sock = Socket::new()?;
+    let mut req = ifreq(bridge)?;
+    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+    sock.ioctl(SIOCBRADDIF, &mut req)
+}
+
+/// 16 random bytes from the kernel, for hash keys and the SNAT port sequence.
+pub fn random_key() -> io::Result<[u64; 2]> {
+    let mut buf = [0u8; 16];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().unwrap_or_default());
+    Ok([word(0), word(8)])
+}

@@ -1,0 +1,61 @@
+//! The TAP device: opened through tun-tap (no packet-info header, non-blocking), set up, and
+//! optionally made a bridge port. A TAP that nodegate created disappears when its descriptor
+//! closes; a persistent one created beforehand stays.
+
+use std::format;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::string::String;
+
+use tun_tap::{Iface, Mode};
+
+use super::sys;
+
+pub struct Tap {
+    iface: Iface,
+}
+
+impl Tap {
+    /// Opens (or creates) TAP `name`, sets it up and, with `bridge`, enslaves it there.
+    pub fn open(name: &str, bridge: Option<&str>) -> Result<Tap, String> {
+        let iface = Iface::without_packet_info(name, Mode::Tap).map_err(|e| open_error(name, &e))?;
+        iface.set_non_blocking().map_err(|e| format!("TAP {name}: cannot make it non-blocking: {e}"))?;
+        sys::set_link_up(name).map_err(|e| format!("TAP {name}: cannot set it up: {e}"))?;
+        if let Some(bridge) = bridge {
+            sys::add_to_bridge(bridge, name).map_err(|e| format!("TAP {name}: cannot add it to bridge {bridge}: {e}"))?;
+        }
+        Ok(Tap { iface })
+    }
+
+    pub fn name(&self) -> &str {
+        self.iface.name()
+    }
+
+    /// One frame into `buf`; `WouldBlock` when none is waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.iface.recv(buf)
+    }
+
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.iface.send(frame)
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.iface.as_raw_fd()
+    }
+}
+
+/// One line that names the cause and both ways out.
+fn open_error(name: &str, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "cannot open TAP {name} through /dev/net/tun: {e}; either run nodegate with CAP_NET_ADMIN \
+             (as root, or `setcap cap_net_admin+ep nodegate`), or pre-create a persistent TAP owned by your user: \
+             `ip tuntap add dev {name} mode tap user $USER`"
+        ),
+        Some(libc::ENOENT) => format!("cannot open TAP {name}: /dev/net/tun does not exist (load the tun module: `modprobe tun`)"),
+        _ => format!("cannot open TAP {name}: {e}"),
+    }
+}
