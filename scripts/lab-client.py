@@ -3,11 +3,25 @@
 
   lab-client.py http HOST PORT COUNT   COUNT HTTP/1.0 GETs, one connection each; prints each answer
   lab-client.py udp HOST PORT MESSAGE  one datagram; prints the answer
+  lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
+                                       succeeds at the first answer
 
 Every request has a timeout; a failed one prints "request N: FAILED (reason)" and the exit
 status is 1."""
 import socket
+import struct
 import sys
+import time
+
+
+def icmp_checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
 
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 failed = 0
@@ -28,9 +42,35 @@ elif mode == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5)
     try:
-        s.sendto(sys.argv[4].encode(), (host, port))
-        print(s.recvfrom(65535)[0].decode())
+        # Connected, so that an ICMP port unreachable surfaces as "Connection refused".
+        s.connect((host, port))
+        s.send(sys.argv[4].encode())
+        print(s.recv(65535).decode())
     except OSError as e:
         failed += 1
         print(f"FAILED ({e})")
+elif mode == "ping":
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(1)
+    ident = 0x4E47
+    failed = 1
+    for seq in range(1, int(sys.argv[4]) + 1):
+        body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"nodegate"
+        body = body[:2] + struct.pack("!H", icmp_checksum(body)) + body[4:]
+        sent = time.monotonic()
+        s.sendto(body, (host, 0))
+        try:
+            while time.monotonic() - sent < 1:
+                packet, peer = s.recvfrom(2048)
+                icmp = packet[(packet[0] & 0x0F) * 4:]
+                if peer[0] == host and icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
+                    print(f"reply from {host}: seq={seq} time={(time.monotonic() - sent) * 1000:.1f} ms")
+                    failed = 0
+                    break
+        except socket.timeout:
+            pass
+        if not failed:
+            break
+    if failed:
+        print(f"no echo reply from {host}")
 sys.exit(1 if failed else 0)

@@ -1,0 +1,134 @@
+//! The lab harness: fresh network namespaces from `scripts/lab`, nodegate on a TAP in the
+//! gateway namespace, and the lab's Python client in the client namespaces. Every lab is named
+//! after the test process and a counter, and is torn down (processes by PID, then namespaces)
+//! when it goes out of scope, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const NODE_IP: &str = "10.77.0.1";
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether lab tests can run here. They need root; in CI (`CI=true`) a missing root is a failure,
+/// elsewhere the test is skipped with a message saying why.
+pub fn lab_available(test: &str) -> bool {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.is_ok_and(|u| u == "0") {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: lab tests need root (network namespaces, a TAP device), and CI must run them");
+    }
+    eprintln!("skipping {test}: lab tests need root to create network namespaces and a TAP device (CI runs them as root)");
+    false
+}
+
+pub struct Lab {
+    pub prefix: String,
+    gateway: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Lab {
+    /// Builds the lab of `scripts/lab` (client, client2, be1..3 behind a bridge).
+    pub fn up(tag: &str) -> Lab {
+        let prefix = format!("ng{}{}{}", tag, std::process::id() % 100_000, LABS.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir();
+        let lab = Lab { config: dir.join(format!("{prefix}.json")), log: dir.join(format!("{prefix}.log")), prefix, gateway: None };
+        let out = Command::new(repo().join("scripts/lab")).args(["up", &lab.prefix]).output().expect("scripts/lab runs");
+        assert!(out.status.success(), "scripts/lab up: {}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{}", self.prefix, host)
+    }
+
+    /// Starts nodegate with `config` in the gateway namespace and waits until the node answers
+    /// ping from the client.
+    pub fn start_gateway(&mut self, config: &str) {
+        std::fs::write(&self.config, config).unwrap();
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("gw"), env!("CARGO_BIN_EXE_nodegate"), "run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nodegate starts");
+        self.gateway = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.gateway.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nodegate exited with {status}: {}", self.gateway_log());
+            }
+            if self.client("client", &["ping", NODE_IP, "0", "1"]).status.success() {
+                return;
+            }
+        }
+        panic!("the node never answered ping: {}", self.gateway_log());
+    }
+
+    /// Runs `scripts/lab-client.py ARGS` in namespace `host`.
+    pub fn client(&self, host: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "python3"])
+            .arg(repo().join("scripts/lab-client.py"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("lab client runs")
+    }
+
+    pub fn gateway_log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGTERM to nodegate and returns how long it took to exit, and its exit status.
+    pub fn stop_gateway(&mut self) -> (Duration, std::process::ExitStatus) {
+        let mut child = self.gateway.take().expect("the gateway runs");
+        let start = Instant::now();
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (start.elapsed(), status);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("nodegate ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether interface `name` exists in namespace `host`.
+    pub fn has_link(&self, host: &str, name: &str) -> bool {
+        Command::new("ip").args(["-n", &self.ns(host), "link", "show", name]).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap().success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(repo().join("scripts/lab")).args(["down", &self.prefix]).status();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,68 @@
+//! Lab tests: real Linux TCP and UDP clients reach real backends through nodegate on its TAP,
+//! all inside fresh network namespaces. They need root (see `common::lab_available`).
+
+mod common;
+
+use common::{Lab, NODE_IP, lab_available};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const CONFIG: &str = r#"{
+  "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
+  "services": [
+    { "name": "web-frontend", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+      "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] },
+    { "name": "dns", "ports": [{ "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+      "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] },
+    { "name": "nothing-yet", "ports": [{ "name": "t", "port": 80, "nodePort": 30099 }, { "name": "u", "protocol": "UDP", "port": 53, "nodePort": 30099 }],
+      "endpoints": [] }
+  ]
+}"#;
+
+#[test]
+fn nodeport_gateway_end_to_end() {
+    if !lab_available("nodeport_gateway_end_to_end") {
+        return;
+    }
+    let mut lab = Lab::up("e2e");
+    lab.start_gateway(CONFIG);
+
+    // 60 TCP connections from a real Linux client, one request each.
+    let out = lab.client("client", &["http", NODE_IP, "30080", "60"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "some requests failed:\n{text}\n{}", lab.gateway_log());
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines() {
+        // "request N: web-frontend-2 saw 10.77.0.1:40123"
+        let answer = line.split_once(": ").map(|(_, a)| a).unwrap_or("");
+        let (backend, seen) = answer.split_once(" saw ").unwrap_or_else(|| panic!("unexpected answer {line:?}"));
+        assert!(seen.starts_with("10.77.0.1:"), "Cluster policy: the backend must see the node's address, saw {seen}");
+        *per_backend.entry(backend.to_string()).or_default() += 1;
+    }
+    assert_eq!(per_backend.values().sum::<usize>(), 60, "{text}");
+    assert!(per_backend.len() >= 2, "Maglev spread 60 connections over {per_backend:?}");
+
+    // UDP request and response.
+    let out = lab.client("client", &["udp", NODE_IP, "30053", "hello"]);
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "UDP: {answer}\n{}", lab.gateway_log());
+    assert!(answer.contains(" saw 10.77.0.1:") && answer.trim_end().ends_with("hello"), "UDP answer: {answer}");
+
+    // A service without endpoints refuses at once: TCP RST, ICMP port unreachable.
+    let out = lab.client("client", &["http", NODE_IP, "30099", "1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Connection refused"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = lab.client("client", &["udp", NODE_IP, "30099", "anyone?"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Connection refused"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Ping to the node address.
+    assert!(lab.client("client2", &["ping", NODE_IP, "0", "3"]).status.success());
+
+    // SIGTERM: a clean exit, and the TAP it created is gone.
+    assert!(lab.has_link("gw", "ng0"));
+    let (took, status) = lab.stop_gateway();
+    assert!(status.success(), "exit status {status}: {}", lab.gateway_log());
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    assert!(!lab.has_link("gw", "ng0"), "the TAP must be removed");
+    let log = lab.gateway_log();
+    assert!(log.contains("61 flows created"), "60 TCP + 1 UDP flows: {log}");
+}
