@@ -37,7 +37,8 @@ struct Target {
 /// `--version`: the build's board and what its tables hold.
 fn version() -> String {
     // A flow's slot plus its share of the index (both directions).
-    let entry = std::mem::size_of::<Flow>() + std::mem::size_of::<u32>() * buckets_for(board::CONNTRACK_CAPACITY) / board::CONNTRACK_CAPACITY;
+    let entry = std::mem::size_of::<Flow>()
+        + std::mem::size_of::<u32>() * buckets_for(board::CONNTRACK_CAPACITY) / board::CONNTRACK_CAPACITY;
     format!(
         "{} (board {}: {} flows x {} bytes = {} KiB conntrack, {} services x {} ports x {} endpoints, Maglev table {}, {} neighbours)",
         env!("CARGO_PKG_VERSION"),
@@ -73,7 +74,9 @@ fn main() -> ExitCode {
 }
 
 fn run(t: &Target) -> Result<(), String> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let (source, config) = load::load(t.config.as_deref())?;
     runner::run(&config, &source, t.node.as_deref())
 }
@@ -87,12 +90,15 @@ fn check(t: &Target) -> Result<(), String> {
 
 /// The services as `kubectl get svc -o wide` shows them, plus their endpoints.
 fn service_table(config: &Config, node: &Node) -> String {
-    let mut rows = vec![["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "ENDPOINTS"].map(String::from)];
+    let mut rows =
+        vec![["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "ENDPOINTS"].map(String::from)];
     for svc in &config.services {
-        let ports: Vec<String> = svc.ports.iter().map(|p| format!("{}:{}/{}", p.port, p.node_port, p.protocol.as_str())).collect();
+        let ports: Vec<String> =
+            svc.ports.iter().map(|p| format!("{}:{}/{}", p.port, p.node_port, p.protocol.as_str())).collect();
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         let local = |e: &&nodegate::config::Endpoint| {
-            svc.external_traffic_policy == TrafficPolicy::Cluster || e.node.is_some_and(|i| config.nodes.get(i as usize).is_some_and(|n| n.name == node.name))
+            svc.external_traffic_policy == TrafficPolicy::Cluster
+                || e.node.is_some_and(|i| config.nodes.get(i as usize).is_some_and(|n| n.name == node.name))
         };
         let eps: Vec<String> = svc.endpoints.iter().filter(local).map(|e| format!("{}:{target}", e.ip)).collect();
         rows.push([

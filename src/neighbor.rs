@@ -69,7 +69,8 @@ impl<const N: usize> Neighbors<N> {
         let fresh = Entry { ip, mac: [0; 6], learned: None, asked: None };
         if self.entries.is_full() {
             // Give way: the entry confirmed longest ago (or never).
-            let oldest = self.entries.iter().enumerate().min_by_key(|(_, e)| e.learned.unwrap_or_default()).map(|(i, _)| i);
+            let oldest =
+                self.entries.iter().enumerate().min_by_key(|(_, e)| e.learned.unwrap_or_default()).map(|(i, _)| i);
             if let Some(i) = oldest {
                 self.entries.swap_remove(i);
             }

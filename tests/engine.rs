@@ -66,7 +66,14 @@ enum L4 {
     Udp,
 }
 
-fn frame(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16), ttl: u8, l4: L4, payload: &[u8]) -> Vec<u8> {
+fn frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    ttl: u8,
+    l4: L4,
+    payload: &[u8],
+) -> Vec<u8> {
     let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src.0, dst.0, ttl);
     let mut out = Vec::new();
     match l4 {
@@ -144,26 +151,53 @@ fn tcp_flow_is_dnated_snated_and_translated_back() {
     let to_ep = (NODE_MAC, EP_MAC);
     let from_ep = (EP_MAC, NODE_MAC);
     let to_client = (NODE_MAC, CLIENT_MAC);
-    run(&mut e, vec![
-        Row { what: "SYN to NodeIP:nodePort → DNAT to the endpoint, SNAT to the node, TTL - 1",
-            input: frame(to_node, CLI, SVC, 64, L4::Syn { seq: 100 }, b""), verdict: Verdict::Forward,
-            want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }), payload: b"" },
-        Row { what: "SYN-ACK from the endpoint → back to the client from NodeIP:nodePort",
-            input: frame(from_ep, BACKEND, SNAT, 64, L4::SynAck { seq: 900, ack: 101 }, b""), verdict: Verdict::Forward,
-            want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }), payload: b"" },
-        Row { what: "data from the client follows the flow",
-            input: frame(to_node, CLI, SVC, 64, L4::Ack { seq: 101, ack: 901 }, b"GET / HTTP/1.0\r\n\r\n"), verdict: Verdict::Forward,
-            want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }), payload: b"GET / HTTP/1.0\r\n\r\n" },
-        Row { what: "odd-length data from the endpoint (checksum padding)",
-            input: frame(from_ep, BACKEND, SNAT, 64, L4::Ack { seq: 901, ack: 119 }, b"hello"), verdict: Verdict::Forward,
-            want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }), payload: b"hello" },
-        Row { what: "a mid-stream segment of no tracked flow is dropped",
-            input: frame(to_node, (CLIENT, 40001), SVC, 64, L4::Ack { seq: 1, ack: 1 }, b""), verdict: Verdict::Drop(DropReason::TcpNoFlow),
-            want: None, payload: b"" },
-        Row { what: "a reply to a port nothing tracks goes to the node's own stack",
-            input: frame(from_ep, BACKEND, (NODE, 40002), 64, L4::Ack { seq: 1, ack: 1 }, b""), verdict: Verdict::Stack,
-            want: None, payload: b"" },
-    ]);
+    run(
+        &mut e,
+        vec![
+            Row {
+                what: "SYN to NodeIP:nodePort → DNAT to the endpoint, SNAT to the node, TTL - 1",
+                input: frame(to_node, CLI, SVC, 64, L4::Syn { seq: 100 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }),
+                payload: b"",
+            },
+            Row {
+                what: "SYN-ACK from the endpoint → back to the client from NodeIP:nodePort",
+                input: frame(from_ep, BACKEND, SNAT, 64, L4::SynAck { seq: 900, ack: 101 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }),
+                payload: b"",
+            },
+            Row {
+                what: "data from the client follows the flow",
+                input: frame(to_node, CLI, SVC, 64, L4::Ack { seq: 101, ack: 901 }, b"GET / HTTP/1.0\r\n\r\n"),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: to_ep, src: SNAT, dst: BACKEND, ttl: 63 }),
+                payload: b"GET / HTTP/1.0\r\n\r\n",
+            },
+            Row {
+                what: "odd-length data from the endpoint (checksum padding)",
+                input: frame(from_ep, BACKEND, SNAT, 64, L4::Ack { seq: 901, ack: 119 }, b"hello"),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: to_client, src: SVC, dst: CLI, ttl: 63 }),
+                payload: b"hello",
+            },
+            Row {
+                what: "a mid-stream segment of no tracked flow is dropped",
+                input: frame(to_node, (CLIENT, 40001), SVC, 64, L4::Ack { seq: 1, ack: 1 }, b""),
+                verdict: Verdict::Drop(DropReason::TcpNoFlow),
+                want: None,
+                payload: b"",
+            },
+            Row {
+                what: "a reply to a port nothing tracks goes to the node's own stack",
+                input: frame(from_ep, BACKEND, (NODE, 40002), 64, L4::Ack { seq: 1, ack: 1 }, b""),
+                verdict: Verdict::Stack,
+                want: None,
+                payload: b"",
+            },
+        ],
+    );
     assert_eq!(e.counters().new_flows, 1);
     assert_eq!(e.conntrack().flows()[0].state.as_str(), "ESTABLISHED");
 }
@@ -173,14 +207,25 @@ fn udp_both_ways() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
     let cli = (CLIENT, 5000);
-    run(&mut e, vec![
-        Row { what: "UDP to the nodePort → endpoint:targetPort, from the node",
-            input: frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, b"query"), verdict: Verdict::Forward,
-            want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 }), payload: b"query" },
-        Row { what: "the answer goes back from NodeIP:nodePort",
-            input: frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, b"answer!"), verdict: Verdict::Forward,
-            want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30053), dst: cli, ttl: 63 }), payload: b"answer!" },
-    ]);
+    run(
+        &mut e,
+        vec![
+            Row {
+                what: "UDP to the nodePort → endpoint:targetPort, from the node",
+                input: frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, b"query"),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 }),
+                payload: b"query",
+            },
+            Row {
+                what: "the answer goes back from NodeIP:nodePort",
+                input: frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, b"answer!"),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30053), dst: cli, ttl: 63 }),
+                payload: b"answer!",
+            },
+        ],
+    );
     assert!(e.conntrack().flows()[0].replied());
 }
 
@@ -199,14 +244,25 @@ fn udp_without_checksum_stays_without() {
 fn local_policy_keeps_the_client_address() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
-    run(&mut e, vec![
-        Row { what: "Local: DNAT only, the endpoint sees the client",
-            input: frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30081), 64, L4::Syn { seq: 1 }, b""), verdict: Verdict::Forward,
-            want: Some(Want { macs: (NODE_MAC, EP_MAC), src: CLI, dst: (EP, 3001), ttl: 63 }), payload: b"" },
-        Row { what: "Local: the reply, routed via the node, goes back from NodeIP:nodePort",
-            input: frame((EP_MAC, NODE_MAC), (EP, 3001), CLI, 64, L4::SynAck { seq: 5, ack: 2 }, b""), verdict: Verdict::Forward,
-            want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30081), dst: CLI, ttl: 63 }), payload: b"" },
-    ]);
+    run(
+        &mut e,
+        vec![
+            Row {
+                what: "Local: DNAT only, the endpoint sees the client",
+                input: frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30081), 64, L4::Syn { seq: 1 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: CLI, dst: (EP, 3001), ttl: 63 }),
+                payload: b"",
+            },
+            Row {
+                what: "Local: the reply, routed via the node, goes back from NodeIP:nodePort",
+                input: frame((EP_MAC, NODE_MAC), (EP, 3001), CLI, 64, L4::SynAck { seq: 5, ack: 2 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30081), dst: CLI, ttl: 63 }),
+                payload: b"",
+            },
+        ],
+    );
 }
 
 #[test]
@@ -234,7 +290,10 @@ fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
     let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
     assert_eq!((ip.source, ip.destination), (NODE, CLIENT));
-    assert!(matches!(icmp.icmp_type, Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)));
+    assert!(matches!(
+        icmp.icmp_type,
+        Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+    ));
     let quoted = h.payload.slice();
     assert_eq!(quoted, &dgram[14..14 + 28], "quotes the IP header and 8 bytes of the datagram");
     assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(quoted));
@@ -292,7 +351,12 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     let new_port = t.source_port;
     let mut synack = frame(from_ep, BACKEND, (NODE, new_port), 64, L4::SynAck { seq: 1, ack: 5001 }, b"");
     assert_eq!(e.process(&mut synack, Millis(1000), &mut out), Verdict::Forward);
-    check_frame(&synack, &Want { macs: (NODE_MAC, CLIENT_MAC), src: SVC, dst: CLI, ttl: 63 }, b"", "new flow's SYN-ACK");
+    check_frame(
+        &synack,
+        &Want { macs: (NODE_MAC, CLIENT_MAC), src: SVC, dst: CLI, ttl: 63 },
+        b"",
+        "new flow's SYN-ACK",
+    );
 }
 
 #[test]
@@ -310,21 +374,34 @@ fn unresolved_endpoint_parks_the_frame_and_asks_arp() {
 
     assert_eq!(e.process(&mut arp_reply(EP_MAC, EP), Millis(10), &mut out), Verdict::Stack);
     let len = e.next_output(Millis(10), &mut out).expect("the parked frame goes out");
-    check_frame(&out[..len], &Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 }, b"", "released frame");
+    check_frame(
+        &out[..len],
+        &Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 },
+        b"",
+        "released frame",
+    );
 }
 
 #[test]
 fn endpoint_off_link_goes_via_the_gateway() {
-    let json = CONFIG.replace(r#""endpoints": [{ "ip": "10.77.0.11" }] },
-    { "name": "dns""#, r#""endpoints": [{ "ip": "192.0.2.7" }] },
-    { "name": "dns""#);
+    let json = CONFIG.replace(
+        r#""endpoints": [{ "ip": "10.77.0.11" }] },
+    { "name": "dns""#,
+        r#""endpoints": [{ "ip": "192.0.2.7" }] },
+    { "name": "dns""#,
+    );
     let cfg = config::parse(json.as_bytes()).unwrap();
     let mut s = Small::new();
     let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
     e.process(&mut arp_reply(GATEWAY_MAC, [10, 77, 0, 254]), Millis(0), &mut [0; 1514]);
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
     assert_eq!(e.process(&mut syn, Millis(0), &mut [0; 1514]), Verdict::Forward);
-    check_frame(&syn, &Want { macs: (NODE_MAC, GATEWAY_MAC), src: SNAT, dst: (REMOTE, 3000), ttl: 63 }, b"", "via gateway");
+    check_frame(
+        &syn,
+        &Want { macs: (NODE_MAC, GATEWAY_MAC), src: SNAT, dst: (REMOTE, 3000), ttl: 63 },
+        b"",
+        "via gateway",
+    );
 }
 
 #[test]
@@ -332,18 +409,90 @@ fn frames_not_for_the_node() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
     let rows: Vec<(&str, Vec<u8>, Verdict)> = vec![
-        ("unicast to another MAC", frame((CLIENT_MAC, EP_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::OtherMac)),
-        ("to another IP", frame((CLIENT_MAC, NODE_MAC), CLI, (EP, 30080), 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::OtherAddress)),
-        ("to a node port that is no service", frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 22), 64, L4::Syn { seq: 1 }, b""), Verdict::Stack),
+        (
+            "unicast to another MAC",
+            frame((CLIENT_MAC, EP_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Drop(DropReason::OtherMac),
+        ),
+        (
+            "to another IP",
+            frame((CLIENT_MAC, NODE_MAC), CLI, (EP, 30080), 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Drop(DropReason::OtherAddress),
+        ),
+        (
+            "to a node port that is no service",
+            frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 22), 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Stack,
+        ),
         ("truncated Ethernet", vec![0; 10], Verdict::Drop(DropReason::Truncated)),
-        ("IPv6", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Udp, b""); f[12] = 0x86; f[13] = 0xdd; f }, Verdict::Drop(DropReason::UnsupportedEthertype)),
-        ("bad IP header checksum", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[24] ^= 0xff; f }, Verdict::Drop(DropReason::BadChecksum)),
-        ("IHL below 5", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[14] = 0x44; f }, Verdict::Drop(DropReason::Malformed)),
-        ("total length past the frame", { let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); f[16] = 0x05; f }, Verdict::Drop(DropReason::Malformed)),
-        ("cut TCP header", { let f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""); let mut g = f[..14 + 20 + 10].to_vec(); g[16..18].copy_from_slice(&30u16.to_be_bytes()); fix_ip_checksum(&mut g); g }, Verdict::Drop(DropReason::Truncated)),
-        ("multicast source MAC", frame(([1, 0, 0x5e, 0, 0, 1], NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::MartianSource)),
-        ("broadcast source IP", frame((CLIENT_MAC, NODE_MAC), ([255; 4], 1), SVC, 64, L4::Syn { seq: 1 }, b""), Verdict::Drop(DropReason::MartianSource)),
-        ("a fragment to a service", { let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"x"); f[20] = 0x20; fix_ip_checksum(&mut f); f }, Verdict::Drop(DropReason::Fragment)),
+        (
+            "IPv6",
+            {
+                let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Udp, b"");
+                f[12] = 0x86;
+                f[13] = 0xdd;
+                f
+            },
+            Verdict::Drop(DropReason::UnsupportedEthertype),
+        ),
+        (
+            "bad IP header checksum",
+            {
+                let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+                f[24] ^= 0xff;
+                f
+            },
+            Verdict::Drop(DropReason::BadChecksum),
+        ),
+        (
+            "IHL below 5",
+            {
+                let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+                f[14] = 0x44;
+                f
+            },
+            Verdict::Drop(DropReason::Malformed),
+        ),
+        (
+            "total length past the frame",
+            {
+                let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+                f[16] = 0x05;
+                f
+            },
+            Verdict::Drop(DropReason::Malformed),
+        ),
+        (
+            "cut TCP header",
+            {
+                let f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+                let mut g = f[..14 + 20 + 10].to_vec();
+                g[16..18].copy_from_slice(&30u16.to_be_bytes());
+                fix_ip_checksum(&mut g);
+                g
+            },
+            Verdict::Drop(DropReason::Truncated),
+        ),
+        (
+            "multicast source MAC",
+            frame(([1, 0, 0x5e, 0, 0, 1], NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Drop(DropReason::MartianSource),
+        ),
+        (
+            "broadcast source IP",
+            frame((CLIENT_MAC, NODE_MAC), ([255; 4], 1), SVC, 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Drop(DropReason::MartianSource),
+        ),
+        (
+            "a fragment to a service",
+            {
+                let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"x");
+                f[20] = 0x20;
+                fix_ip_checksum(&mut f);
+                f
+            },
+            Verdict::Drop(DropReason::Fragment),
+        ),
     ];
     for (what, mut f, want) in rows {
         assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), want, "{what}");

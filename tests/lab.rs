@@ -50,9 +50,17 @@ fn nodeport_gateway_end_to_end() {
 
     // A service without endpoints refuses at once: TCP RST, ICMP port unreachable.
     let out = lab.client("client", &["http", NODE_IP, "30099", "1"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Connection refused"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Connection refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = lab.client("client", &["udp", NODE_IP, "30099", "anyone?"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Connection refused"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Connection refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Ping to the node address.
     assert!(lab.client("client2", &["ping", NODE_IP, "0", "3"]).status.success());
@@ -65,4 +73,37 @@ fn nodeport_gateway_end_to_end() {
     assert!(!lab.has_link("gw", "ng0"), "the TAP must be removed");
     let log = lab.gateway_log();
     assert!(log.contains("61 flows created"), "60 TCP + 1 UDP flows: {log}");
+}
+
+#[test]
+fn run_without_permission_names_the_cause_and_both_fixes() {
+    if !lab_available("run_without_permission_names_the_cause_and_both_fixes") {
+        return;
+    }
+    // An unprivileged user inside a namespace of the lab: nothing can leak into the root one.
+    let lab = Lab::up("perm");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("gw"),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_nodegate"))
+        .arg("run")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("cannot open TAP ng0")
+            && err.contains("CAP_NET_ADMIN")
+            && err.contains("ip tuntap add dev ng0 mode tap user"),
+        "{err}"
+    );
 }

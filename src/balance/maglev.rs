@@ -160,7 +160,10 @@ mod test {
         assert!(a.table == b.table);
         // Pinned: a gateway of a later release must pick as this one does.
         let picks: heapless::Vec<usize, 8> = (0..8)
-            .map(|p| a.pick(flow_hash(Ipv4Addr::new(10, 77, 0, 100), 40000 + p, Ipv4Addr::new(10, 77, 0, 1), 30080, 6)).unwrap())
+            .map(|p| {
+                a.pick(flow_hash(Ipv4Addr::new(10, 77, 0, 100), 40000 + p, Ipv4Addr::new(10, 77, 0, 1), 30080, 6))
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks, [2, 3, 2, 3, 2, 2, 2, 2]);
     }

@@ -159,10 +159,7 @@ impl Config {
                 for (i, n) in self.nodes.iter().enumerate() {
                     let _ = write!(known, "{}{}", if i > 0 { ", " } else { "" }, n.name);
                 }
-                ConfigError::new(
-                    format_args!("--node"),
-                    format_args!("no node named {name:?} (nodes: {known})"),
-                )
+                ConfigError::new(format_args!("--node"), format_args!("no node named {name:?} (nodes: {known})"))
             }),
             None if self.nodes.len() == 1 => Ok(&self.nodes[0]),
             None => Err(ConfigError::new(
@@ -192,11 +189,7 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 

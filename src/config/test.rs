@@ -23,8 +23,20 @@ fn default_config_is_the_documented_service() {
     assert_eq!(node.gateway, Some(Ipv4Addr::new(10, 77, 0, 254)));
     assert_eq!(node.metrics_port, Some(9100));
     let svc = &cfg.services[0];
-    assert_eq!((svc.name.as_str(), svc.kind, svc.external_traffic_policy), ("web-frontend", ServiceType::NodePort, TrafficPolicy::Cluster));
-    assert_eq!(svc.ports[0], ServicePort { name: Some("http".try_into().unwrap()), protocol: Protocol::Tcp, port: 80, target_port: 3000, node_port: 30080 });
+    assert_eq!(
+        (svc.name.as_str(), svc.kind, svc.external_traffic_policy),
+        ("web-frontend", ServiceType::NodePort, TrafficPolicy::Cluster)
+    );
+    assert_eq!(
+        svc.ports[0],
+        ServicePort {
+            name: Some("http".try_into().unwrap()),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 3000,
+            node_port: 30080
+        }
+    );
     assert_eq!(svc.endpoints.len(), 3);
     assert_eq!(svc.endpoints[0].node, Some(0));
     assert_eq!(svc.endpoints[1].node, None);
@@ -56,49 +68,111 @@ fn invalid_configs_name_the_field() {
     let ep = r#"{"ip":"10.77.0.11"}"#;
     use std::format;
     let rows: &[(&str, std::string::String, &str)] = &[
-        ("nodePort outside the range", cfg(node, &svc(r#"{"port":80,"nodePort":40000}"#, ep)),
-            "services[0].ports[0].nodePort: 40000 is outside nodePortRange 30000-32767"),
-        ("nodePort outside a custom range", format!(r#"{{"nodePortRange":"31000-31999","nodes":[{node}],"services":[{}]}}"#, svc(port, ep)),
-            "services[0].ports[0].nodePort: 30080 is outside nodePortRange 31000-31999"),
-        ("nodePort used twice", cfg(node, &format!("{},{}", svc(port, ep), svc(port, ep).replace("\"web\"", "\"api\""))),
-            "services[1].ports[0].nodePort: 30080/TCP is already used by service \"web\""),
-        ("bad endpoint address", cfg(node, &svc(port, r#"{"ip":"10.77.0.300"}"#)),
-            "services[0].endpoints[0].ip: \"10.77.0.300\" is not an IPv4 address"),
-        ("bad CIDR", cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1"]}"#, ""),
-            "nodes[0].addresses[0]: \"10.77.0.1\" is not an IPv4 address with a prefix length (like 10.77.0.1/24)"),
-        ("network address as node address", cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.0/24"]}"#, ""),
-            "nodes[0].addresses[0]: \"10.77.0.0/24\": the address must be a host address of its subnet"),
-        ("bad MAC", cfg(r#"{"name":"n","tap":"t","mac":"02:00:00:00:01","addresses":["10.77.0.1/24"]}"#, ""),
-            "nodes[0].mac: \"02:00:00:00:01\" is not a MAC address (like 02:00:00:00:00:01)"),
-        ("multicast MAC", cfg(r#"{"name":"n","tap":"t","mac":"01:00:5e:00:00:01","addresses":["10.77.0.1/24"]}"#, ""),
-            "nodes[0].mac: \"01:00:5e:00:00:01\" is not a unicast MAC address"),
-        ("unknown protocol", cfg(node, &svc(r#"{"port":80,"nodePort":30080,"protocol":"SCTP"}"#, ep)),
-            "services[0].ports[0].protocol: \"SCTP\" is not one of TCP, UDP"),
-        ("unknown policy", cfg(node, &svc(port, ep).replace("{\"name\":\"web\"", "{\"name\":\"web\",\"externalTrafficPolicy\":\"Nearest\"")),
-            "services[0].externalTrafficPolicy: \"Nearest\" is not one of Cluster, Local"),
-        ("unknown type", cfg(node, &svc(port, ep).replace("{\"name\":\"web\"", "{\"name\":\"web\",\"type\":\"ExternalName\"")),
-            "services[0].type: \"ExternalName\" is not supported (NodePort)"),
-        ("gateway off every subnet", cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.78.0.1"}"#, ""),
-            "nodes[0].gateway: 10.78.0.1 is on none of the node's subnets"),
-        ("port zero", cfg(node, &svc(r#"{"port":0,"nodePort":30080}"#, ep)),
-            "services[0].ports[0].port: 0 is not a port (1-65535)"),
-        ("targetPort too large", cfg(node, &svc(r#"{"port":80,"targetPort":70000,"nodePort":30080}"#, ep)),
-            "services[0].ports[0].targetPort: 70000 is not a port (1-65535)"),
-        ("missing nodePort", cfg(node, &svc(r#"{"port":80}"#, ep)),
-            "services[0].ports[0].nodePort: is required"),
-        ("unnamed port among several", cfg(node, &svc(r#"{"name":"a","port":80,"nodePort":30080},{"port":81,"nodePort":30081}"#, ep)),
-            "services[0].ports[1].name: is required when a service has several ports"),
-        ("endpoint twice", cfg(node, &svc(port, &format!("{ep},{ep}"))),
-            "services[0].endpoints[1].ip: 10.77.0.11 is listed twice"),
-        ("endpoint on an unknown node", cfg(node, &svc(port, r#"{"ip":"10.77.0.11","nodeName":"edge-9"}"#)),
-            "services[0].endpoints[0].nodeName: \"edge-9\" is not one of the nodes"),
-        ("bad name", cfg(r#"{"name":"Edge_1","tap":"t","addresses":["10.77.0.1/24"]}"#, ""),
-            "nodes[0].name: \"Edge_1\" is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')"),
-        ("tap name too long", cfg(r#"{"name":"n","tap":"a-very-long-tap-name","addresses":["10.77.0.1/24"]}"#, ""),
-            "nodes[0].tap: \"a-very-long-tap-name\" is not a valid interface name (1-15 of A-Z, a-z, 0-9, '-', '_', '.')"),
+        (
+            "nodePort outside the range",
+            cfg(node, &svc(r#"{"port":80,"nodePort":40000}"#, ep)),
+            "services[0].ports[0].nodePort: 40000 is outside nodePortRange 30000-32767",
+        ),
+        (
+            "nodePort outside a custom range",
+            format!(r#"{{"nodePortRange":"31000-31999","nodes":[{node}],"services":[{}]}}"#, svc(port, ep)),
+            "services[0].ports[0].nodePort: 30080 is outside nodePortRange 31000-31999",
+        ),
+        (
+            "nodePort used twice",
+            cfg(node, &format!("{},{}", svc(port, ep), svc(port, ep).replace("\"web\"", "\"api\""))),
+            "services[1].ports[0].nodePort: 30080/TCP is already used by service \"web\"",
+        ),
+        (
+            "bad endpoint address",
+            cfg(node, &svc(port, r#"{"ip":"10.77.0.300"}"#)),
+            "services[0].endpoints[0].ip: \"10.77.0.300\" is not an IPv4 address",
+        ),
+        (
+            "bad CIDR",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1"]}"#, ""),
+            "nodes[0].addresses[0]: \"10.77.0.1\" is not an IPv4 address with a prefix length (like 10.77.0.1/24)",
+        ),
+        (
+            "network address as node address",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.0/24"]}"#, ""),
+            "nodes[0].addresses[0]: \"10.77.0.0/24\": the address must be a host address of its subnet",
+        ),
+        (
+            "bad MAC",
+            cfg(r#"{"name":"n","tap":"t","mac":"02:00:00:00:01","addresses":["10.77.0.1/24"]}"#, ""),
+            "nodes[0].mac: \"02:00:00:00:01\" is not a MAC address (like 02:00:00:00:00:01)",
+        ),
+        (
+            "multicast MAC",
+            cfg(r#"{"name":"n","tap":"t","mac":"01:00:5e:00:00:01","addresses":["10.77.0.1/24"]}"#, ""),
+            "nodes[0].mac: \"01:00:5e:00:00:01\" is not a unicast MAC address",
+        ),
+        (
+            "unknown protocol",
+            cfg(node, &svc(r#"{"port":80,"nodePort":30080,"protocol":"SCTP"}"#, ep)),
+            "services[0].ports[0].protocol: \"SCTP\" is not one of TCP, UDP",
+        ),
+        (
+            "unknown policy",
+            cfg(
+                node,
+                &svc(port, ep).replace("{\"name\":\"web\"", "{\"name\":\"web\",\"externalTrafficPolicy\":\"Nearest\""),
+            ),
+            "services[0].externalTrafficPolicy: \"Nearest\" is not one of Cluster, Local",
+        ),
+        (
+            "unknown type",
+            cfg(node, &svc(port, ep).replace("{\"name\":\"web\"", "{\"name\":\"web\",\"type\":\"ExternalName\"")),
+            "services[0].type: \"ExternalName\" is not supported (NodePort)",
+        ),
+        (
+            "gateway off every subnet",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.78.0.1"}"#, ""),
+            "nodes[0].gateway: 10.78.0.1 is on none of the node's subnets",
+        ),
+        (
+            "port zero",
+            cfg(node, &svc(r#"{"port":0,"nodePort":30080}"#, ep)),
+            "services[0].ports[0].port: 0 is not a port (1-65535)",
+        ),
+        (
+            "targetPort too large",
+            cfg(node, &svc(r#"{"port":80,"targetPort":70000,"nodePort":30080}"#, ep)),
+            "services[0].ports[0].targetPort: 70000 is not a port (1-65535)",
+        ),
+        ("missing nodePort", cfg(node, &svc(r#"{"port":80}"#, ep)), "services[0].ports[0].nodePort: is required"),
+        (
+            "unnamed port among several",
+            cfg(node, &svc(r#"{"name":"a","port":80,"nodePort":30080},{"port":81,"nodePort":30081}"#, ep)),
+            "services[0].ports[1].name: is required when a service has several ports",
+        ),
+        (
+            "endpoint twice",
+            cfg(node, &svc(port, &format!("{ep},{ep}"))),
+            "services[0].endpoints[1].ip: 10.77.0.11 is listed twice",
+        ),
+        (
+            "endpoint on an unknown node",
+            cfg(node, &svc(port, r#"{"ip":"10.77.0.11","nodeName":"edge-9"}"#)),
+            "services[0].endpoints[0].nodeName: \"edge-9\" is not one of the nodes",
+        ),
+        (
+            "bad name",
+            cfg(r#"{"name":"Edge_1","tap":"t","addresses":["10.77.0.1/24"]}"#, ""),
+            "nodes[0].name: \"Edge_1\" is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
+        ),
+        (
+            "tap name too long",
+            cfg(r#"{"name":"n","tap":"a-very-long-tap-name","addresses":["10.77.0.1/24"]}"#, ""),
+            "nodes[0].tap: \"a-very-long-tap-name\" is not a valid interface name (1-15 of A-Z, a-z, 0-9, '-', '_', '.')",
+        ),
         ("no nodes", r#"{"nodes":[],"services":[]}"#.into(), "nodes: at least one node is needed"),
-        ("bad range", format!(r#"{{"nodePortRange":"32767-30000","nodes":[{node}]}}"#),
-            "nodePortRange: \"32767-30000\" is not a port range like \"30000-32767\""),
+        (
+            "bad range",
+            format!(r#"{{"nodePortRange":"32767-30000","nodes":[{node}]}}"#),
+            "nodePortRange: \"32767-30000\" is not a port range like \"30000-32767\"",
+        ),
         ("not JSON", "{\"nodes\": [".into(), "invalid JSON: EOF while parsing a list."),
     ];
     for (what, json, want) in rows {
@@ -109,14 +183,21 @@ fn invalid_configs_name_the_field() {
 #[test]
 fn more_entries_than_the_board_holds_are_reported_with_the_count() {
     use std::format;
-    let eps: std::vec::Vec<_> = (0..board::MAX_ENDPOINTS_PER_SERVICE + 3).map(|i| format!(r#"{{"ip":"10.{}.{}.1"}}"#, i / 250, i % 250)).collect();
+    let eps: std::vec::Vec<_> = (0..board::MAX_ENDPOINTS_PER_SERVICE + 3)
+        .map(|i| format!(r#"{{"ip":"10.{}.{}.1"}}"#, i / 250, i % 250))
+        .collect();
     let json = format!(
         r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.77.0.1/24"]}}],"services":[{{"name":"s","ports":[{{"port":1,"nodePort":30001}}],"endpoints":[{}]}}]}}"#,
         eps.join(",")
     );
     assert_eq!(
         error_of(&json),
-        format!("services[0].endpoints: {} entries, but board {:?} holds at most {}", board::MAX_ENDPOINTS_PER_SERVICE + 3, board::NAME, board::MAX_ENDPOINTS_PER_SERVICE)
+        format!(
+            "services[0].endpoints: {} entries, but board {:?} holds at most {}",
+            board::MAX_ENDPOINTS_PER_SERVICE + 3,
+            board::NAME,
+            board::MAX_ENDPOINTS_PER_SERVICE
+        )
     );
 }
 
@@ -144,4 +225,3 @@ fn hostile_bytes_never_panic() {
         let _ = parse(&bytes);
     }
 }
-

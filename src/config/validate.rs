@@ -68,7 +68,11 @@ fn name(path: fmt::Arguments, text: Option<&str>) -> Result<Name> {
         && !text.starts_with('-')
         && !text.ends_with('-');
     if !ok {
-        fail!(path, "{:?} is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')", Short(text));
+        fail!(
+            path,
+            "{:?} is not a valid name (1-63 of a-z, 0-9 and '-', not starting or ending with '-')",
+            Short(text)
+        );
     }
     Ok(String::try_from(text).unwrap_or_default())
 }
@@ -98,7 +102,14 @@ fn cidr(path: fmt::Arguments, text: &str) -> Result<Ipv4Cidr> {
         Some(Ipv4Cidr::new(ip, len))
     });
     match parsed {
-        Some(c) if !c.address().is_unspecified() && !c.address().is_multicast() && c.address() != c.broadcast().unwrap_or(Ipv4Addr::BROADCAST) && (c.prefix_len() == 32 || c.address() != c.network().address()) => Ok(c),
+        Some(c)
+            if !c.address().is_unspecified()
+                && !c.address().is_multicast()
+                && c.address() != c.broadcast().unwrap_or(Ipv4Addr::BROADCAST)
+                && (c.prefix_len() == 32 || c.address() != c.network().address()) =>
+        {
+            Ok(c)
+        }
         Some(_) => fail!(path, "{text:?}: the address must be a host address of its subnet"),
         None => fail!(path, "{:?} is not an IPv4 address with a prefix length (like 10.77.0.1/24)", Short(text)),
     }
@@ -141,7 +152,12 @@ fn port_range(text: &str) -> Result<PortRange> {
 
 /// A locally administered MAC derived from the node's name, stable across restarts.
 fn mac_from_name(name: &str) -> EthernetAddress {
-    let h = crate::hash::sip13(crate::hash::STABLE_KEY, name.len() as u64, name.bytes().fold(0u64, |a, b| a.rotate_left(8) ^ b as u64)).to_le_bytes();
+    let h = crate::hash::sip13(
+        crate::hash::STABLE_KEY,
+        name.len() as u64,
+        name.bytes().fold(0u64, |a, b| a.rotate_left(8) ^ b as u64),
+    )
+    .to_le_bytes();
     EthernetAddress([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
@@ -190,7 +206,11 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
     let external_traffic_policy = match raw.external_traffic_policy.unwrap_or("Cluster") {
         "Cluster" => TrafficPolicy::Cluster,
         "Local" => TrafficPolicy::Local,
-        other => fail!(format_args!("services[{i}].externalTrafficPolicy"), "{:?} is not one of Cluster, Local", Short(other)),
+        other => fail!(
+            format_args!("services[{i}].externalTrafficPolicy"),
+            "{:?} is not one of Cluster, Local",
+            Short(other)
+        ),
     };
     capacity(format_args!("services[{i}].ports"), &raw.ports, board::MAX_PORTS_PER_SERVICE)?;
     capacity(format_args!("services[{i}].endpoints"), &raw.endpoints, board::MAX_ENDPOINTS_PER_SERVICE)?;
@@ -201,12 +221,21 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
     for (j, p) in raw.ports.items.iter().enumerate() {
         let sp = service_port(i, j, p, raw.ports.items.len() > 1, cfg)?;
         if ports.iter().any(|o| o.name.is_some() && o.name == sp.name) {
-            fail!(format_args!("services[{i}].ports[{j}].name"), "{:?} is used by an earlier port", sp.name.as_deref().unwrap_or(""));
+            fail!(
+                format_args!("services[{i}].ports[{j}].name"),
+                "{:?} is used by an earlier port",
+                sp.name.as_deref().unwrap_or("")
+            );
         }
         let same = |o: &ServicePort| o.node_port == sp.node_port && o.protocol == sp.protocol;
         let owner = cfg.services.iter().find(|s| s.ports.iter().any(same)).map(|s| s.name.as_str());
         if let Some(owner) = owner.or_else(|| ports.iter().any(same).then_some(name.as_str())) {
-            fail!(format_args!("services[{i}].ports[{j}].nodePort"), "{}/{} is already used by service {owner:?}", sp.node_port, sp.protocol.as_str());
+            fail!(
+                format_args!("services[{i}].ports[{j}].nodePort"),
+                "{}/{} is already used by service {owner:?}",
+                sp.node_port,
+                sp.protocol.as_str()
+            );
         }
         let _ = ports.push(sp);
     }
@@ -224,7 +253,9 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
 fn service_port(i: usize, j: usize, raw: &RawPort, named: bool, cfg: &Config) -> Result<ServicePort> {
     let name = match raw.name {
         Some(n) => Some(super::validate::name(format_args!("services[{i}].ports[{j}].name"), Some(n))?),
-        None if named => fail!(format_args!("services[{i}].ports[{j}].name"), "is required when a service has several ports"),
+        None if named => {
+            fail!(format_args!("services[{i}].ports[{j}].name"), "is required when a service has several ports")
+        }
         None => None,
     };
     let protocol = match raw.protocol.unwrap_or("TCP") {
@@ -232,7 +263,10 @@ fn service_port(i: usize, j: usize, raw: &RawPort, named: bool, cfg: &Config) ->
         "UDP" => Protocol::Udp,
         other => fail!(format_args!("services[{i}].ports[{j}].protocol"), "{:?} is not one of TCP, UDP", Short(other)),
     };
-    let svc_port = port(format_args!("services[{i}].ports[{j}].port"), required(format_args!("services[{i}].ports[{j}].port"), raw.port)?)?;
+    let svc_port = port(
+        format_args!("services[{i}].ports[{j}].port"),
+        required(format_args!("services[{i}].ports[{j}].port"), raw.port)?,
+    )?;
     let target_port = match raw.target_port {
         Some(p) => port(format_args!("services[{i}].ports[{j}].targetPort"), p)?,
         None => svc_port,
@@ -251,7 +285,9 @@ fn endpoint(i: usize, j: usize, raw: &RawEndpoint, cfg: &Config) -> Result<Endpo
     let node = match raw.node_name {
         Some(n) => match cfg.nodes.iter().position(|node| node.name == n) {
             Some(k) => Some(k as u8),
-            None => fail!(format_args!("services[{i}].endpoints[{j}].nodeName"), "{:?} is not one of the nodes", Short(n)),
+            None => {
+                fail!(format_args!("services[{i}].endpoints[{j}].nodeName"), "{:?} is not one of the nodes", Short(n))
+            }
         },
         None => None,
     };

@@ -97,11 +97,23 @@ impl Flow {
     };
 
     pub const fn original(&self) -> Tuple {
-        Tuple { src: self.client, dst: self.service_ip, src_port: self.client_port, dst_port: self.service_port, proto: self.proto }
+        Tuple {
+            src: self.client,
+            dst: self.service_ip,
+            src_port: self.client_port,
+            dst_port: self.service_port,
+            proto: self.proto,
+        }
     }
 
     pub const fn reply(&self) -> Tuple {
-        Tuple { src: self.endpoint, dst: self.source, src_port: self.endpoint_port, dst_port: self.source_port, proto: self.proto }
+        Tuple {
+            src: self.endpoint,
+            dst: self.source,
+            src_port: self.endpoint_port,
+            dst_port: self.source_port,
+            proto: self.proto,
+        }
     }
 
     pub const fn replied(&self) -> bool {
@@ -179,7 +191,11 @@ impl<'a> Table<'a> {
         Table { flows, buckets, len: 0, key, timeouts, cursor: 0, evictions: 0 }
     }
 
-    pub fn from_storage<const N: usize, const B: usize>(s: &'a mut Storage<N, B>, key: [u64; 2], timeouts: Timeouts) -> Self {
+    pub fn from_storage<const N: usize, const B: usize>(
+        s: &'a mut Storage<N, B>,
+        key: [u64; 2],
+        timeouts: Timeouts,
+    ) -> Self {
         Self::new(&mut s.flows, &mut s.buckets, key, timeouts)
     }
 

@@ -83,9 +83,15 @@ pub fn advance(state: State, fins: &mut u8, dir: Direction, flags: Flags) -> Sta
     match state {
         State::SynSent if dir == Direction::Reply && flags.syn && flags.ack => State::SynRecv,
         State::SynRecv if dir == Direction::Original && flags.ack && !flags.syn => {
-            if *fins != 0 { State::FinWait } else { State::Established }
+            if *fins != 0 {
+                State::FinWait
+            } else {
+                State::Established
+            }
         }
-        State::Established | State::FinWait | State::CloseWait | State::SynRecv if *fins == FIN_ORIGINAL | FIN_REPLY => {
+        State::Established | State::FinWait | State::CloseWait | State::SynRecv
+            if *fins == FIN_ORIGINAL | FIN_REPLY =>
+        {
             State::TimeWait
         }
         State::Established if flags.fin => State::FinWait,
@@ -112,14 +118,17 @@ mod test {
     const FIN_ACK: Flags = Flags { syn: false, ack: true, fin: true, rst: false };
     const RST: Flags = Flags { syn: false, ack: false, fin: false, rst: true };
 
-    fn run(steps: &[(Direction, Flags)]) -> State {
+    /// A segment: its direction and flags.
+    type Step = (Direction, Flags);
+
+    fn run(steps: &[Step]) -> State {
         let mut fins = 0;
         steps.iter().fold(State::SynSent, |s, (d, f)| advance(s, &mut fins, *d, *f))
     }
 
     #[test]
     fn transitions() {
-        let cases: &[(&str, &[(Direction, Flags)], State)] = &[
+        let cases: &[(&str, &[Step], State)] = &[
             ("a SYN alone stays SYN_SENT", &[(O, SYN)], State::SynSent),
             ("SYN-ACK from the endpoint", &[(R, SYN_ACK)], State::SynRecv),
             ("SYN-ACK from the client is not an answer", &[(O, SYN_ACK)], State::SynSent),
@@ -127,7 +136,11 @@ mod test {
             ("client closes first", &[(R, SYN_ACK), (O, ACK), (O, FIN_ACK)], State::FinWait),
             ("endpoint acknowledges the FIN", &[(R, SYN_ACK), (O, ACK), (O, FIN_ACK), (R, ACK)], State::CloseWait),
             ("both FINs", &[(R, SYN_ACK), (O, ACK), (O, FIN_ACK), (R, FIN_ACK)], State::TimeWait),
-            ("both FINs after half close", &[(R, SYN_ACK), (O, ACK), (O, FIN_ACK), (R, ACK), (R, FIN_ACK), (O, ACK)], State::TimeWait),
+            (
+                "both FINs after half close",
+                &[(R, SYN_ACK), (O, ACK), (O, FIN_ACK), (R, ACK), (R, FIN_ACK), (O, ACK)],
+                State::TimeWait,
+            ),
             ("endpoint closes first", &[(R, SYN_ACK), (O, ACK), (R, FIN_ACK), (O, ACK)], State::CloseWait),
             ("reset from either side", &[(R, SYN_ACK), (O, ACK), (R, RST)], State::Close),
             ("reset during the handshake", &[(R, RST)], State::Close),

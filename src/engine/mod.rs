@@ -104,7 +104,12 @@ impl<'a> Engine<'a> {
             state.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
             let _ = services.push(state);
             for (p, port) in svc.ports.iter().enumerate() {
-                let _ = listeners.push(Listener { proto: port.protocol.number(), node_port: port.node_port, service: s as u8, port: p as u8 });
+                let _ = listeners.push(Listener {
+                    proto: port.protocol.number(),
+                    node_port: port.node_port,
+                    service: s as u8,
+                    port: p as u8,
+                });
             }
         }
         listeners.sort_unstable_by_key(|l| (l.proto, l.node_port));
@@ -244,7 +249,12 @@ impl<'a> Engine<'a> {
                 } else {
                     self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
                 }
-                let to = Rewrite { src: flow.source, src_port: flow.source_port, dst: flow.endpoint, dst_port: flow.endpoint_port };
+                let to = Rewrite {
+                    src: flow.source,
+                    src_port: flow.source_port,
+                    dst: flow.endpoint,
+                    dst_port: flow.endpoint_port,
+                };
                 self.forward(frame, f, to, None, flow.endpoint, now, out)
             }
             Some((slot, Direction::Reply)) => {
@@ -253,10 +263,17 @@ impl<'a> Engine<'a> {
                 }
                 self.conntrack.seen(slot, Direction::Reply, f.tcp, secs);
                 let flow = *self.conntrack.flow(slot);
-                let to = Rewrite { src: flow.service_ip, src_port: flow.service_port, dst: flow.client, dst_port: flow.client_port };
+                let to = Rewrite {
+                    src: flow.service_ip,
+                    src_port: flow.service_port,
+                    dst: flow.client,
+                    dst_port: flow.client_port,
+                };
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None if for_node && self.listener(f.proto, dst_port).is_some() => self.new_flow(frame, f, src_port, dst_port, now, out),
+            None if for_node && self.listener(f.proto, dst_port).is_some() => {
+                self.new_flow(frame, f, src_port, dst_port, now, out)
+            }
             None if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
             None => Verdict::Drop(DropReason::OtherAddress),
         }
@@ -268,7 +285,15 @@ impl<'a> Engine<'a> {
     }
 
     /// The first packet of a flow to a service: choose the endpoint and the source, track it.
-    fn new_flow(&mut self, frame: &mut [u8], f: &Ipv4Frame, src_port: u16, dst_port: u16, now: Millis, out: &mut [u8]) -> Verdict {
+    fn new_flow(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        src_port: u16,
+        dst_port: u16,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
         let Some(listener) = self.listener(f.proto, dst_port) else { return Verdict::Stack };
         if let Some(t) = f.tcp
             && !(t.syn && !t.ack && !t.rst && !t.fin)
@@ -329,7 +354,15 @@ impl<'a> Engine<'a> {
 
     /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses
     /// (TIME_WAIT included): the client's own port if free, else a random one in the SNAT range.
-    fn snat_port(&mut self, endpoint: Ipv4Addr, endpoint_port: u16, snat_ip: Ipv4Addr, proto: u8, client_port: u16, now: u32) -> Option<u16> {
+    fn snat_port(
+        &mut self,
+        endpoint: Ipv4Addr,
+        endpoint_port: u16,
+        snat_ip: Ipv4Addr,
+        proto: u8,
+        client_port: u16,
+        now: u32,
+    ) -> Option<u16> {
         let reply = |port| Tuple { src: endpoint, dst: snat_ip, src_port: endpoint_port, dst_port: port, proto };
         let range = board::SNAT_PORT_MIN..=board::SNAT_PORT_MAX;
         if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
@@ -386,7 +419,16 @@ impl<'a> Engine<'a> {
 
     /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
     #[allow(clippy::too_many_arguments)]
-    fn forward(&mut self, frame: &mut [u8], f: &Ipv4Frame, to: Rewrite, dst_mac: Option<[u8; 6]>, to_ip: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+    fn forward(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        to: Rewrite,
+        dst_mac: Option<[u8; 6]>,
+        to_ip: Ipv4Addr,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
         packet::rewrite(frame, f, to);
         let our_mac = self.node.mac.0;
         let mac = match dst_mac {
@@ -405,7 +447,7 @@ impl<'a> Engine<'a> {
 
     fn park(&mut self, frame: &[u8], hop: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
         let ask = self.arp_request(hop, now, out);
-        if self.parked.park(hop, &frame[..], now) {
+        if self.parked.park(hop, frame, now) {
             Verdict::Parked(ask)
         } else {
             self.counters.drop(DropReason::NeighborMissing);
@@ -453,4 +495,3 @@ impl<'a> Engine<'a> {
         }
     }
 }
-

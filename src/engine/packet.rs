@@ -54,18 +54,33 @@ impl Ipv4Frame {
         let seg = &frame[l4..end];
         let (ports, tcp) = match proto {
             _ if fragment => (None, None),
-            PROTO_TCP if seg.len() >= 20 && (seg[12] >> 4) as usize * 4 >= 20 && (seg[12] >> 4) as usize * 4 <= seg.len() => {
+            PROTO_TCP
+                if seg.len() >= 20 && (seg[12] >> 4) as usize * 4 >= 20 && (seg[12] >> 4) as usize * 4 <= seg.len() =>
+            {
                 let f = seg[13];
-                let flags = tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
+                let flags =
+                    tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
                 (Some(ports_of(seg)), Some(flags))
             }
-            PROTO_UDP if seg.len() >= 8 && (8..=seg.len()).contains(&(u16::from_be_bytes([seg[4], seg[5]]) as usize)) => {
+            PROTO_UDP
+                if seg.len() >= 8 && (8..=seg.len()).contains(&(u16::from_be_bytes([seg[4], seg[5]]) as usize)) =>
+            {
                 (Some(ports_of(seg)), None)
             }
             PROTO_TCP | PROTO_UDP => return Err(DropReason::Truncated),
             _ => (None, None),
         };
-        Ok(Ipv4Frame { l4, end, proto, src: ip.src_addr(), dst: ip.dst_addr(), ttl: ip.hop_limit(), fragment, ports, tcp })
+        Ok(Ipv4Frame {
+            l4,
+            end,
+            proto,
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            ttl: ip.hop_limit(),
+            fragment,
+            ports,
+            tcp,
+        })
     }
 }
 

@@ -63,7 +63,15 @@ pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) 
 
 /// An ICMP error of `icmp_type`/`code` about the packet in `frame`, from `from`, quoting its IP
 /// header and the first 8 bytes of its payload.
-pub fn icmp_error(frame: &[u8], f: &Ipv4Frame, icmp_type: u8, code: u8, from: Ipv4Addr, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+pub fn icmp_error(
+    frame: &[u8],
+    f: &Ipv4Frame,
+    icmp_type: u8,
+    code: u8,
+    from: Ipv4Addr,
+    our_mac: [u8; 6],
+    out: &mut [u8],
+) -> usize {
     let quoted = &frame[ETH_HEADER..f.end.min(f.l4 + QUOTED_PAYLOAD)];
     let icmp_len = 8 + quoted.len();
     let len = ETH_HEADER + 20 + icmp_len;

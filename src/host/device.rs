@@ -71,7 +71,9 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
         for _ in 0..BUDGET {
             let n = match self.tap.recv(&mut self.rx) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                    return None;
+                }
                 Err(e) => {
                     self.fatal = Some(e);
                     return None;

@@ -33,7 +33,8 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
     let mut flows = vec![Flow::EMPTY; board::CONNTRACK_CAPACITY];
     let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
     let table = Table::new(&mut flows, &mut buckets, key, board::TIMEOUTS);
-    let mut engine = Box::new(Engine::new(config, node_name, table, key[0] ^ key[1]).map_err(|e| format!("{source}: {e}"))?);
+    let mut engine =
+        Box::new(Engine::new(config, node_name, table, key[0] ^ key[1]).map_err(|e| format!("{source}: {e}"))?);
 
     let tap = Tap::open(&node.tap, node.bridge.as_deref())?;
     sys::catch_shutdown_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -65,7 +66,11 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
     let fd = tap.as_raw_fd();
     let mut device = NatDevice::new(tap, &mut engine);
     let start = std::time::Instant::now();
-    let mut iface = Interface::new(IfaceConfig::new(HardwareAddress::Ethernet(node.mac)), &mut device, smoltcp::time::Instant::ZERO);
+    let mut iface = Interface::new(
+        IfaceConfig::new(HardwareAddress::Ethernet(node.mac)),
+        &mut device,
+        smoltcp::time::Instant::ZERO,
+    );
     iface.update_ip_addrs(|addrs| {
         for a in &node.addresses {
             let _ = addrs.push(IpCidr::Ipv4(*a));

@@ -22,7 +22,8 @@ impl Tap {
         iface.set_non_blocking().map_err(|e| format!("TAP {name}: cannot make it non-blocking: {e}"))?;
         sys::set_link_up(name).map_err(|e| format!("TAP {name}: cannot set it up: {e}"))?;
         if let Some(bridge) = bridge {
-            sys::add_to_bridge(bridge, name).map_err(|e| format!("TAP {name}: cannot add it to bridge {bridge}: {e}"))?;
+            sys::add_to_bridge(bridge, name)
+                .map_err(|e| format!("TAP {name}: cannot add it to bridge {bridge}: {e}"))?;
         }
         Ok(Tap { iface })
     }
@@ -55,7 +56,9 @@ fn open_error(name: &str, e: &io::Error) -> String {
              (as root, or `setcap cap_net_admin+ep nodegate`), or pre-create a persistent TAP owned by your user: \
              `ip tuntap add dev {name} mode tap user $USER`"
         ),
-        Some(libc::ENOENT) => format!("cannot open TAP {name}: /dev/net/tun does not exist (load the tun module: `modprobe tun`)"),
+        Some(libc::ENOENT) => {
+            format!("cannot open TAP {name}: /dev/net/tun does not exist (load the tun module: `modprobe tun`)")
+        }
         _ => format!("cannot open TAP {name}: {e}"),
     }
 }

@@ -27,7 +27,9 @@ pub fn lab_available(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: lab tests need root (network namespaces, a TAP device), and CI must run them");
     }
-    eprintln!("skipping {test}: lab tests need root to create network namespaces and a TAP device (CI runs them as root)");
+    eprintln!(
+        "skipping {test}: lab tests need root to create network namespaces and a TAP device (CI runs them as root)"
+    );
     false
 }
 
@@ -43,8 +45,14 @@ impl Lab {
     pub fn up(tag: &str) -> Lab {
         let prefix = format!("ng{}{}{}", tag, std::process::id() % 100_000, LABS.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir();
-        let lab = Lab { config: dir.join(format!("{prefix}.json")), log: dir.join(format!("{prefix}.log")), prefix, gateway: None };
-        let out = Command::new(repo().join("scripts/lab")).args(["up", &lab.prefix]).output().expect("scripts/lab runs");
+        let lab = Lab {
+            config: dir.join(format!("{prefix}.json")),
+            log: dir.join(format!("{prefix}.log")),
+            prefix,
+            gateway: None,
+        };
+        let out =
+            Command::new(repo().join("scripts/lab")).args(["up", &lab.prefix]).output().expect("scripts/lab runs");
         assert!(out.status.success(), "scripts/lab up: {}", String::from_utf8_lossy(&out.stderr));
         lab
     }
@@ -117,7 +125,13 @@ impl Lab {
 
     /// Whether interface `name` exists in namespace `host`.
     pub fn has_link(&self, host: &str, name: &str) -> bool {
-        Command::new("ip").args(["-n", &self.ns(host), "link", "show", name]).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap().success()
+        Command::new("ip")
+            .args(["-n", &self.ns(host), "link", "show", name])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
     }
 }
 

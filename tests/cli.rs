@@ -1,0 +1,93 @@
+//! The `nodegate` command line, as an operator uses it.
+
+use std::process::{Command, Output};
+
+fn nodegate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodegate")).args(args).output().expect("nodegate runs")
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("nodegate-cli-{}-{name}.json", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_shows_the_default_service_like_kubectl() {
+    let out = nodegate(&["check"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME")
+            && lines[0].contains("CLUSTER-IP")
+            && lines[0].contains("EXTERNAL-IP")
+            && lines[0].contains("PORT(S)")
+            && lines[0].contains("ENDPOINTS"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("web-frontend") && lines[1].contains("NodePort") && lines[1].contains("80:30080/TCP"),
+        "{text}"
+    );
+    assert!(lines[1].contains("10.77.0.11:3000,10.77.0.12:3000,10.77.0.13:3000"), "{text}");
+}
+
+#[test]
+fn check_of_a_broken_config_names_file_and_field_and_exits_1() {
+    let path = temp_config(
+        "broken",
+        r#"{"nodes":[{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}],
+            "services":[{"name":"web","ports":[{"port":80,"nodePort":40000}],"endpoints":[]}]}"#,
+    );
+    let out = nodegate(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("{}: services[0].ports[0].nodePort: 40000 is outside nodePortRange 30000-32767\n", path.display())
+    );
+}
+
+#[test]
+fn unknown_node_and_unreadable_file_are_errors() {
+    let out = nodegate(&["check", "--node", "edge-9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "config/default.json (built in): --node: no node named \"edge-9\" (nodes: edge-1)\n"
+    );
+
+    let out = nodegate(&["check", "--config", "/nonexistent/site.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "/nonexistent/site.json: cannot read: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_before_touching_the_network() {
+    let path = temp_config("invalid-run", r#"{"nodes":[{"name":"n","tap":"ng0","addresses":["10.77.0.1"]}]}"#);
+    let out = nodegate(&["run", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().ends_with(
+        "nodes[0].addresses[0]: \"10.77.0.1\" is not an IPv4 address with a prefix length (like 10.77.0.1/24)\n"
+    ));
+}
+
+#[test]
+fn version_names_the_board_and_its_capacities() {
+    let out = nodegate(&["--version"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "nodegate {} (board {}: {} flows",
+            env!("CARGO_PKG_VERSION"),
+            nodegate::board::NAME,
+            nodegate::board::CONNTRACK_CAPACITY
+        )),
+        "{text}"
+    );
+}
