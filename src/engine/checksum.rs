@@ -60,7 +60,10 @@ mod test {
             let incremental = update32(check, old, new);
             let full = finish(sum(&data));
             // One's complement has two zeros; a verifier accepts either.
-            assert!(incremental == full || (incremental ^ full == 0xffff && full.is_multiple_of(0xffff)), "round {round}");
+            assert!(
+                incremental == full || (incremental ^ full == 0xffff && full.is_multiple_of(0xffff)),
+                "round {round}"
+            );
             data[10..12].copy_from_slice(&incremental.to_be_bytes());
             assert_eq!(finish(sum(&data)) % 0xffff, 0, "round {round}: the sum over a correct header is zero");
         }

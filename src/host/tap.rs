@@ -16,7 +16,8 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Opens (or creates) TAP `name`, sets it up and, with `bridge`, enslaves it there.
+    /// Opens (or creates) TAP `name` and sets it up; with `bridge`, makes it a port of that bridge
+    /// and sets the bridge up too.
     pub fn open(name: &str, bridge: Option<&str>) -> Result<Tap, String> {
         let iface = Iface::without_packet_info(name, Mode::Tap).map_err(|e| open_error(name, &e))?;
         iface.set_non_blocking().map_err(|e| format!("TAP {name}: cannot make it non-blocking: {e}"))?;
@@ -24,6 +25,7 @@ impl Tap {
         if let Some(bridge) = bridge {
             sys::add_to_bridge(bridge, name)
                 .map_err(|e| format!("TAP {name}: cannot add it to bridge {bridge}: {e}"))?;
+            sys::set_link_up(bridge).map_err(|e| format!("bridge {bridge}: cannot set it up: {e}"))?;
         }
         Ok(Tap { iface })
     }
