@@ -16,6 +16,9 @@ struct Board<'a> {
     max_services: u32,
     max_ports_per_service: u32,
     max_endpoints_per_service: u32,
+    max_external_ips_per_service: u32,
+    max_source_ranges_per_service: u32,
+    affinity_capacity: u32,
     maglev_table_size: u32,
     neighbor_capacity: u32,
     parked_frames: u32,
@@ -67,6 +70,9 @@ fn main() {
     if b.maglev_table_size < 10 * b.max_endpoints_per_service {
         fail("maglevTableSize", "must be at least 10 x maxEndpointsPerService");
     }
+    if b.max_addresses_per_node == 0 || b.max_addresses_per_node > 8 {
+        fail("maxAddressesPerNode", "must be 1..=8 (SMOLTCP_IFACE_MAX_ADDR_COUNT in .cargo/config.toml)");
+    }
     if b.max_services == 0 || b.max_services > 255 {
         fail("maxServices", "must be 1..=255");
     }
@@ -75,6 +81,9 @@ fn main() {
     }
     if b.snat_port_min < 1024 || b.snat_port_min >= b.snat_port_max {
         fail("snatPortMin", "must be >= 1024 and below snatPortMax");
+    }
+    if !b.affinity_capacity.is_power_of_two() || b.affinity_capacity < 8 {
+        fail("affinityCapacity", "must be a power of two, at least 8");
     }
     if b.neighbor_capacity == 0 || b.parked_frames == 0 || b.conntrack_sweep_per_turn == 0 {
         fail("neighborCapacity/parkedFrames/conntrackSweepPerTurn", "must be positive");
@@ -91,6 +100,10 @@ fn main() {
          pub const MAX_SERVICES: usize = {svcs};\n\
          pub const MAX_PORTS_PER_SERVICE: usize = {ports};\n\
          pub const MAX_ENDPOINTS_PER_SERVICE: usize = {eps};\n\
+         pub const MAX_EXTERNAL_IPS_PER_SERVICE: usize = {xips};\n\
+         pub const MAX_SOURCE_RANGES_PER_SERVICE: usize = {ranges};\n\
+         /// ClientIP session-affinity entries (client address and service to endpoint).\n\
+         pub const AFFINITY_CAPACITY: usize = {affinity};\n\
          /// Prime size of each service's Maglev lookup table.\n\
          pub const MAGLEV_TABLE_SIZE: usize = {maglev};\n\
          pub const NEIGHBOR_CAPACITY: usize = {neigh};\n\
@@ -116,6 +129,9 @@ fn main() {
         svcs = b.max_services,
         ports = b.max_ports_per_service,
         eps = b.max_endpoints_per_service,
+        xips = b.max_external_ips_per_service,
+        ranges = b.max_source_ranges_per_service,
+        affinity = b.affinity_capacity,
         maglev = b.maglev_table_size,
         neigh = b.neighbor_capacity,
         parked = b.parked_frames,

@@ -13,12 +13,14 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod affinity;
 pub mod balance;
 pub mod board;
 pub mod config;
 pub mod conntrack;
 pub mod engine;
 pub mod hash;
+pub mod health;
 pub mod neighbor;
 pub mod time;
 

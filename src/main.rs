@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nodegate::board;
-use nodegate::config::{Config, Node, TrafficPolicy};
+use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy};
 use nodegate::conntrack::{Flow, buckets_for};
 use nodegate::host::{load, runner};
 
@@ -88,30 +88,40 @@ fn check(t: &Target) -> Result<(), String> {
     Ok(())
 }
 
-/// The services as `kubectl get svc -o wide` shows them, plus their endpoints.
+/// The services as `kubectl get svc -o wide` shows them, with the effective values: allocated
+/// nodePorts, policy, affinity, and the endpoints this node sends to.
 fn service_table(config: &Config, node: &Node) -> String {
-    let mut rows =
-        vec![["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "ENDPOINTS"].map(String::from)];
+    let none = || "<none>".to_string();
+    let list = |items: Vec<String>| if items.is_empty() { none() } else { items.join(",") };
+    let mut rows = vec![
+        ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "AFFINITY", "ENDPOINTS"].map(String::from),
+    ];
     for svc in &config.services {
-        let ports: Vec<String> =
-            svc.ports.iter().map(|p| format!("{}:{}/{}", p.port, p.node_port, p.protocol.as_str())).collect();
         let target = svc.ports.first().map_or(0, |p| p.target_port);
-        let local = |e: &&nodegate::config::Endpoint| {
+        let this_node = |e: &&Endpoint| {
             svc.external_traffic_policy == TrafficPolicy::Cluster
                 || e.node.is_some_and(|i| config.nodes.get(i as usize).is_some_and(|n| n.name == node.name))
         };
-        let eps: Vec<String> = svc.endpoints.iter().filter(local).map(|e| format!("{}:{target}", e.ip)).collect();
+        let endpoints = svc.endpoints.iter().filter(this_node).map(|e| format!("{}:{target}", e.ip)).collect();
+        let policy = match svc.health_check_node_port {
+            Some(hc) => format!("{} (health {hc})", svc.external_traffic_policy.as_str()),
+            None => svc.external_traffic_policy.as_str().into(),
+        };
         rows.push([
             svc.name.to_string(),
             svc.kind.as_str().into(),
-            "<none>".into(),
-            "<none>".into(),
-            ports.join(","),
-            svc.external_traffic_policy.as_str().into(),
-            if eps.is_empty() { "<none>".into() } else { eps.join(",") },
+            svc.cluster_ip.map_or_else(none, |ip| ip.to_string()),
+            list(svc.external_ips.iter().map(|ip| ip.to_string()).collect()),
+            list(svc.ports.iter().map(|p| p.to_string()).collect()),
+            policy,
+            match svc.session_affinity {
+                SessionAffinity::None => "None".into(),
+                SessionAffinity::ClientIp { timeout_seconds } => format!("ClientIP ({timeout_seconds}s)"),
+            },
+            list(endpoints),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();

@@ -67,15 +67,46 @@ impl Protocol {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceType {
+    /// Reachable on its clusterIP and externalIPs only.
+    ClusterIP,
+    /// Also reachable on every node address at its ports' nodePorts.
     NodePort,
 }
 
 impl ServiceType {
     pub const fn as_str(self) -> &'static str {
         match self {
+            ServiceType::ClusterIP => "ClusterIP",
             ServiceType::NodePort => "NodePort",
         }
     }
+}
+
+/// `sessionAffinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAffinity {
+    None,
+    /// Every new connection from one client address goes to the same endpoint until
+    /// `timeout_seconds` pass without a new connection.
+    ClientIp {
+        timeout_seconds: u32,
+    },
+}
+
+impl SessionAffinity {
+    /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+    pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10800;
+}
+
+/// Active health checks: a TCP connect to each endpoint's `ip:targetPort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    /// Failed checks in a row that take an endpoint out.
+    pub unhealthy_threshold: u32,
+    /// Successful checks in a row that bring it back.
+    pub healthy_threshold: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +154,18 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: u16,
-    pub node_port: u16,
+    /// `None` for a ClusterIP service. Left out in a NodePort service, it is allocated.
+    pub node_port: Option<u16>,
+}
+
+impl fmt::Display for ServicePort {
+    /// As `kubectl get svc` shows it: `80:30080/TCP`, or `80/TCP` without a nodePort.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.node_port {
+            Some(np) => write!(f, "{}:{np}/{}", self.port, self.protocol.as_str()),
+            None => write!(f, "{}/{}", self.port, self.protocol.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +173,11 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     /// Index in [`Config::nodes`] of the node the endpoint runs on (`nodeName`).
     pub node: Option<u8>,
+    /// Maglev weight, 1-255.
+    pub weight: u8,
+    pub ready: bool,
+    /// Shutting down: used only while no endpoint is ready, as Kubernetes does.
+    pub terminating: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,8 +185,27 @@ pub struct Service {
     pub name: Name,
     pub kind: ServiceType,
     pub external_traffic_policy: TrafficPolicy,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub external_ips: Vec<Ipv4Addr, { board::MAX_EXTERNAL_IPS_PER_SERVICE }>,
+    pub session_affinity: SessionAffinity,
+    /// `loadBalancerSourceRanges`: when not empty, only clients in these ranges get through.
+    pub source_ranges: Vec<Ipv4Cidr, { board::MAX_SOURCE_RANGES_PER_SERVICE }>,
+    pub health_check_node_port: Option<u16>,
+    pub health_check: Option<HealthCheck>,
     pub ports: Vec<ServicePort, { board::MAX_PORTS_PER_SERVICE }>,
     pub endpoints: Vec<Endpoint, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+}
+
+impl Service {
+    /// Whether `client` may use the service (`loadBalancerSourceRanges`).
+    pub fn admits(&self, client: Ipv4Addr) -> bool {
+        self.source_ranges.is_empty() || self.source_ranges.iter().any(|r| r.contains_addr(&client))
+    }
+
+    /// The addresses the service listens on besides the node's: clusterIP and externalIPs.
+    pub fn virtual_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.cluster_ip.iter().chain(self.external_ips.iter()).copied()
+    }
 }
 
 /// A validated site configuration.

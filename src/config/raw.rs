@@ -83,10 +83,41 @@ pub struct RawService<'a> {
     #[serde(rename = "type")]
     pub kind: Option<&'a str>,
     pub external_traffic_policy: Option<&'a str>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<&'a str>,
+    #[serde(rename = "externalIPs", borrow, default)]
+    pub external_ips: Bounded<&'a str, { board::MAX_EXTERNAL_IPS_PER_SERVICE }>,
+    pub session_affinity: Option<&'a str>,
+    pub session_affinity_config: Option<RawAffinityConfig>,
+    #[serde(borrow, default)]
+    pub load_balancer_source_ranges: Bounded<&'a str, { board::MAX_SOURCE_RANGES_PER_SERVICE }>,
+    pub health_check_node_port: Option<u32>,
+    pub health_check: Option<RawHealthCheck>,
     #[serde(borrow, default)]
     pub ports: Bounded<RawPort<'a>, { board::MAX_PORTS_PER_SERVICE }>,
     #[serde(borrow, default)]
     pub endpoints: Bounded<RawEndpoint<'a>, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct RawAffinityConfig {
+    #[serde(rename = "clientIP")]
+    pub client_ip: Option<RawClientIp>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawClientIp {
+    pub timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawHealthCheck {
+    pub interval_seconds: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub healthy_threshold: Option<u32>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -104,4 +135,7 @@ pub struct RawPort<'a> {
 pub struct RawEndpoint<'a> {
     pub ip: Option<&'a str>,
     pub node_name: Option<&'a str>,
+    pub weight: Option<u32>,
+    pub ready: Option<bool>,
+    pub terminating: Option<bool>,
 }

@@ -34,7 +34,7 @@ fn default_config_is_the_documented_service() {
             protocol: Protocol::Tcp,
             port: 80,
             target_port: 3000,
-            node_port: 30080
+            node_port: Some(30080)
         }
     );
     assert_eq!(svc.endpoints.len(), 3);
@@ -124,7 +124,7 @@ fn invalid_configs_name_the_field() {
         (
             "unknown type",
             cfg(node, &svc(port, ep).replace("{\"name\":\"web\"", "{\"name\":\"web\",\"type\":\"ExternalName\"")),
-            "services[0].type: \"ExternalName\" is not supported (NodePort)",
+            "services[0].type: \"ExternalName\" is not one of NodePort, ClusterIP",
         ),
         (
             "gateway off every subnet",
@@ -141,7 +141,7 @@ fn invalid_configs_name_the_field() {
             cfg(node, &svc(r#"{"port":80,"targetPort":70000,"nodePort":30080}"#, ep)),
             "services[0].ports[0].targetPort: 70000 is not a port (1-65535)",
         ),
-        ("missing nodePort", cfg(node, &svc(r#"{"port":80}"#, ep)), "services[0].ports[0].nodePort: is required"),
+        ("missing port", cfg(node, &svc(r#"{"nodePort":30080}"#, ep)), "services[0].ports[0].port: is required"),
         (
             "unnamed port among several",
             cfg(node, &svc(r#"{"name":"a","port":80,"nodePort":30080},{"port":81,"nodePort":30081}"#, ep)),
@@ -202,6 +202,81 @@ fn more_entries_than_the_board_holds_are_reported_with_the_count() {
 }
 
 #[test]
+fn service_fields_and_defaults() {
+    let cfg = parse(
+        br#"{"nodes":[{"name":"n","tap":"t","addresses":["10.77.0.1/24"]}],
+             "services":[{"name":"web","type":"ClusterIP","clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],
+                          "sessionAffinity":"ClientIP","loadBalancerSourceRanges":["10.77.0.100/32","192.168.0.0/16"],
+                          "healthCheck":{"intervalSeconds":5},
+                          "ports":[{"port":80,"targetPort":3000}],
+                          "endpoints":[{"ip":"10.77.0.11","weight":3,"ready":false,"terminating":true},{"ip":"10.77.0.12"}]}]}"#,
+    )
+    .unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(s.kind, ServiceType::ClusterIP);
+    assert_eq!(s.ports[0].node_port, None, "a ClusterIP service gets no nodePort");
+    assert_eq!(
+        s.virtual_ips().collect::<std::vec::Vec<_>>(),
+        [Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(10, 77, 0, 50)]
+    );
+    assert_eq!(s.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 10800 });
+    assert!(s.admits(Ipv4Addr::new(10, 77, 0, 100)) && s.admits(Ipv4Addr::new(192, 168, 3, 4)));
+    assert!(!s.admits(Ipv4Addr::new(10, 77, 0, 101)));
+    assert_eq!(
+        s.health_check,
+        Some(HealthCheck { interval_seconds: 5, timeout_seconds: 1, unhealthy_threshold: 3, healthy_threshold: 2 })
+    );
+    assert_eq!((s.endpoints[0].weight, s.endpoints[0].ready, s.endpoints[0].terminating), (3, false, true));
+    assert_eq!((s.endpoints[1].weight, s.endpoints[1].ready, s.endpoints[1].terminating), (1, true, false));
+}
+
+#[test]
+fn left_out_node_ports_are_allocated_deterministically_and_stably() {
+    use std::format;
+    let svc = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","ports":[{{"name":"a","port":80}},{{"name":"b","protocol":"UDP","port":53}}],"endpoints":[]}}"#
+        )
+    };
+    let cfg_of = |services: &[&str]| {
+        let json = format!(
+            r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.0.0.1/24"]}}],"services":[{}]}}"#,
+            services.join(",")
+        );
+        parse(json.as_bytes()).unwrap()
+    };
+    let (web, api, dns) = (svc("web"), svc("api"), svc("dns"));
+    let one = cfg_of(&[&web]);
+    let again = cfg_of(&[&web]);
+    let more = cfg_of(&[&web, &api, &dns]);
+    let ports =
+        |c: &Config, s: usize| c.services[s].ports.iter().map(|p| p.node_port.unwrap()).collect::<std::vec::Vec<_>>();
+    assert_eq!(ports(&one, 0), ports(&again, 0), "the same config gives the same ports");
+    assert_eq!(ports(&one, 0), ports(&more, 0), "adding services leaves the ports of earlier ones alone");
+    let mut all: std::vec::Vec<(u16, Protocol)> =
+        more.services.iter().flat_map(|s| s.ports.iter().map(|p| (p.node_port.unwrap(), p.protocol))).collect();
+    assert!(all.iter().all(|(p, _)| PortRange::DEFAULT.contains(*p)));
+    all.sort_by_key(|(p, proto)| (*p, proto.number()));
+    all.dedup();
+    assert_eq!(all.len(), 6, "no port is given twice");
+}
+
+#[test]
+fn allocation_works_around_ports_already_taken() {
+    // A one-port range: the explicit port takes it, so the allocation must fail with a path.
+    let json = br#"{"nodePortRange":"30000-30000","nodes":[{"name":"n","tap":"t","addresses":["10.0.0.1/24"]}],
+        "services":[{"name":"a","ports":[{"port":1,"nodePort":30000}]},{"name":"b","ports":[{"port":1}]}]}"#;
+    use std::string::ToString;
+    assert_eq!(
+        parse(json).unwrap_err().to_string(),
+        "services[1].ports[0].nodePort: no free port left in nodePortRange 30000-30000"
+    );
+    let json = br#"{"nodePortRange":"30000-30001","nodes":[{"name":"n","tap":"t","addresses":["10.0.0.1/24"]}],
+        "services":[{"name":"a","ports":[{"port":1,"nodePort":30000}]},{"name":"b","ports":[{"port":1}]}]}"#;
+    assert_eq!(parse(json).unwrap().services[1].ports[0].node_port, Some(30001));
+}
+
+#[test]
 fn node_selection() {
     let two = br#"{"nodes":[{"name":"a","tap":"t","addresses":["10.0.0.1/24"]},{"name":"b","tap":"t","addresses":["10.0.0.2/24"]}]}"#;
     let cfg = parse(two).unwrap();
@@ -224,4 +299,78 @@ fn hostile_bytes_never_panic() {
         }
         let _ = parse(&bytes);
     }
+}
+
+/// Each row: what is wrong, the fields added to a valid service, the exact error.
+#[test]
+fn invalid_service_fields_name_the_field() {
+    use std::format;
+    let rows: &[(&str, &str, &str)] = &[
+        (
+            "nodePort in a ClusterIP service",
+            r#""type":"ClusterIP","clusterIP":"10.96.0.10""#,
+            "services[0].ports[0].nodePort: a ClusterIP service has no nodePort",
+        ),
+        (
+            "affinity timeout out of range",
+            r#""sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":86401}}"#,
+            "services[0].sessionAffinityConfig.clientIP.timeoutSeconds: 86401 is outside 1-86400",
+        ),
+        (
+            "unknown affinity",
+            r#""sessionAffinity":"Cookie""#,
+            "services[0].sessionAffinity: \"Cookie\" is not one of None, ClientIP",
+        ),
+        (
+            "bad source range",
+            r#""loadBalancerSourceRanges":["10.0.0.0/33"]"#,
+            "services[0].loadBalancerSourceRanges[0]: \"10.0.0.0/33\" is not an IPv4 network with a prefix length (like 192.168.0.0/16)",
+        ),
+        (
+            "health check node port with Cluster policy",
+            r#""healthCheckNodePort":30100"#,
+            "services[0].healthCheckNodePort: is only valid with externalTrafficPolicy: Local",
+        ),
+        (
+            "health check node port on a nodePort",
+            r#""externalTrafficPolicy":"Local","healthCheckNodePort":30080"#,
+            "services[0].healthCheckNodePort: 30080 is already used by service \"web\"",
+        ),
+        (
+            "health check node port outside the range",
+            r#""externalTrafficPolicy":"Local","healthCheckNodePort":10256"#,
+            "services[0].healthCheckNodePort: 10256 is outside nodePortRange 30000-32767",
+        ),
+        (
+            "health check timeout above interval",
+            r#""healthCheck":{"intervalSeconds":2,"timeoutSeconds":3}"#,
+            "services[0].healthCheck.timeoutSeconds: 3 is longer than intervalSeconds 2",
+        ),
+        (
+            "health check threshold zero",
+            r#""healthCheck":{"unhealthyThreshold":0}"#,
+            "services[0].healthCheck.unhealthyThreshold: 0 is outside 1-100",
+        ),
+        (
+            "externalIP that is the node's",
+            r#""externalIPs":["10.77.0.1"]"#,
+            "services[0].externalIPs: 10.77.0.1 is a node address",
+        ),
+        ("bad clusterIP", r#""clusterIP":"None""#, "services[0].clusterIP: \"None\" is not an IPv4 address"),
+        (
+            "weight zero",
+            r#""endpoints":[{"ip":"10.77.0.11","weight":0}]"#,
+            "services[0].endpoints[0].weight: 0 is outside 1-255",
+        ),
+    ];
+    for (what, extra, want) in rows {
+        let json = format!(
+            r#"{{"nodes":[{{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}}],
+                "services":[{{"name":"web",{extra},"ports":[{{"port":80,"nodePort":30080}}]}}]}}"#
+        );
+        assert_eq!(error_of(&json), *want, "{what}");
+    }
+    let two = r#"{"nodes":[{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}],
+        "services":[{"name":"web","clusterIP":"10.96.0.1","ports":[{"port":80}]},{"name":"api","clusterIP":"10.96.0.1","ports":[{"port":80}]}]}"#;
+    assert_eq!(error_of(two), "services[1].clusterIP: 10.96.0.1:80/TCP is already used by service \"web\"");
 }

@@ -6,7 +6,7 @@ use core::str::FromStr;
 use heapless::{String, Vec};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
-use super::raw::{Bounded, RawConfig, RawEndpoint, RawNode, RawPort, RawService};
+use super::raw::{Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawNode, RawPort, RawService};
 use super::*;
 
 type Result<T> = core::result::Result<T, ConfigError>;
@@ -42,6 +42,8 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
         }
         let _ = cfg.services.push(svc);
     }
+    allocate_node_ports(&mut cfg)?;
+    check_health_check_node_ports(&cfg)?;
     Ok(cfg)
 }
 
@@ -201,16 +203,63 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
     let name = name(format_args!("services[{i}].name"), raw.name)?;
     let kind = match raw.kind.unwrap_or("NodePort") {
         "NodePort" => ServiceType::NodePort,
-        other => fail!(format_args!("services[{i}].type"), "{:?} is not supported (NodePort)", Short(other)),
+        "ClusterIP" => ServiceType::ClusterIP,
+        other => fail!(format_args!("services[{i}].type"), "{:?} is not one of NodePort, ClusterIP", Short(other)),
     };
     let external_traffic_policy = match raw.external_traffic_policy.unwrap_or("Cluster") {
         "Cluster" => TrafficPolicy::Cluster,
         "Local" => TrafficPolicy::Local,
-        other => fail!(
-            format_args!("services[{i}].externalTrafficPolicy"),
-            "{:?} is not one of Cluster, Local",
-            Short(other)
-        ),
+        other => {
+            fail!(
+                format_args!("services[{i}].externalTrafficPolicy"),
+                "{:?} is not one of Cluster, Local",
+                Short(other)
+            )
+        }
+    };
+    let cluster_ip = match raw.cluster_ip {
+        Some(text) => Some(ipv4(format_args!("services[{i}].clusterIP"), text)?),
+        None => None,
+    };
+    capacity(format_args!("services[{i}].externalIPs"), &raw.external_ips, board::MAX_EXTERNAL_IPS_PER_SERVICE)?;
+    let mut external_ips = Vec::new();
+    for (j, text) in raw.external_ips.items.iter().enumerate() {
+        let _ = external_ips.push(ipv4(format_args!("services[{i}].externalIPs[{j}]"), text)?);
+    }
+    let session_affinity = match raw.session_affinity.unwrap_or("None") {
+        "None" => SessionAffinity::None,
+        "ClientIP" => {
+            let path = format_args!("services[{i}].sessionAffinityConfig.clientIP.timeoutSeconds");
+            let timeout =
+                raw.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            match timeout.unwrap_or(SessionAffinity::DEFAULT_TIMEOUT_SECONDS) {
+                t @ 1..=86400 => SessionAffinity::ClientIp { timeout_seconds: t },
+                t => fail!(path, "{t} is outside 1-86400"),
+            }
+        }
+        other => {
+            fail!(format_args!("services[{i}].sessionAffinity"), "{:?} is not one of None, ClientIP", Short(other))
+        }
+    };
+    capacity(
+        format_args!("services[{i}].loadBalancerSourceRanges"),
+        &raw.load_balancer_source_ranges,
+        board::MAX_SOURCE_RANGES_PER_SERVICE,
+    )?;
+    let mut source_ranges = Vec::new();
+    for (j, text) in raw.load_balancer_source_ranges.items.iter().enumerate() {
+        let _ = source_ranges.push(network(format_args!("services[{i}].loadBalancerSourceRanges[{j}]"), text)?);
+    }
+    let health_check_node_port = match raw.health_check_node_port {
+        None => None,
+        Some(_) if external_traffic_policy != TrafficPolicy::Local => {
+            fail!(format_args!("services[{i}].healthCheckNodePort"), "is only valid with externalTrafficPolicy: Local")
+        }
+        Some(p) => Some(node_port(format_args!("services[{i}].healthCheckNodePort"), p, cfg.node_port_range)?),
+    };
+    let health_check = match &raw.health_check {
+        None => None,
+        Some(h) => Some(health_check(i, h)?),
     };
     capacity(format_args!("services[{i}].ports"), &raw.ports, board::MAX_PORTS_PER_SERVICE)?;
     capacity(format_args!("services[{i}].endpoints"), &raw.endpoints, board::MAX_ENDPOINTS_PER_SERVICE)?;
@@ -219,7 +268,7 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
     }
     let mut ports: Vec<ServicePort, { board::MAX_PORTS_PER_SERVICE }> = Vec::new();
     for (j, p) in raw.ports.items.iter().enumerate() {
-        let sp = service_port(i, j, p, raw.ports.items.len() > 1, cfg)?;
+        let sp = service_port(i, j, p, raw.ports.items.len() > 1, kind, cfg)?;
         if ports.iter().any(|o| o.name.is_some() && o.name == sp.name) {
             fail!(
                 format_args!("services[{i}].ports[{j}].name"),
@@ -227,15 +276,17 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
                 sp.name.as_deref().unwrap_or("")
             );
         }
-        let same = |o: &ServicePort| o.node_port == sp.node_port && o.protocol == sp.protocol;
-        let owner = cfg.services.iter().find(|s| s.ports.iter().any(same)).map(|s| s.name.as_str());
-        if let Some(owner) = owner.or_else(|| ports.iter().any(same).then_some(name.as_str())) {
-            fail!(
-                format_args!("services[{i}].ports[{j}].nodePort"),
-                "{}/{} is already used by service {owner:?}",
-                sp.node_port,
-                sp.protocol.as_str()
-            );
+        if sp.node_port.is_some() {
+            let same = |o: &ServicePort| o.node_port == sp.node_port && o.protocol == sp.protocol;
+            let owner = cfg.services.iter().find(|s| s.ports.iter().any(same)).map(|s| s.name.as_str());
+            if let Some(owner) = owner.or_else(|| ports.iter().any(same).then_some(name.as_str())) {
+                fail!(
+                    format_args!("services[{i}].ports[{j}].nodePort"),
+                    "{}/{} is already used by service {owner:?}",
+                    sp.node_port.unwrap_or(0),
+                    sp.protocol.as_str()
+                );
+            }
         }
         let _ = ports.push(sp);
     }
@@ -247,10 +298,91 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
         }
         let _ = endpoints.push(ep);
     }
-    Ok(Service { name, kind, external_traffic_policy, ports, endpoints })
+    let svc = Service {
+        name,
+        kind,
+        external_traffic_policy,
+        cluster_ip,
+        external_ips,
+        session_affinity,
+        source_ranges,
+        health_check_node_port,
+        health_check,
+        ports,
+        endpoints,
+    };
+    virtual_ips(i, &svc, cfg)?;
+    Ok(svc)
 }
 
-fn service_port(i: usize, j: usize, raw: &RawPort, named: bool, cfg: &Config) -> Result<ServicePort> {
+/// A clusterIP or externalIP is no node's address, and each `ip:port/protocol` belongs to one
+/// service.
+fn virtual_ips(i: usize, svc: &Service, cfg: &Config) -> Result<()> {
+    for (k, vip) in svc.virtual_ips().enumerate() {
+        let path = |k: usize| {
+            if svc.cluster_ip.is_some() && k == 0 { "clusterIP" } else { "externalIPs" }
+        };
+        if cfg.nodes.iter().any(|n| n.owns(vip)) {
+            fail!(format_args!("services[{i}].{}", path(k)), "{vip} is a node address");
+        }
+        for p in &svc.ports {
+            let clash = cfg.services.iter().find(|o| {
+                o.virtual_ips().any(|v| v == vip)
+                    && o.ports.iter().any(|q| q.port == p.port && q.protocol == p.protocol)
+            });
+            if let Some(o) = clash {
+                fail!(
+                    format_args!("services[{i}].{}", path(k)),
+                    "{vip}:{}/{} is already used by service {:?}",
+                    p.port,
+                    p.protocol.as_str(),
+                    o.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {
+    let within = |field: &str, value: Option<u32>, default: u32, max: u32| -> Result<u32> {
+        match value.unwrap_or(default) {
+            v if (1..=max).contains(&v) => Ok(v),
+            v => fail!(format_args!("services[{i}].healthCheck.{field}"), "{v} is outside 1-{max}"),
+        }
+    };
+    let h = HealthCheck {
+        interval_seconds: within("intervalSeconds", raw.interval_seconds, 2, 3600)?,
+        timeout_seconds: within("timeoutSeconds", raw.timeout_seconds, 1, 3600)?,
+        unhealthy_threshold: within("unhealthyThreshold", raw.unhealthy_threshold, 3, 100)?,
+        healthy_threshold: within("healthyThreshold", raw.healthy_threshold, 2, 100)?,
+    };
+    if h.timeout_seconds > h.interval_seconds {
+        fail!(
+            format_args!("services[{i}].healthCheck.timeoutSeconds"),
+            "{} is longer than intervalSeconds {}",
+            h.timeout_seconds,
+            h.interval_seconds
+        );
+    }
+    Ok(h)
+}
+
+fn node_port(path: fmt::Arguments, value: u32, range: PortRange) -> Result<u16> {
+    match u16::try_from(value) {
+        Ok(p) if range.contains(p) => Ok(p),
+        _ => fail!(path, "{value} is outside nodePortRange {range}"),
+    }
+}
+
+fn service_port(
+    i: usize,
+    j: usize,
+    raw: &RawPort,
+    named: bool,
+    kind: ServiceType,
+    cfg: &Config,
+) -> Result<ServicePort> {
     let name = match raw.name {
         Some(n) => Some(super::validate::name(format_args!("services[{i}].ports[{j}].name"), Some(n))?),
         None if named => {
@@ -271,12 +403,14 @@ fn service_port(i: usize, j: usize, raw: &RawPort, named: bool, cfg: &Config) ->
         Some(p) => port(format_args!("services[{i}].ports[{j}].targetPort"), p)?,
         None => svc_port,
     };
-    let node_port = required(format_args!("services[{i}].ports[{j}].nodePort"), raw.node_port)?;
-    let range = cfg.node_port_range;
-    if u16::try_from(node_port).map_or(true, |p| !range.contains(p)) {
-        fail!(format_args!("services[{i}].ports[{j}].nodePort"), "{node_port} is outside nodePortRange {range}");
-    }
-    Ok(ServicePort { name, protocol, port: svc_port, target_port, node_port: node_port as u16 })
+    let node_port = match (kind, raw.node_port) {
+        (ServiceType::ClusterIP, Some(_)) => {
+            fail!(format_args!("services[{i}].ports[{j}].nodePort"), "a ClusterIP service has no nodePort")
+        }
+        (_, Some(p)) => Some(node_port(format_args!("services[{i}].ports[{j}].nodePort"), p, cfg.node_port_range)?),
+        (_, None) => None,
+    };
+    Ok(ServicePort { name, protocol, port: svc_port, target_port, node_port })
 }
 
 fn endpoint(i: usize, j: usize, raw: &RawEndpoint, cfg: &Config) -> Result<Endpoint> {
@@ -291,7 +425,81 @@ fn endpoint(i: usize, j: usize, raw: &RawEndpoint, cfg: &Config) -> Result<Endpo
         },
         None => None,
     };
-    Ok(Endpoint { ip, node })
+    let weight = match raw.weight.unwrap_or(1) {
+        w @ 1..=255 => w as u8,
+        w => fail!(format_args!("services[{i}].endpoints[{j}].weight"), "{w} is outside 1-255"),
+    };
+    Ok(Endpoint { ip, node, weight, ready: raw.ready.unwrap_or(true), terminating: raw.terminating.unwrap_or(false) })
+}
+
+/// Gives every NodePort port left without a nodePort one from the range: a hash of the
+/// service's and port's names picks where to start looking, so the same config always gets the
+/// same ports, and adding a service at the end of the file never moves another's.
+fn allocate_node_ports(cfg: &mut Config) -> Result<()> {
+    let range = cfg.node_port_range;
+    let span = (range.last - range.first) as u64 + 1;
+    for i in 0..cfg.services.len() {
+        if cfg.services[i].kind != ServiceType::NodePort {
+            continue;
+        }
+        for j in 0..cfg.services[i].ports.len() {
+            let p = &cfg.services[i].ports[j];
+            if p.node_port.is_some() {
+                continue;
+            }
+            let protocol = p.protocol;
+            let key = name_hash(cfg.services[i].name.as_bytes())
+                ^ name_hash(p.name.as_deref().unwrap_or("").as_bytes()).rotate_left(17);
+            let start = key % span;
+            let free = (0..span).map(|k| range.first + ((start + k) % span) as u16).find(|&candidate| {
+                !cfg.services.iter().any(|s| {
+                    s.ports.iter().any(|o| o.node_port == Some(candidate) && o.protocol == protocol)
+                        || (protocol == Protocol::Tcp && s.health_check_node_port == Some(candidate))
+                })
+            });
+            match free {
+                Some(port) => cfg.services[i].ports[j].node_port = Some(port),
+                None => fail!(
+                    format_args!("services[{i}].ports[{j}].nodePort"),
+                    "no free port left in nodePortRange {range}"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A healthCheckNodePort is a TCP port of its own: no nodePort, no other service's.
+fn check_health_check_node_ports(cfg: &Config) -> Result<()> {
+    for (i, s) in cfg.services.iter().enumerate() {
+        let Some(hc) = s.health_check_node_port else { continue };
+        let clash = cfg.services.iter().enumerate().find(|(k, o)| {
+            o.ports.iter().any(|p| p.node_port == Some(hc) && p.protocol == Protocol::Tcp)
+                || (*k != i && o.health_check_node_port == Some(hc))
+        });
+        if let Some((_, o)) = clash {
+            fail!(format_args!("services[{i}].healthCheckNodePort"), "{hc} is already used by service {:?}", o.name);
+        }
+    }
+    Ok(())
+}
+
+fn name_hash(bytes: &[u8]) -> u64 {
+    // FNV-1a: stable across builds and releases, which is all allocation needs.
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A source range: any network with a prefix length, like `192.168.0.0/16`.
+fn network(path: fmt::Arguments, text: &str) -> Result<Ipv4Cidr> {
+    let parsed = text.split_once('/').and_then(|(ip, len)| {
+        let ip = Ipv4Addr::from_str(ip).ok()?;
+        let len = u8::from_str(len).ok().filter(|l| *l <= 32)?;
+        Some(Ipv4Cidr::new(ip, len).network())
+    });
+    match parsed {
+        Some(c) => Ok(c),
+        None => fail!(path, "{:?} is not an IPv4 network with a prefix length (like 192.168.0.0/16)", Short(text)),
+    }
 }
 
 /// Quotes at most 40 characters of a rejected value, so that one bad value cannot flood a log

@@ -45,6 +45,10 @@ drop_reasons! {
     TcpNoFlow => "tcp_no_flow",
     /// A service with no ready endpoint: answered with TCP RST or ICMP port unreachable.
     NoEndpoint => "no_endpoint",
+    /// externalTrafficPolicy Local and no ready endpoint on this node.
+    NoLocalEndpoint => "no_local_endpoint",
+    /// The client is outside the service's loadBalancerSourceRanges.
+    SourceRange => "source_range",
     /// TTL ran out: answered with ICMP time exceeded.
     TtlExceeded => "ttl_exceeded",
     /// The connection table is full of live flows.

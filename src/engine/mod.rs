@@ -14,9 +14,10 @@ pub mod reply;
 use core::net::Ipv4Addr;
 use heapless::Vec;
 
+use crate::affinity::Affinity;
 use crate::balance::{Maglev, maglev::flow_hash};
 use crate::board;
-use crate::config::{Config, ConfigError, Node, Service, TrafficPolicy};
+use crate::config::{Config, ConfigError, Node, Service, ServiceType, SessionAffinity, TrafficPolicy};
 use crate::conntrack::{Direction, Flow, State, Table, Tuple};
 use crate::neighbor::Neighbors;
 use crate::time::Millis;
@@ -55,23 +56,47 @@ const RESOLVE_EVERY_MS: u64 = 100;
 struct ServiceState {
     config: Service,
     maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
+    /// Per endpoint: passing its active health checks (always, without checks).
+    healthy: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+    counters: ServiceCounters,
 }
 
-/// `(protocol, nodePort)` to the service and port that own it.
+/// Totals of one service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub new_flows: u64,
+    /// Dropped: client outside loadBalancerSourceRanges.
+    pub source_range_drops: u64,
+    /// Dropped or refused: no endpoint to send to.
+    pub no_endpoint_drops: u64,
+}
+
+/// What listens where: `(protocol, port, address)` to the service and port that own it. The
+/// address is a clusterIP or externalIP, or unspecified for "any node address" (a nodePort).
 #[derive(Debug, Clone, Copy)]
 struct Listener {
     proto: u8,
-    node_port: u16,
+    port: u16,
+    ip: Ipv4Addr,
     service: u8,
-    port: u8,
+    port_index: u8,
 }
+
+const MAX_LISTENERS: usize =
+    board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * (2 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
+const MAX_VIRTUAL_IPS: usize = board::MAX_SERVICES * (1 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
 
 pub struct Engine<'a> {
     node: Node,
+    /// This node's index in the config (endpoints name their node by it).
+    node_index: u8,
     services: Vec<ServiceState, { board::MAX_SERVICES }>,
-    /// Sorted by `(proto, node_port)`.
-    listeners: Vec<Listener, { board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE }>,
+    /// Sorted by `(proto, port, ip)`.
+    listeners: Vec<Listener, MAX_LISTENERS>,
+    /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
+    virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
     conntrack: Table<'a>,
+    affinity: Affinity<{ board::AFFINITY_CAPACITY }>,
     neighbors: Neighbors<{ board::NEIGHBOR_CAPACITY }>,
     parked: Parked<{ board::PARKED_FRAMES }>,
     counters: Counters,
@@ -86,45 +111,99 @@ impl<'a> Engine<'a> {
     /// the SNAT port choice; draw it from a random source.
     pub fn new(config: &Config, node_name: Option<&str>, conntrack: Table<'a>, seed: u64) -> Result<Self, ConfigError> {
         let node = config.node(node_name)?.clone();
-        let node_index = config.nodes.iter().position(|n| n.name == node.name).map(|i| i as u8);
-        let mut services = Vec::new();
-        let mut listeners: Vec<Listener, { board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE }> = Vec::new();
-        for (s, svc) in config.services.iter().enumerate() {
-            let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
-            let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
-            for ep in &svc.endpoints {
-                let eligible = match svc.external_traffic_policy {
-                    TrafficPolicy::Cluster => true,
-                    TrafficPolicy::Local => ep.node.is_some() && ep.node == node_index,
-                };
-                let _ = ips.push(ep.ip);
-                let _ = weights.push(u8::from(eligible));
-            }
-            let mut state = ServiceState { config: svc.clone(), maglev: Maglev::new() };
-            state.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
-            let _ = services.push(state);
-            for (p, port) in svc.ports.iter().enumerate() {
-                let _ = listeners.push(Listener {
-                    proto: port.protocol.number(),
-                    node_port: port.node_port,
-                    service: s as u8,
-                    port: p as u8,
-                });
-            }
-        }
-        listeners.sort_unstable_by_key(|l| (l.proto, l.node_port));
-        Ok(Engine {
+        let node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
+        let mut engine = Engine {
             node,
-            services,
-            listeners,
+            node_index,
+            services: Vec::new(),
+            listeners: Vec::new(),
+            virtual_ips: Vec::new(),
             conntrack,
+            affinity: Affinity::new([seed, seed.rotate_left(32)]),
             neighbors: Neighbors::new(board::NEIGHBOR_SECONDS as u64 * 1000, board::ARP_RETRY_MILLIS),
             parked: Parked::new(),
             counters: Counters::default(),
             rng: seed | 1,
             resolve_cursor: (0, 0),
             last_resolve: None,
-        })
+        };
+        for (s, svc) in config.services.iter().enumerate() {
+            let healthy = svc.endpoints.iter().map(|_| true).collect();
+            let _ = engine.services.push(ServiceState {
+                config: svc.clone(),
+                maglev: Maglev::new(),
+                healthy,
+                counters: ServiceCounters::default(),
+            });
+            engine.rebuild(s);
+            for (p, port) in svc.ports.iter().enumerate() {
+                let proto = port.protocol.number();
+                let listener =
+                    |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
+                if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
+                    let _ = engine.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
+                }
+                for vip in svc.virtual_ips() {
+                    let _ = engine.listeners.push(listener(port.port, vip));
+                }
+            }
+            for vip in svc.virtual_ips() {
+                if !engine.virtual_ips.contains(&vip) {
+                    let _ = engine.virtual_ips.push(vip);
+                }
+            }
+        }
+        engine.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
+        engine.virtual_ips.sort_unstable();
+        Ok(engine)
+    }
+
+    /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
+    /// ones (this node's only, with Local policy); if none is ready, the terminating ones.
+    fn rebuild(&mut self, s: usize) {
+        let node = self.node_index;
+        let Some(svc) = self.services.get_mut(s) else { return };
+        let cfg = &svc.config;
+        let candidate = |i: usize| {
+            let e = &cfg.endpoints[i];
+            svc.healthy[i] && (cfg.external_traffic_policy == TrafficPolicy::Cluster || e.node == Some(node))
+        };
+        let any_ready = (0..cfg.endpoints.len()).any(|i| candidate(i) && cfg.endpoints[i].ready);
+        let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+        let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+        for (i, e) in cfg.endpoints.iter().enumerate() {
+            let usable = candidate(i) && if any_ready { e.ready } else { e.terminating };
+            let _ = ips.push(e.ip);
+            let _ = weights.push(if usable { e.weight } else { 0 });
+        }
+        svc.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
+    }
+
+    /// Marks endpoint `e` of service `s` healthy or not. An endpoint that leaves gets no new
+    /// flows; its UDP flows are flushed, so that a client sending on the same 5-tuple reaches a
+    /// live endpoint (TCP flows are left to finish or time out). Returns the UDP flows flushed.
+    pub fn set_endpoint_health(&mut self, s: usize, e: usize, healthy: bool) -> usize {
+        let Some(slot) = self.services.get_mut(s).and_then(|svc| svc.healthy.get_mut(e)) else { return 0 };
+        if *slot == healthy {
+            return 0;
+        }
+        *slot = healthy;
+        self.rebuild(s);
+        if healthy {
+            return 0;
+        }
+        let ip = self.services[s].config.endpoints[e].ip;
+        self.conntrack.remove_where(|f| f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip)
+    }
+
+    /// Endpoints service `s` sends new flows to (on this node, with Local policy): what its
+    /// healthCheckNodePort reports.
+    pub fn serving_endpoints(&self, s: usize) -> usize {
+        self.services.get(s).map_or(0, |svc| svc.maglev.endpoints())
+    }
+
+    pub fn service_counters(&self, s: usize) -> ServiceCounters {
+        self.services.get(s).map_or_else(ServiceCounters::default, |svc| svc.counters)
     }
 
     pub fn node(&self) -> &Node {
@@ -191,10 +270,7 @@ impl<'a> Engine<'a> {
             return Verdict::Drop(DropReason::OtherMac);
         }
         match u16::from_be_bytes([frame[12], frame[13]]) {
-            0x0806 => {
-                self.learn_arp(frame, now);
-                Verdict::Stack
-            }
+            0x0806 => self.arp(frame, now, out),
             0x0800 => match Ipv4Frame::parse(frame) {
                 Ok(f) => self.ipv4(frame, &f, now, out),
                 Err(reason) => Verdict::Drop(reason),
@@ -203,24 +279,36 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Learns `sender IP is at sender MAC` from any ARP frame on one of the node's subnets.
-    fn learn_arp(&mut self, frame: &[u8], now: Millis) {
+    /// Learns `sender IP is at sender MAC` from any ARP frame on one of the node's subnets, and
+    /// answers requests for the services' virtual IPs (smoltcp answers for the node's own).
+    fn arp(&mut self, frame: &[u8], now: Millis, out: &mut [u8]) -> Verdict {
         let a = &frame[packet::ETH_HEADER..];
         if a.len() < 28 || a[0..6] != [0, 1, 8, 0, 6, 4] {
-            return;
+            return Verdict::Drop(DropReason::Malformed);
         }
         let mac: [u8; 6] = [a[8], a[9], a[10], a[11], a[12], a[13]];
         let ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+        let target = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
+        let request = a[6..8] == [0, 1];
         if self.node.address_on_link(ip).is_some() && !self.node.owns(ip) && mac[0] & 1 == 0 {
             self.neighbors.learn(ip, mac, now);
         }
+        if request && self.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
+            return Verdict::Reply(reply::arp_reply(self.node.mac.0, target, mac, ip, out));
+        }
+        Verdict::Stack
+    }
+
+    /// A node address, clusterIP or externalIP.
+    fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.node.owns(ip) || self.virtual_ips.binary_search(&ip).is_ok()
     }
 
     fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
         if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() {
             return Verdict::Drop(DropReason::MartianSource);
         }
-        let for_node = self.node.owns(f.dst);
+        let for_node = self.is_local(f.dst);
         let Some((src_port, dst_port)) = f.ports else {
             return match () {
                 _ if f.fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => Verdict::Drop(DropReason::Fragment),
@@ -271,7 +359,7 @@ impl<'a> Engine<'a> {
                 };
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None if for_node && self.listener(f.proto, dst_port).is_some() => {
+            None if for_node && self.listener(f.proto, f.dst, dst_port).is_some() => {
                 self.new_flow(frame, f, src_port, dst_port, now, out)
             }
             None if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
@@ -279,9 +367,21 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn listener(&self, proto: u8, node_port: u16) -> Option<Listener> {
-        let i = self.listeners.binary_search_by_key(&(proto, node_port), |l| (l.proto, l.node_port)).ok()?;
-        Some(self.listeners[i])
+    /// The service port listening on `dst:port`: a virtual IP's own listener, or a nodePort
+    /// on any node address.
+    fn listener(&self, proto: u8, dst: Ipv4Addr, port: u16) -> Option<Listener> {
+        let first = self.listeners.partition_point(|l| (l.proto, l.port) < (proto, port));
+        let same_port = self.listeners[first..].iter().take_while(|l| (l.proto, l.port) == (proto, port));
+        let mut found = None;
+        for l in same_port {
+            if l.ip == dst {
+                return Some(*l);
+            }
+            if l.ip.is_unspecified() && self.node.owns(dst) {
+                found = Some(*l);
+            }
+        }
+        found
     }
 
     /// The first packet of a flow to a service: choose the endpoint and the source, track it.
@@ -294,28 +394,49 @@ impl<'a> Engine<'a> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        let Some(listener) = self.listener(f.proto, dst_port) else { return Verdict::Stack };
+        let Some(listener) = self.listener(f.proto, f.dst, dst_port) else { return Verdict::Stack };
         if let Some(t) = f.tcp
             && !(t.syn && !t.ack && !t.rst && !t.fin)
         {
             return Verdict::Drop(DropReason::TcpNoFlow);
         }
-        let svc = &self.services[listener.service as usize];
-        let hash = flow_hash(f.src, src_port, f.dst, dst_port, f.proto);
-        let Some(ep) = svc.maglev.pick(hash) else {
-            return match svc.config.external_traffic_policy {
-                TrafficPolicy::Local => Verdict::Drop(DropReason::NoEndpoint),
-                TrafficPolicy::Cluster => self.reject(frame, f, out),
-            };
+        let s = listener.service as usize;
+        let secs = now.secs();
+        let svc = &mut self.services[s];
+        if !svc.config.admits(f.src) {
+            svc.counters.source_range_drops += 1;
+            return Verdict::Drop(DropReason::SourceRange);
+        }
+        // A live pin wins while its endpoint still takes new flows; else Maglev decides.
+        let pinned = match svc.config.session_affinity {
+            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service, f.src, secs),
+            SessionAffinity::None => None,
         };
+        let ep = match pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)) {
+            Some(e) => e,
+            None => match svc.maglev.pick(flow_hash(f.src, src_port, f.dst, dst_port, f.proto)) {
+                Some(e) => e,
+                None => {
+                    svc.counters.no_endpoint_drops += 1;
+                    return match svc.config.external_traffic_policy {
+                        TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
+                        TrafficPolicy::Cluster => self.reject(frame, f, out),
+                    };
+                }
+            },
+        };
+        if let SessionAffinity::ClientIp { timeout_seconds } = svc.config.session_affinity {
+            // Refreshed by every new connection, as kube-proxy's `recent` match does.
+            self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
+        }
+        let svc = &self.services[s];
         let endpoint = svc.config.endpoints[ep].ip;
-        let endpoint_port = svc.config.ports[listener.port as usize].target_port;
+        let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
         let policy = svc.config.external_traffic_policy;
         if let Some(v) = self.ttl_expired(frame, f, out) {
             return v;
         }
         let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
-        let secs = now.secs();
         let (source, source_port) = match policy {
             TrafficPolicy::Cluster => {
                 let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
@@ -348,6 +469,7 @@ impl<'a> Engine<'a> {
             return Verdict::Drop(DropReason::ConntrackFull);
         }
         self.counters.new_flows += 1;
+        self.services[s].counters.new_flows += 1;
         let to = Rewrite { src: source, src_port: source_port, dst: endpoint, dst_port: endpoint_port };
         self.forward(frame, f, to, None, endpoint, now, out)
     }

@@ -107,3 +107,20 @@ pub fn arp_request(our_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr, out: &m
     a[24..28].copy_from_slice(&target.octets());
     LEN
 }
+
+/// An ARP reply: `ip` is at `our_mac`, to the asker at `to_mac`/`to_ip`.
+pub fn arp_reply(our_mac: [u8; 6], ip: Ipv4Addr, to_mac: [u8; 6], to_ip: Ipv4Addr, out: &mut [u8]) -> usize {
+    const LEN: usize = ETH_HEADER + 28;
+    if out.len() < LEN {
+        return 0;
+    }
+    set_macs(out, our_mac, to_mac);
+    out[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let a = &mut out[ETH_HEADER..LEN];
+    a[0..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]); // Ethernet, IPv4, reply
+    a[8..14].copy_from_slice(&our_mac);
+    a[14..18].copy_from_slice(&ip.octets());
+    a[18..24].copy_from_slice(&to_mac);
+    a[24..28].copy_from_slice(&to_ip.octets());
+    LEN
+}

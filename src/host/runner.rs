@@ -49,18 +49,16 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
         config.services.len(),
     );
     for svc in &config.services {
-        for p in &svc.ports {
-            info!(
-                "service {}: {}/{} nodePort {} -> {} endpoint(s) port {} ({})",
-                svc.name,
-                p.port,
-                p.protocol.as_str(),
-                p.node_port,
-                svc.endpoints.len(),
-                p.target_port,
-                svc.external_traffic_policy.as_str()
-            );
-        }
+        let ports: vec::Vec<String> = svc.ports.iter().map(|p| format!("{p}->{}", p.target_port)).collect();
+        info!(
+            "service {}: {} ports {}, {} endpoint(s), externalTrafficPolicy {}{}",
+            svc.name,
+            svc.kind.as_str(),
+            ports.join(" "),
+            svc.endpoints.len(),
+            svc.external_traffic_policy.as_str(),
+            svc.virtual_ips().map(|ip| format!(", on {ip}")).collect::<String>(),
+        );
     }
 
     let fd = tap.as_raw_fd();

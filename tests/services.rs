@@ -1,0 +1,231 @@
+//! Kubernetes Service semantics in the engine: affinity, source ranges, virtual IPs, endpoint
+//! state and health, frame in → frame out (frames built with etherparse).
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use nodegate::config;
+use nodegate::conntrack::{Storage, Table, buckets_for};
+use nodegate::engine::{DropReason, Engine, Verdict};
+use nodegate::time::Millis;
+
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
+const NODE: [u8; 4] = [10, 77, 0, 1];
+
+type Small = Storage<256, { buckets_for(256) }>;
+
+fn engine<'a>(json: &str, storage: &'a mut Small) -> Engine<'a> {
+    let cfg = config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut e =
+        Engine::new(&cfg, Some("edge-1"), Table::from_storage(storage, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    for last in 11..=14u8 {
+        let mut arp = arp(2, [2, 0, 0, 0, 0, last], [10, 77, 0, last], NODE);
+        e.process(&mut arp, Millis(0), &mut [0; 1514]);
+    }
+    e
+}
+
+fn arp(op: u8, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(if op == 1 { &[0xff; 6] } else { &NODE_MAC });
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, op]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1, 1000)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(src, dst, 64).udp(sport, dport).write(&mut out, b"q").unwrap();
+    out
+}
+
+/// Sends `frame`; returns the destination address and port it was forwarded to, or the verdict.
+fn send(e: &mut Engine, mut frame: Vec<u8>, now: u64) -> Result<([u8; 4], u16), Verdict> {
+    match e.process(&mut frame, Millis(now), &mut [0; 1514]) {
+        Verdict::Forward => {
+            let h = PacketHeaders::from_ethernet_slice(&frame).unwrap();
+            let Some(NetHeaders::Ipv4(ip, _)) = h.net else { panic!() };
+            let port = match h.transport.unwrap() {
+                TransportHeader::Tcp(t) => t.destination_port,
+                TransportHeader::Udp(u) => u.destination_port,
+                other => panic!("{other:?}"),
+            };
+            Ok((ip.destination, port))
+        }
+        other => Err(other),
+    }
+}
+
+fn service(extra: &str, endpoints: &str) -> String {
+    format!(
+        r#"{{"nodes":[{{"name":"edge-1","tap":"ng0","mac":"02:00:00:00:00:01","addresses":["10.77.0.1/24"]}},
+                      {{"name":"edge-2","tap":"ng0","addresses":["10.77.0.2/24"]}}],
+            "services":[{{"name":"web",{extra}"ports":[{{"name":"t","port":80,"targetPort":3000,"nodePort":30080}},
+                                                     {{"name":"u","protocol":"UDP","port":53,"targetPort":5353,"nodePort":30053}}],
+                          "endpoints":[{endpoints}]}}]}}"#
+    )
+}
+
+const THREE: &str = r#"{"ip":"10.77.0.11"},{"ip":"10.77.0.12"},{"ip":"10.77.0.13"}"#;
+const CLIENT_A: [u8; 4] = [10, 77, 0, 100];
+const CLIENT_B: [u8; 4] = [10, 77, 0, 101];
+
+#[test]
+fn client_ip_affinity_pins_each_client_until_the_timeout() {
+    let mut s = Small::new();
+    let mut e = engine(
+        &service(r#""sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":5}},"#, THREE),
+        &mut s,
+    );
+    let first_a = send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap().0;
+    let first_b = send(&mut e, syn(CLIENT_B, 40000, NODE, 30080), 0).unwrap().0;
+    for port in 40001..40030 {
+        assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 1000).unwrap().0, first_a, "client A, port {port}");
+        assert_eq!(send(&mut e, syn(CLIENT_B, port, NODE, 30080), 1000).unwrap().0, first_b, "client B, port {port}");
+    }
+    // Each new connection refreshed the pin at t=1 s: at t=5.9 s it holds, and after 5 s
+    // without a new connection the next one is chosen afresh by Maglev.
+    assert_eq!(send(&mut e, syn(CLIENT_A, 41000, NODE, 30080), 5900).unwrap().0, first_a);
+    let mut other = None;
+    for (i, port) in (42000..42100).enumerate() {
+        let now = 11_000 + 6_000 * i as u64;
+        let ep = send(&mut e, syn(CLIENT_A, port, NODE, 30080), now).unwrap().0;
+        if ep != first_a {
+            other = Some(ep);
+            break;
+        }
+    }
+    assert!(other.is_some(), "after the timeout, new choices are made");
+}
+
+#[test]
+fn without_affinity_one_client_spreads_over_endpoints() {
+    let mut s = Small::new();
+    let mut e = engine(&service("", THREE), &mut s);
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40030 {
+        seen.insert(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn source_ranges_admit_only_listed_clients_on_every_address() {
+    let mut s = Small::new();
+    let mut e = engine(
+        &service(
+            r#""clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],"loadBalancerSourceRanges":["10.77.0.100/32"],"#,
+            THREE,
+        ),
+        &mut s,
+    );
+    for dst in [(NODE, 30080), ([10, 96, 0, 10], 80), ([10, 77, 0, 50], 80)] {
+        assert!(send(&mut e, syn(CLIENT_A, 40000, dst.0, dst.1), 0).is_ok(), "allowed client to {dst:?}");
+        assert_eq!(
+            send(&mut e, syn(CLIENT_B, 40000, dst.0, dst.1), 0),
+            Err(Verdict::Drop(DropReason::SourceRange)),
+            "{dst:?}"
+        );
+    }
+    assert_eq!(e.counters().dropped(DropReason::SourceRange), 3);
+    assert_eq!(e.service_counters(0).source_range_drops, 3);
+}
+
+#[test]
+fn cluster_ip_and_external_ips_forward_like_the_node_port_and_answer_arp() {
+    let mut s = Small::new();
+    let mut e = engine(&service(r#""clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],"#, THREE), &mut s);
+    assert_eq!(send(&mut e, syn(CLIENT_A, 40000, [10, 96, 0, 10], 80), 0).unwrap().1, 3000);
+    assert_eq!(send(&mut e, udp(CLIENT_A, 40000, [10, 77, 0, 50], 53), 0).unwrap().1, 5353);
+    assert_eq!(
+        send(&mut e, syn(CLIENT_A, 40001, [10, 77, 0, 50], 30080), 0),
+        Err(Verdict::Stack),
+        "a VIP listens on port, not nodePort"
+    );
+    assert_eq!(
+        send(&mut e, syn(CLIENT_A, 40001, [10, 77, 0, 51], 80), 0),
+        Err(Verdict::Drop(DropReason::OtherAddress))
+    );
+
+    let mut out = [0u8; 1514];
+    let mut who_has = arp(1, CLIENT_MAC, CLIENT_A, [10, 77, 0, 50]);
+    let Verdict::Reply(len) = e.process(&mut who_has, Millis(0), &mut out) else { panic!("no ARP reply") };
+    let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
+    let Some(NetHeaders::Arp(reply)) = h.net else { panic!() };
+    assert_eq!(reply.sender_hw_addr(), &NODE_MAC[..]);
+    assert_eq!(reply.sender_protocol_addr(), &[10, 77, 0, 50][..]);
+    assert_eq!(reply.target_protocol_addr(), &CLIENT_A[..]);
+    let mut who_has_other = arp(1, CLIENT_MAC, CLIENT_A, [10, 77, 0, 51]);
+    assert_eq!(e.process(&mut who_has_other, Millis(0), &mut out), Verdict::Stack, "not ours: smoltcp ignores it");
+}
+
+#[test]
+fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
+    let mut s = Small::new();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"},{"ip":"10.77.0.12","nodeName":"edge-1"}"#;
+    let mut e = engine(&service(r#""externalTrafficPolicy":"Local","healthCheckNodePort":30100,"#, eps), &mut s);
+    for port in 40000..40010 {
+        assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 12]);
+    }
+    assert_eq!(e.serving_endpoints(0), 1);
+
+    let mut s = Small::new();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"}"#;
+    let mut e = engine(&service(r#""externalTrafficPolicy":"Local","#, eps), &mut s);
+    assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0), Err(Verdict::Drop(DropReason::NoLocalEndpoint)));
+    assert_eq!(e.serving_endpoints(0), 0);
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let mut s = Small::new();
+    let eps =
+        r#"{"ip":"10.77.0.11","ready":false,"terminating":true},{"ip":"10.77.0.12"},{"ip":"10.77.0.13","ready":false}"#;
+    let mut e = engine(&service("", eps), &mut s);
+    for port in 40000..40020 {
+        assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 12]);
+    }
+    // The ready one fails its health checks: the terminating one takes over, the not-ready one never.
+    e.set_endpoint_health(0, 1, false);
+    for port in 41000..41020 {
+        assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 11]);
+    }
+}
+
+#[test]
+fn an_endpoint_that_fails_gets_no_new_flows_and_its_udp_flows_are_flushed() {
+    let mut s = Small::new();
+    let mut e = engine(&service("", THREE), &mut s);
+    let (ep, _) = send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 0).unwrap();
+    // A TCP flow to the same endpoint.
+    assert!((40000..40100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 0).unwrap().0 == ep));
+    let index = (ep[3] - 11) as usize;
+    let flushed = e.set_endpoint_health(0, index, false);
+    assert_eq!(flushed, 1, "the UDP flow to it");
+    assert_eq!(e.conntrack().flows().iter().filter(|f| f.endpoint.octets() == ep).count(), 1, "its TCP flow stays");
+    // The same client 5-tuple now reaches a live endpoint.
+    let (again, _) = send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 1000).unwrap();
+    assert_ne!(again, ep);
+    for port in 50000..50050 {
+        assert_ne!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 1000).unwrap().0, ep);
+    }
+    e.set_endpoint_health(0, index, true);
+    assert!(
+        (51000..51100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 2000).unwrap().0 == ep),
+        "back in the table"
+    );
+}
