@@ -82,6 +82,9 @@ fn main() {
     if b.snat_port_min < 1024 || b.snat_port_min >= b.snat_port_max {
         fail("snatPortMin", "must be >= 1024 and below snatPortMax");
     }
+    if b.snat_port_max >= 61000 {
+        fail("snatPortMax", "must be below 61000: 61000-65535 are the node's own client ports");
+    }
     if !b.affinity_capacity.is_power_of_two() || b.affinity_capacity < 8 {
         fail("affinityCapacity", "must be a power of two, at least 8");
     }

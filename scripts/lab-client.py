@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """A lab client on the kernel's own TCP/UDP stack.
 
-  lab-client.py http HOST PORT COUNT   COUNT HTTP/1.0 GETs, one connection each; prints each answer
-  lab-client.py udp HOST PORT MESSAGE  one datagram; prints the answer
+  lab-client.py http HOST PORT COUNT [TIMEOUT]
+                                       COUNT HTTP/1.0 GETs, one connection each; prints each answer
+  lab-client.py get HOST PORT          one GET; prints the status line and the body
+  lab-client.py udp HOST PORT MESSAGE [SRCPORT]
+                                       one datagram (from SRCPORT, to reuse a 5-tuple); prints the answer
   lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
                                        succeeds at the first answer
 
@@ -26,9 +29,10 @@ def icmp_checksum(data):
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 failed = 0
 if mode == "http":
+    timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 5
     for n in range(1, int(sys.argv[4]) + 1):
         try:
-            with socket.create_connection((host, port), timeout=5) as s:
+            with socket.create_connection((host, port), timeout=timeout) as s:
                 s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
                 data = b""
                 while chunk := s.recv(4096):
@@ -38,8 +42,24 @@ if mode == "http":
         except (OSError, IndexError) as e:
             failed += 1
             print(f"request {n}: FAILED ({e})")
+elif mode == "get":
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        print(head.split(b"\r\n")[0].decode())
+        print(body.decode())
+    except (OSError, ValueError) as e:
+        failed = 1
+        print(f"FAILED ({e})")
 elif mode == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if len(sys.argv) > 5:
+        s.bind(("0.0.0.0", int(sys.argv[5])))
     s.settimeout(5)
     try:
         # Connected, so that an ICMP port unreachable surfaces as "Connection refused".

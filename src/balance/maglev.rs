@@ -37,10 +37,10 @@ impl<const M: usize> Maglev<M> {
         self.table.fill(EMPTY);
         let n = endpoints.len().min(weights.len()).min(next.len()).min(EMPTY as usize);
         self.taking = [false; 255];
-        for i in 0..n {
-            self.taking[i] = weights[i] > 0;
+        for (taking, &w) in self.taking.iter_mut().zip(&weights[..n]) {
+            *taking = w > 0;
         }
-        self.endpoints = (0..n).filter(|&i| weights[i] > 0).count();
+        self.endpoints = weights[..n].iter().filter(|&&w| w > 0).count();
         if self.endpoints == 0 || M < 2 {
             return;
         }

@@ -3,6 +3,7 @@
 //! engine. Everything here is glue; decisions live in the `no_std` core.
 
 pub mod device;
+pub mod health;
 pub mod load;
 pub mod runner;
 mod sys;

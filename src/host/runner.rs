@@ -13,6 +13,7 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
 use super::device::NatDevice;
+use super::health::{self, HealthServer, Probes};
 use super::sys::{self, SHUTDOWN};
 use super::tap::Tap;
 use crate::board;
@@ -78,6 +79,11 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
+    let mut probes = Probes::new(config, &mut sockets);
+    let mut health_server = HealthServer::new(config, &mut sockets);
+    for line in health::describe(config) {
+        info!("{line}");
+    }
 
     let result = loop {
         if SHUTDOWN.load(Ordering::Relaxed) {
@@ -90,6 +96,8 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
         if let Some(e) = device.fatal.take() {
             break Err(format!("TAP {}: {e}", node.tap));
         }
+        probes.poll(now, config, &mut iface, &mut sockets, device.engine);
+        health_server.poll(config, &mut sockets, device.engine);
         device.engine.housekeeping(now);
         device.flush_engine_output();
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);

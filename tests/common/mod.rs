@@ -64,11 +64,17 @@ impl Lab {
     /// Starts nodegate with `config` in the gateway namespace and waits until the node answers
     /// ping from the client.
     pub fn start_gateway(&mut self, config: &str) {
+        self.start_gateway_as(config, None)
+    }
+
+    /// [`Lab::start_gateway`] as node `node` of the config.
+    pub fn start_gateway_as(&mut self, config: &str, node: Option<&str>) {
         std::fs::write(&self.config, config).unwrap();
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("gw"), env!("CARGO_BIN_EXE_nodegate"), "run", "--config"])
             .arg(&self.config)
+            .args(node.map(|n| ["--node", n]).iter().flatten())
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -121,6 +127,32 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Stops or starts backend `n` (1-3) with `scripts/lab`.
+    pub fn backend(&self, n: u8, running: bool) {
+        let cmd = if running { "start-backend" } else { "stop-backend" };
+        let out = Command::new(repo().join("scripts/lab")).args([cmd, &self.prefix, &n.to_string()]).output().unwrap();
+        assert!(out.status.success(), "scripts/lab {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs `ip ARGS` in namespace `host` and returns its output.
+    pub fn ip(&self, host: &str, args: &[&str]) -> String {
+        let out = Command::new("ip").args(["-n", &self.ns(host)]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `http` requests from `host`; the backend that answered each, or "FAILED".
+    pub fn backends(&self, host: &str, ip: &str, port: u16, count: usize) -> Vec<String> {
+        let out = self.client(host, &["http", ip, &port.to_string(), &count.to_string(), "2"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| match l.split_once(": ").map(|(_, a)| a.split(' ').next().unwrap_or("")) {
+                Some(name) if name.starts_with("web-frontend-") => name.to_string(),
+                _ => "FAILED".to_string(),
+            })
+            .collect()
     }
 
     /// Whether interface `name` exists in namespace `host`.

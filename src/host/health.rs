@@ -1,0 +1,204 @@
+//! The node's own health sockets, on smoltcp: active TCP checks of every endpoint of a service
+//! with a `healthCheck`, and the HTTP answer of each `healthCheckNodePort`.
+
+use std::format;
+use std::net::Ipv4Addr;
+use std::vec;
+use std::vec::Vec;
+
+use log::{info, warn};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+use crate::config::{Config, HealthCheck};
+use crate::engine::Engine;
+use crate::health::{Tracker, render_response};
+use crate::time::Millis;
+
+/// Local ports of the node's own connections (health checks). The board's SNAT range ends
+/// below them (build.rs checks), so replies to them are never taken for NATed flows.
+const PROBE_PORTS: core::ops::RangeInclusive<u16> = 61000..=65535;
+
+struct Probe {
+    service: usize,
+    endpoint: usize,
+    target: (Ipv4Addr, u16),
+    check: HealthCheck,
+    socket: SocketHandle,
+    tracker: Tracker,
+    next: Millis,
+    deadline: Option<Millis>,
+}
+
+/// Active health checks: a TCP connect to each endpoint's `ip:targetPort` every interval.
+pub struct Probes {
+    probes: Vec<Probe>,
+    next_port: u16,
+}
+
+impl Probes {
+    pub fn new(config: &Config, sockets: &mut SocketSet<'_>) -> Probes {
+        let mut probes = Vec::new();
+        for (s, svc) in config.services.iter().enumerate() {
+            let (Some(check), Some(port)) = (svc.health_check, svc.ports.first()) else { continue };
+            for (e, ep) in svc.endpoints.iter().enumerate() {
+                let buffers = (tcp::SocketBuffer::new(vec![0; 64]), tcp::SocketBuffer::new(vec![0; 64]));
+                let socket = sockets.add(tcp::Socket::new(buffers.0, buffers.1));
+                let target = (ep.ip, port.target_port);
+                let next = Millis(0);
+                probes.push(Probe {
+                    service: s,
+                    endpoint: e,
+                    target,
+                    check,
+                    socket,
+                    tracker: Tracker::default(),
+                    next,
+                    deadline: None,
+                });
+            }
+        }
+        Probes { probes, next_port: *PROBE_PORTS.start() }
+    }
+
+    /// Starts the checks that are due and reads the results of those under way.
+    pub fn poll(
+        &mut self,
+        now: Millis,
+        config: &Config,
+        iface: &mut Interface,
+        sockets: &mut SocketSet<'_>,
+        engine: &mut Engine,
+    ) {
+        for p in &mut self.probes {
+            let socket = sockets.get_mut::<tcp::Socket>(p.socket);
+            let result = match p.deadline {
+                None if now >= p.next => {
+                    let local = self.next_port;
+                    self.next_port = if local == *PROBE_PORTS.end() { *PROBE_PORTS.start() } else { local + 1 };
+                    socket.abort();
+                    p.next = Millis(now.0 + p.check.interval_seconds as u64 * 1000);
+                    match socket.connect(iface.context(), p.target, local) {
+                        Ok(()) => {
+                            p.deadline = Some(Millis(now.0 + p.check.timeout_seconds as u64 * 1000));
+                            None
+                        }
+                        Err(_) => Some(false),
+                    }
+                }
+                None => None,
+                Some(deadline) => match socket.state() {
+                    tcp::State::Established => Some(true),
+                    tcp::State::Closed => Some(false),
+                    _ if now >= deadline => Some(false),
+                    _ => None,
+                },
+            };
+            let Some(ok) = result else { continue };
+            socket.abort();
+            p.deadline = None;
+            let c = p.check;
+            if let Some(up) = p.tracker.record(ok, c.healthy_threshold, c.unhealthy_threshold) {
+                let flushed = engine.set_endpoint_health(p.service, p.endpoint, up);
+                let name = &config.services[p.service].name;
+                let (ip, port) = p.target;
+                if up {
+                    info!("service {name}: endpoint {ip}:{port} is up again ({} checks passed)", c.healthy_threshold);
+                } else {
+                    warn!(
+                        "service {name}: endpoint {ip}:{port} is down ({} checks failed); no new flows to it, {flushed} UDP flow(s) flushed",
+                        c.unhealthy_threshold
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sockets a healthCheckNodePort listens with: smoltcp has no backlog, so each one takes one
+/// connection at a time.
+const SOCKETS_PER_PORT: usize = 4;
+/// Longest request read; a health checker's `GET /` is far shorter.
+const MAX_REQUEST: usize = 1024;
+
+struct Listener {
+    service: usize,
+    port: u16,
+    socket: SocketHandle,
+    request: Vec<u8>,
+}
+
+/// The HTTP servers of the services' healthCheckNodePorts.
+pub struct HealthServer {
+    listeners: Vec<Listener>,
+}
+
+impl HealthServer {
+    pub fn new(config: &Config, sockets: &mut SocketSet<'_>) -> HealthServer {
+        let mut listeners = Vec::new();
+        for (s, svc) in config.services.iter().enumerate() {
+            let Some(port) = svc.health_check_node_port else { continue };
+            for _ in 0..SOCKETS_PER_PORT {
+                let buffers = (tcp::SocketBuffer::new(vec![0; MAX_REQUEST]), tcp::SocketBuffer::new(vec![0; 512]));
+                let socket = sockets.add(tcp::Socket::new(buffers.0, buffers.1));
+                listeners.push(Listener { service: s, port, socket, request: Vec::with_capacity(MAX_REQUEST) });
+            }
+        }
+        HealthServer { listeners }
+    }
+
+    /// Answers the requests that have arrived: 200 or 503 with the count of endpoints serving.
+    pub fn poll(&mut self, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
+        for l in &mut self.listeners {
+            let socket = sockets.get_mut::<tcp::Socket>(l.socket);
+            if socket.state() == tcp::State::TimeWait {
+                // Our FIN and the client's are both through: free the socket for the next one
+                // instead of waiting out TIME_WAIT.
+                socket.abort();
+            }
+            if !socket.is_open() {
+                l.request.clear();
+                let _ = socket.listen(l.port);
+                continue;
+            }
+            if socket.can_recv() {
+                let mut chunk = [0u8; 256];
+                while let Ok(n @ 1..) = socket.recv_slice(&mut chunk) {
+                    let room = MAX_REQUEST - l.request.len();
+                    l.request.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            }
+            let complete = l.request.windows(4).any(|w| w == b"\r\n\r\n") || l.request.len() == MAX_REQUEST;
+            if complete && socket.can_send() {
+                let mut out = [0u8; 512];
+                let served = engine.serving_endpoints(l.service);
+                if let Some(n) = render_response(&config.services[l.service].name, served, &mut out) {
+                    let _ = socket.send_slice(&out[..n]);
+                }
+                socket.close();
+                l.request.clear();
+            } else if !socket.may_recv() && socket.state() == tcp::State::CloseWait {
+                socket.close();
+            }
+        }
+    }
+}
+
+/// A log line for the start: which health sockets run.
+pub fn describe(config: &Config) -> Vec<std::string::String> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| {
+            let checks = s.health_check.map(|c| {
+                format!(
+                    "TCP checks every {}s (timeout {}s, down after {}, up after {})",
+                    c.interval_seconds, c.timeout_seconds, c.unhealthy_threshold, c.healthy_threshold
+                )
+            });
+            let port = s.health_check_node_port.map(|p| format!("healthCheckNodePort {p}"));
+            let parts: Vec<_> = checks.into_iter().chain(port).collect();
+            (!parts.is_empty()).then(|| format!("service {}: {}", s.name, parts.join(", ")))
+        })
+        .collect()
+}

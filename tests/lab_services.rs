@@ -1,0 +1,196 @@
+//! Lab tests of Kubernetes Service semantics with real Linux clients and servers: Local policy
+//! and its healthCheckNodePort, ClientIP affinity, source ranges, clusterIP and externalIPs,
+//! active health checks and the UDP flush. They need root (see `common::lab_available`).
+
+mod common;
+
+use common::{Lab, NODE_IP, lab_available};
+use std::collections::BTreeSet;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const NODE: &str = r#"{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                        "addresses": ["10.77.0.1/24", "10.78.0.1/24"] }"#;
+
+fn config(services: &str) -> String {
+    format!(
+        r#"{{ "nodes": [{NODE}, {{ "name": "edge-2", "tap": "ng0", "addresses": ["10.77.0.2/24"] }}], "services": [{services}] }}"#
+    )
+}
+
+fn start(tag: &str, services: &str) -> Lab {
+    let mut lab = Lab::up(tag);
+    lab.start_gateway_as(&config(services), Some("edge-1"));
+    lab
+}
+
+fn distinct(names: &[String]) -> BTreeSet<&str> {
+    names.iter().map(|s| s.as_str()).collect()
+}
+
+#[test]
+fn local_policy_keeps_the_client_address_and_reports_on_the_health_check_port() {
+    if !lab_available("local_policy_keeps_the_client_address_and_reports_on_the_health_check_port") {
+        return;
+    }
+    let mut lab = start(
+        "loc",
+        r#"{ "name": "web-local", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100,
+             "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30081 }],
+             "endpoints": [{ "ip": "10.77.0.11", "nodeName": "edge-1" }, { "ip": "10.77.0.12", "nodeName": "edge-2" }] },
+           { "name": "web-elsewhere", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30101,
+             "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30082 }],
+             "endpoints": [{ "ip": "10.77.0.12", "nodeName": "edge-2" }] },
+           { "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }] }"#,
+    );
+    // Local: the backend sees the client itself (10.78.0.100, routed via the node).
+    let out = lab.client("remote", &["http", "10.78.0.1", "30081", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", lab.gateway_log());
+    assert_eq!(text.lines().filter(|l| l.contains("web-frontend-1 saw 10.78.0.100:")).count(), 5, "{text}");
+    // Cluster: the backend sees the node.
+    let text = String::from_utf8_lossy(&lab.client("remote", &["http", "10.78.0.1", "30080", "1"]).stdout).into_owned();
+    assert!(text.contains("web-frontend-1 saw 10.77.0.1:"), "{text}");
+
+    let health = String::from_utf8_lossy(&lab.client("remote", &["get", "10.78.0.1", "30100"]).stdout).into_owned();
+    assert_eq!(health, "HTTP/1.1 200 OK\n{\"service\":{\"name\":\"web-local\"},\"localEndpoints\":1}\n");
+    let health = String::from_utf8_lossy(&lab.client("remote", &["get", "10.78.0.1", "30101"]).stdout).into_owned();
+    assert_eq!(
+        health,
+        "HTTP/1.1 503 Service Unavailable\n{\"service\":{\"name\":\"web-elsewhere\"},\"localEndpoints\":0}\n"
+    );
+    // Several checks in a row (health checkers poll): each is answered.
+    for _ in 0..6 {
+        let again = lab.client("client", &["get", NODE_IP, "30100"]);
+        assert!(String::from_utf8_lossy(&again.stdout).starts_with("HTTP/1.1 200 OK"));
+    }
+    // No local endpoint: the nodePort drops, and says so.
+    assert_eq!(lab.backends("remote", "10.78.0.1", 30082, 1), ["FAILED"]);
+    lab.stop_gateway();
+    assert!(lab.gateway_log().contains("no_local_endpoint="), "{}", lab.gateway_log());
+}
+
+#[test]
+fn client_ip_affinity_pins_each_client() {
+    if !lab_available("client_ip_affinity_pins_each_client") {
+        return;
+    }
+    let lab = start(
+        "aff",
+        r#"{ "name": "web", "sessionAffinity": "ClientIP", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
+    );
+    let first = lab.backends("client", NODE_IP, 30080, 30);
+    assert_eq!(distinct(&first).len(), 1, "30 connections from one client: {first:?}");
+    assert!(!first.contains(&"FAILED".to_string()));
+    let second = lab.backends("client2", NODE_IP, 30080, 30);
+    assert_eq!(distinct(&second).len(), 1, "{second:?}");
+    // The mapping holds per client.
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 5), first[..5]);
+    assert_eq!(lab.backends("client2", NODE_IP, 30080, 5), second[..5]);
+}
+
+#[test]
+fn source_ranges_let_only_listed_clients_in() {
+    if !lab_available("source_ranges_let_only_listed_clients_in") {
+        return;
+    }
+    let mut lab = start(
+        "src",
+        r#"{ "name": "web", "loadBalancerSourceRanges": ["10.77.0.100/32"], "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }] }"#,
+    );
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-1"; 3]);
+    let out = lab.client("client2", &["http", NODE_IP, "30080", "1", "2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED (timed out)"), "no answer at all, not a refusal");
+    lab.stop_gateway();
+    let log = lab.gateway_log();
+    let drops: u64 = log
+        .split("source_range=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(drops >= 1, "the drop counter rose: {log}");
+}
+
+#[test]
+fn cluster_ip_and_external_ips_are_reachable_and_answer_arp() {
+    if !lab_available("cluster_ip_and_external_ips_are_reachable_and_answer_arp") {
+        return;
+    }
+    let lab = start(
+        "vip",
+        r#"{ "name": "web", "type": "ClusterIP", "clusterIP": "10.96.0.10", "externalIPs": ["10.77.0.50"],
+             "ports": [{ "port": 80, "targetPort": 3000 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
+    );
+    // The client routes the service range via the node, as a site router would.
+    lab.ip("client", &["route", "add", "10.96.0.0/16", "via", NODE_IP]);
+    let via_cluster_ip = lab.backends("client", "10.96.0.10", 80, 12);
+    assert!(
+        !via_cluster_ip.contains(&"FAILED".to_string()) && distinct(&via_cluster_ip).len() >= 2,
+        "{via_cluster_ip:?}"
+    );
+    let via_external_ip = lab.backends("client", "10.77.0.50", 80, 12);
+    assert!(
+        !via_external_ip.contains(&"FAILED".to_string()) && distinct(&via_external_ip).len() >= 2,
+        "{via_external_ip:?}"
+    );
+    let neigh = lab.ip("client", &["neigh", "show", "10.77.0.50"]);
+    assert!(neigh.contains("lladdr 02:00:00:00:00:01"), "the node answered ARP for the externalIP: {neigh}");
+}
+
+#[test]
+fn health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_flows() {
+    if !lab_available("health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_flows") {
+        return;
+    }
+    let mut lab = start(
+        "hc",
+        r#"{ "name": "web", "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2, "healthyThreshold": 1 },
+             "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
+                       { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
+    );
+    // A UDP client that keeps one 5-tuple (source port 5555).
+    let udp = |lab: &Lab| {
+        String::from_utf8_lossy(&lab.client("client", &["udp", NODE_IP, "30053", "ping", "5555"]).stdout).into_owned()
+    };
+    let answer = udp(&lab);
+    let victim: u8 = answer
+        .strip_prefix("web-frontend-")
+        .and_then(|r| r[..1].parse().ok())
+        .unwrap_or_else(|| panic!("UDP: {answer}"));
+    assert_eq!(udp(&lab).split(' ').next(), answer.split(' ').next(), "the same 5-tuple stays on its endpoint");
+
+    lab.backend(victim, false);
+    // interval x unhealthyThreshold + 1 s.
+    sleep(Duration::from_secs(3));
+    let name = format!("web-frontend-{victim}");
+    let after = lab.backends("client", NODE_IP, 30080, 30);
+    assert!(!after.contains(&name) && !after.contains(&"FAILED".to_string()), "{after:?}\n{}", lab.gateway_log());
+    let moved = udp(&lab);
+    assert!(
+        moved.starts_with("web-frontend-") && !moved.starts_with(&name),
+        "the UDP flow was flushed and moved: {moved}"
+    );
+
+    lab.backend(victim, true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if lab.backends("client", NODE_IP, 30080, 30).contains(&name) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the endpoint never came back: {}", lab.gateway_log());
+        sleep(Duration::from_millis(500));
+    }
+    lab.stop_gateway();
+    let log = lab.gateway_log();
+    assert!(
+        log.contains(&format!("endpoint 10.77.0.1{victim}:3000 is down")) && log.contains("1 UDP flow(s) flushed"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("endpoint 10.77.0.1{victim}:3000 is up again")), "{log}");
+}
