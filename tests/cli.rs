@@ -91,3 +91,25 @@ fn version_names_the_board_and_its_capacities() {
         "{text}"
     );
 }
+
+#[test]
+fn check_shows_allocated_node_ports_policy_and_affinity() {
+    let path = temp_config(
+        "effective",
+        r#"{"nodes":[{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}],
+            "services":[{"name":"web","externalTrafficPolicy":"Local","healthCheckNodePort":30100,"sessionAffinity":"ClientIP",
+                         "clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],
+                         "ports":[{"name":"http","port":80,"targetPort":3000}],
+                         "endpoints":[{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12"}]}]}"#,
+    );
+    let out = nodegate(&["check", "--config", path.to_str().unwrap()]);
+    let config = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().nth(1).unwrap();
+    let allocated = nodegate::config::parse(&config).unwrap().services[0].ports[0].node_port.unwrap();
+    assert!(row.contains(&format!("80:{allocated}/TCP")), "the allocated nodePort is shown: {text}");
+    assert!(row.contains("10.96.0.10") && row.contains("10.77.0.50"), "{text}");
+    assert!(row.contains("Local (health 30100)") && row.contains("ClientIP (10800s)"), "{text}");
+    assert!(row.ends_with("10.77.0.11:3000"), "Local: only this node's endpoints: {text}");
+}
