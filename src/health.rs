@@ -1,7 +1,9 @@
 //! Endpoint health: the up/down thresholds of active checks, and the answer of a service's
 //! healthCheckNodePort.
 
-use core::fmt::{self, Write};
+use core::fmt::Write;
+
+use crate::text::SliceWriter;
 
 /// Counts results in a row and says when an endpoint goes down or comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,38 +37,23 @@ impl Tracker {
     }
 }
 
-/// Writes into a fixed buffer, failing (not truncating silently) when it is full.
-struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 /// The HTTP answer of a healthCheckNodePort, as kube-proxy gives it: 200 with at least one
 /// local endpoint, 503 without, and the count in the body. Returns the length written to `out`,
 /// or `None` when `out` is too small.
 pub fn render_response(service: &str, local_endpoints: usize, out: &mut [u8]) -> Option<usize> {
     let status = if local_endpoints > 0 { "200 OK" } else { "503 Service Unavailable" };
     let mut body = [0u8; 160];
-    let mut b = SliceWriter { buf: &mut body, len: 0 };
+    let mut b = SliceWriter::new(&mut body);
     write!(b, "{{\"service\":{{\"name\":\"{service}\"}},\"localEndpoints\":{local_endpoints}}}").ok()?;
-    let body_len = b.len;
-    let mut w = SliceWriter { buf: out, len: 0 };
+    let body_len = b.len();
+    let mut w = SliceWriter::new(out);
     write!(
         w,
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     w.write_str(core::str::from_utf8(&body[..body_len]).ok()?).ok()?;
-    Some(w.len)
+    Some(w.len())
 }
 
 #[cfg(test)]

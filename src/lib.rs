@@ -21,7 +21,9 @@ pub mod conntrack;
 pub mod engine;
 pub mod hash;
 pub mod health;
+pub mod metrics;
 pub mod neighbor;
+pub mod text;
 pub mod time;
 
 #[cfg(feature = "std")]

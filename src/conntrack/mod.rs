@@ -72,6 +72,8 @@ pub struct Flow {
     pub state: State,
     /// Index of the service in the engine's service table.
     pub service: u8,
+    /// Index of the port in the service's ports.
+    pub port: u8,
     /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED.
     pub(crate) flags: u8,
     /// Deadline in seconds since start.
@@ -92,6 +94,7 @@ impl Flow {
         proto: 0,
         state: State::None,
         service: 0,
+        port: 0,
         flags: 0,
         expires: 0,
     };
@@ -118,6 +121,11 @@ impl Flow {
 
     pub const fn replied(&self) -> bool {
         self.flags & REPLIED != 0
+    }
+
+    /// The endpoint sees the node's address, not the client's.
+    pub fn is_snat(&self) -> bool {
+        self.source != self.client
     }
 
     /// Records a packet in `dir` and moves the deadline.
@@ -179,6 +187,8 @@ pub struct Table<'a> {
     timeouts: Timeouts,
     cursor: usize,
     evictions: u64,
+    /// Live flows whose source is translated: the SNAT ports in use.
+    snat: usize,
 }
 
 impl<'a> Table<'a> {
@@ -188,7 +198,7 @@ impl<'a> Table<'a> {
         // A sizing mistake of the caller, found at start-up; no packet can reach it.
         assert!(!flows.is_empty() && buckets.len() == buckets_for(flows.len()), "conntrack storage mis-sized");
         buckets.fill(0);
-        Table { flows, buckets, len: 0, key, timeouts, cursor: 0, evictions: 0 }
+        Table { flows, buckets, len: 0, key, timeouts, cursor: 0, evictions: 0, snat: 0 }
     }
 
     pub fn from_storage<const N: usize, const B: usize>(
@@ -213,6 +223,11 @@ impl<'a> Table<'a> {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// SNAT source ports held by live flows (TIME_WAIT included).
+    pub fn snat_ports_in_use(&self) -> usize {
+        self.snat
     }
 
     pub fn timeouts(&self) -> &Timeouts {
@@ -271,6 +286,7 @@ impl<'a> Table<'a> {
         let expires = now.saturating_add(flow.state.timeout(false, &self.timeouts));
         self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
         self.len += 1;
+        self.snat += usize::from(flow.is_snat());
         self.index(&flow.original(), encode(slot, Direction::Original));
         self.index(&flow.reply(), encode(slot, Direction::Reply));
         Ok(slot)
@@ -289,6 +305,7 @@ impl<'a> Table<'a> {
     /// Removes the flow in `slot`. The last flow moves into the slot.
     pub fn remove(&mut self, slot: usize) {
         let flow = self.flows[slot];
+        self.snat -= usize::from(flow.is_snat());
         if flow.flags & ORIGINAL_INDEXED != 0 {
             self.unindex(&flow.original(), encode(slot, Direction::Original));
         }

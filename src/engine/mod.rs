@@ -61,9 +61,19 @@ struct ServiceState {
     counters: ServiceCounters,
 }
 
+/// Traffic of one service port, per direction (0: client to endpoint, 1: back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortTraffic {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Flows created.
+    pub connections: u64,
+}
+
 /// Totals of one service.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceCounters {
+    pub ports: [PortTraffic; board::MAX_PORTS_PER_SERVICE],
     pub new_flows: u64,
     /// Dropped: client outside loadBalancerSourceRanges.
     pub source_range_drops: u64,
@@ -202,6 +212,16 @@ impl<'a> Engine<'a> {
         self.services.get(s).map_or(0, |svc| svc.maglev.endpoints())
     }
 
+    /// The services as the engine runs them, with their counters.
+    pub fn services(&self) -> impl Iterator<Item = (&Service, &ServiceCounters)> {
+        self.services.iter().map(|s| (&s.config, &s.counters))
+    }
+
+    /// Whether endpoint `e` of service `s` takes new flows now.
+    pub fn endpoint_serving(&self, s: usize, e: usize) -> bool {
+        self.services.get(s).is_some_and(|svc| svc.maglev.takes(e))
+    }
+
     pub fn service_counters(&self, s: usize) -> ServiceCounters {
         self.services.get(s).map_or_else(ServiceCounters::default, |svc| svc.counters)
     }
@@ -321,6 +341,7 @@ impl<'a> Engine<'a> {
         match self.conntrack.lookup(&tuple, secs) {
             Some((slot, Direction::Original)) => {
                 let flow = *self.conntrack.flow(slot);
+                self.account(&flow, Direction::Original, f);
                 let reopens = f.tcp.is_some_and(|t| t.syn && !t.ack) && flow.state.is_closing();
                 if reopens && flow.source != flow.client {
                     // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new SYN gets
@@ -351,6 +372,7 @@ impl<'a> Engine<'a> {
                 }
                 self.conntrack.seen(slot, Direction::Reply, f.tcp, secs);
                 let flow = *self.conntrack.flow(slot);
+                self.account(&flow, Direction::Reply, f);
                 let to = Rewrite {
                     src: flow.service_ip,
                     src_port: flow.service_port,
@@ -460,6 +482,7 @@ impl<'a> Engine<'a> {
             proto: f.proto,
             state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
             service: listener.service,
+            port: listener.port_index,
             ..Flow::EMPTY
         };
         if !self.conntrack.is_free(&flow.reply(), secs) {
@@ -470,6 +493,8 @@ impl<'a> Engine<'a> {
         }
         self.counters.new_flows += 1;
         self.services[s].counters.new_flows += 1;
+        self.services[s].counters.ports[listener.port_index as usize].connections += 1;
+        self.account(&flow, Direction::Original, f);
         let to = Rewrite { src: source, src_port: source_port, dst: endpoint, dst_port: endpoint_port };
         self.forward(frame, f, to, None, endpoint, now, out)
     }
@@ -498,6 +523,18 @@ impl<'a> Engine<'a> {
             }
         }
         None
+    }
+
+    /// Counts a packet of `flow` going `dir`.
+    fn account(&mut self, flow: &Flow, dir: Direction, f: &Ipv4Frame) {
+        let Some(t) =
+            self.services.get_mut(flow.service as usize).and_then(|s| s.counters.ports.get_mut(flow.port as usize))
+        else {
+            return;
+        };
+        let d = usize::from(dir == Direction::Reply);
+        t.packets[d] += 1;
+        t.bytes[d] += (f.end - packet::ETH_HEADER) as u64;
     }
 
     /// xorshift64*: SNAT ports need to be unpredictable to a client, not cryptographic.

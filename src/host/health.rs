@@ -1,5 +1,5 @@
-//! The node's own health sockets, on smoltcp: active TCP checks of every endpoint of a service
-//! with a `healthCheck`, and the HTTP answer of each `healthCheckNodePort`.
+//! Active health checks on the node's own smoltcp sockets: a TCP connect to every endpoint of a
+//! service with a `healthCheck`, every interval.
 
 use std::format;
 use std::net::Ipv4Addr;
@@ -12,7 +12,7 @@ use smoltcp::socket::tcp;
 
 use crate::config::{Config, HealthCheck};
 use crate::engine::Engine;
-use crate::health::{Tracker, render_response};
+use crate::health::Tracker;
 use crate::time::Millis;
 
 /// Local ports of the node's own connections (health checks). The board's SNAT range ends
@@ -110,75 +110,6 @@ impl Probes {
                         c.unhealthy_threshold
                     );
                 }
-            }
-        }
-    }
-}
-
-/// Sockets a healthCheckNodePort listens with: smoltcp has no backlog, so each one takes one
-/// connection at a time.
-const SOCKETS_PER_PORT: usize = 4;
-/// Longest request read; a health checker's `GET /` is far shorter.
-const MAX_REQUEST: usize = 1024;
-
-struct Listener {
-    service: usize,
-    port: u16,
-    socket: SocketHandle,
-    request: Vec<u8>,
-}
-
-/// The HTTP servers of the services' healthCheckNodePorts.
-pub struct HealthServer {
-    listeners: Vec<Listener>,
-}
-
-impl HealthServer {
-    pub fn new(config: &Config, sockets: &mut SocketSet<'_>) -> HealthServer {
-        let mut listeners = Vec::new();
-        for (s, svc) in config.services.iter().enumerate() {
-            let Some(port) = svc.health_check_node_port else { continue };
-            for _ in 0..SOCKETS_PER_PORT {
-                let buffers = (tcp::SocketBuffer::new(vec![0; MAX_REQUEST]), tcp::SocketBuffer::new(vec![0; 512]));
-                let socket = sockets.add(tcp::Socket::new(buffers.0, buffers.1));
-                listeners.push(Listener { service: s, port, socket, request: Vec::with_capacity(MAX_REQUEST) });
-            }
-        }
-        HealthServer { listeners }
-    }
-
-    /// Answers the requests that have arrived: 200 or 503 with the count of endpoints serving.
-    pub fn poll(&mut self, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
-        for l in &mut self.listeners {
-            let socket = sockets.get_mut::<tcp::Socket>(l.socket);
-            if socket.state() == tcp::State::TimeWait {
-                // Our FIN and the client's are both through: free the socket for the next one
-                // instead of waiting out TIME_WAIT.
-                socket.abort();
-            }
-            if !socket.is_open() {
-                l.request.clear();
-                let _ = socket.listen(l.port);
-                continue;
-            }
-            if socket.can_recv() {
-                let mut chunk = [0u8; 256];
-                while let Ok(n @ 1..) = socket.recv_slice(&mut chunk) {
-                    let room = MAX_REQUEST - l.request.len();
-                    l.request.extend_from_slice(&chunk[..n.min(room)]);
-                }
-            }
-            let complete = l.request.windows(4).any(|w| w == b"\r\n\r\n") || l.request.len() == MAX_REQUEST;
-            if complete && socket.can_send() {
-                let mut out = [0u8; 512];
-                let served = engine.serving_endpoints(l.service);
-                if let Some(n) = render_response(&config.services[l.service].name, served, &mut out) {
-                    let _ = socket.send_slice(&out[..n]);
-                }
-                socket.close();
-                l.request.clear();
-            } else if !socket.may_recv() && socket.state() == tcp::State::CloseWait {
-                socket.close();
             }
         }
     }

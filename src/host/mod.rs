@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod health;
+pub mod http;
 pub mod load;
 pub mod runner;
 mod sys;

@@ -13,7 +13,8 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
 use super::device::NatDevice;
-use super::health::{self, HealthServer, Probes};
+use super::health::{self, Probes};
+use super::http::HttpServer;
 use super::sys::{self, SHUTDOWN};
 use super::tap::Tap;
 use crate::board;
@@ -80,7 +81,7 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
     }
     let mut sockets = SocketSet::new(vec![]);
     let mut probes = Probes::new(config, &mut sockets);
-    let mut health_server = HealthServer::new(config, &mut sockets);
+    let mut http = HttpServer::new(config, node, &mut sockets);
     for line in health::describe(config) {
         info!("{line}");
     }
@@ -97,7 +98,7 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
             break Err(format!("TAP {}: {e}", node.tap));
         }
         probes.poll(now, config, &mut iface, &mut sockets, device.engine);
-        health_server.poll(config, &mut sockets, device.engine);
+        http.poll(config, &mut sockets, device.engine);
         device.engine.housekeeping(now);
         device.flush_engine_output();
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);

@@ -1,0 +1,156 @@
+//! The node's HTTP servers on its own smoltcp sockets: each service's healthCheckNodePort, and
+//! `/metrics` and `/healthz` on the node's metricsPort.
+//!
+//! smoltcp has no listen backlog, so each port listens with a few sockets, each serving one
+//! connection at a time. A response is rendered once into the connection's fixed buffer and
+//! sent as the socket drains, so a slow client holds one socket and never the loop.
+
+use std::vec;
+use std::vec::Vec;
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+use crate::config::{Config, Node};
+use crate::engine::Engine;
+use crate::health::render_response;
+use crate::metrics;
+use crate::text::SliceWriter;
+
+/// Sockets per port: concurrent clients (scrapers, load-balancer health checks).
+const SOCKETS_PER_PORT: usize = 4;
+/// Longest request read; the requests served here are one line and a few headers.
+const MAX_REQUEST: usize = 1024;
+const SOCKET_BUFFER: usize = 16 * 1024;
+
+#[derive(Clone, Copy)]
+enum Site {
+    /// The healthCheckNodePort of service `.0`.
+    Health(usize),
+    Metrics,
+}
+
+struct Conn {
+    site: Site,
+    port: u16,
+    socket: SocketHandle,
+    request: Vec<u8>,
+    /// Room for the largest answer of the site, zeroed at start (so its pages are mapped only
+    /// when a response is that large); the answer is `response[..response_len]`.
+    response: Vec<u8>,
+    response_len: usize,
+    /// Bytes of the answer sent; `None` while the request is being read.
+    sent: Option<usize>,
+}
+
+pub struct HttpServer {
+    conns: Vec<Conn>,
+}
+
+impl HttpServer {
+    pub fn new(config: &Config, node: &Node, sockets: &mut SocketSet<'_>) -> HttpServer {
+        let mut sites: Vec<(Site, u16, usize)> = Vec::new();
+        for (s, svc) in config.services.iter().enumerate() {
+            if let Some(port) = svc.health_check_node_port {
+                sites.push((Site::Health(s), port, 512));
+            }
+        }
+        if let Some(port) = node.metrics_port {
+            sites.push((Site::Metrics, port, metrics::MAX_TEXT + 256));
+        }
+        let mut conns = Vec::new();
+        for (site, port, response_size) in sites {
+            for _ in 0..SOCKETS_PER_PORT {
+                let rx = tcp::SocketBuffer::new(vec![0; MAX_REQUEST]);
+                let tx = tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]);
+                let socket = sockets.add(tcp::Socket::new(rx, tx));
+                let request = Vec::with_capacity(MAX_REQUEST);
+                let response = vec![0; response_size];
+                conns.push(Conn { site, port, socket, request, response, response_len: 0, sent: None });
+            }
+        }
+        HttpServer { conns }
+    }
+
+    /// Reads requests, renders answers, sends what the sockets take.
+    pub fn poll(&mut self, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
+        for c in &mut self.conns {
+            let socket = sockets.get_mut::<tcp::Socket>(c.socket);
+            if socket.state() == tcp::State::TimeWait {
+                // Both FINs are through: free the socket for the next client now.
+                socket.abort();
+            }
+            if !socket.is_open() {
+                c.request.clear();
+                c.sent = None;
+                let _ = socket.listen(c.port);
+                continue;
+            }
+            if c.sent.is_none() {
+                let mut chunk = [0u8; 256];
+                while let Ok(n @ 1..) = socket.recv_slice(&mut chunk) {
+                    let room = MAX_REQUEST - c.request.len();
+                    c.request.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                let complete = c.request.windows(4).any(|w| w == b"\r\n\r\n") || c.request.len() == MAX_REQUEST;
+                if complete {
+                    respond(c, config, engine);
+                    c.sent = Some(0);
+                } else if socket.state() == tcp::State::CloseWait {
+                    // The client left without a whole request.
+                    socket.close();
+                    continue;
+                }
+            }
+            if let Some(sent) = c.sent {
+                if let Ok(n) = socket.send_slice(&c.response[sent..c.response_len]) {
+                    c.sent = Some(sent + n);
+                }
+                if c.sent == Some(c.response_len) {
+                    socket.close();
+                }
+            }
+        }
+    }
+}
+
+/// Renders the answer to `c.request` into `c.response`.
+fn respond(c: &mut Conn, config: &Config, engine: &Engine) {
+    let path = request_path(&c.request);
+    let len = match (c.site, path) {
+        (Site::Health(s), _) => {
+            let name = config.services.get(s).map_or("", |svc| svc.name.as_str());
+            render_response(name, engine.serving_endpoints(s), &mut c.response)
+        }
+        (Site::Metrics, Some("/metrics")) => {
+            const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nConnection: close\r\n\r\n";
+            c.response[..HEAD.len()].copy_from_slice(HEAD);
+            let mut w = SliceWriter::new(&mut c.response[HEAD.len()..]);
+            metrics::render(engine, &mut w).ok().map(|()| HEAD.len() + w.len())
+        }
+        (Site::Metrics, Some("/healthz")) => {
+            fixed(&mut c.response, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+        }
+        (Site::Metrics, _) => fixed(
+            &mut c.response,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+        ),
+    };
+    let fallback = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    c.response_len = len.unwrap_or_else(|| fixed(&mut c.response, fallback).unwrap_or(0));
+}
+
+fn fixed(out: &mut [u8], text: &[u8]) -> Option<usize> {
+    out.get_mut(..text.len())?.copy_from_slice(text);
+    Some(text.len())
+}
+
+/// The path of a `GET PATH HTTP/1.x` request line.
+fn request_path(request: &[u8]) -> Option<&str> {
+    let line = request.split(|&b| b == b'\r').next()?;
+    let mut parts = std::str::from_utf8(line).ok()?.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => Some(path.split('?').next().unwrap_or(path)),
+        _ => None,
+    }
+}

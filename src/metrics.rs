@@ -1,0 +1,105 @@
+//! Prometheus text exposition (format 0.0.4) of the engine's counters, written into a caller's
+//! buffer: no allocation, and the same text whatever serves it.
+
+use core::fmt::{self, Write};
+
+use crate::board;
+use crate::config::ServicePort;
+use crate::engine::{DropReason, Engine};
+
+/// A port's label: its name, or its number when it has none.
+struct PortLabel<'a>(&'a ServicePort);
+
+impl fmt::Display for PortLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.0.name {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{}", self.0.port),
+        }
+    }
+}
+
+fn header(w: &mut impl Write, name: &str, kind: &str, help: &str) -> fmt::Result {
+    writeln!(w, "# HELP {name} {help}")?;
+    writeln!(w, "# TYPE {name} {kind}")
+}
+
+/// Directions of a flow, as labels: original is client to endpoint.
+const DIRECTIONS: [&str; 2] = ["original", "reply"];
+
+/// Writes every metric of `engine`. Fails (`fmt::Error`) only when `w` is full.
+pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
+    header(w, "nodegate_build_info", "gauge", "The running gateway's version and board.")?;
+    writeln!(w, "nodegate_build_info{{version=\"{}\",board=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), board::NAME)?;
+
+    header(w, "nodegate_packets_total", "counter", "Packets forwarded, per service port and direction.")?;
+    for (svc, c) in engine.services() {
+        for (p, port) in svc.ports.iter().enumerate() {
+            for (d, dir) in DIRECTIONS.iter().enumerate() {
+                let n = c.ports[p].packets[d];
+                let port = PortLabel(port);
+                writeln!(
+                    w,
+                    "nodegate_packets_total{{service=\"{}\",port=\"{port}\",direction=\"{dir}\"}} {n}",
+                    svc.name
+                )?;
+            }
+        }
+    }
+    header(w, "nodegate_bytes_total", "counter", "IP bytes forwarded, per service port and direction.")?;
+    for (svc, c) in engine.services() {
+        for (p, port) in svc.ports.iter().enumerate() {
+            for (d, dir) in DIRECTIONS.iter().enumerate() {
+                let n = c.ports[p].bytes[d];
+                let port = PortLabel(port);
+                writeln!(
+                    w,
+                    "nodegate_bytes_total{{service=\"{}\",port=\"{port}\",direction=\"{dir}\"}} {n}",
+                    svc.name
+                )?;
+            }
+        }
+    }
+    header(w, "nodegate_connections_total", "counter", "Flows created, per service port.")?;
+    for (svc, c) in engine.services() {
+        for (p, port) in svc.ports.iter().enumerate() {
+            let n = c.ports[p].connections;
+            writeln!(w, "nodegate_connections_total{{service=\"{}\",port=\"{}\"}} {n}", svc.name, PortLabel(port))?;
+        }
+    }
+    header(w, "nodegate_endpoint_ready", "gauge", "1 while the endpoint takes new flows (ready, healthy, eligible).")?;
+    for (s, (svc, _)) in engine.services().enumerate() {
+        let target = svc.ports.first().map_or(0, |p| p.target_port);
+        for (e, ep) in svc.endpoints.iter().enumerate() {
+            let up = u8::from(engine.endpoint_serving(s, e));
+            writeln!(w, "nodegate_endpoint_ready{{service=\"{}\",endpoint=\"{}:{target}\"}} {up}", svc.name, ep.ip)?;
+        }
+    }
+
+    let ct = engine.conntrack();
+    header(w, "nodegate_conntrack_entries", "gauge", "Flows tracked now.")?;
+    writeln!(w, "nodegate_conntrack_entries {}", ct.len())?;
+    header(w, "nodegate_conntrack_capacity", "gauge", "Flows the connection table holds (board).")?;
+    writeln!(w, "nodegate_conntrack_capacity {}", ct.capacity())?;
+    header(w, "nodegate_conntrack_evictions_total", "counter", "Flows evicted from a full table.")?;
+    writeln!(w, "nodegate_conntrack_evictions_total {}", ct.evictions())?;
+    header(w, "nodegate_snat_ports_in_use", "gauge", "SNAT source ports held by tracked flows.")?;
+    writeln!(w, "nodegate_snat_ports_in_use {}", ct.snat_ports_in_use())?;
+
+    let c = engine.counters();
+    header(w, "nodegate_drops_total", "counter", "Frames dropped, per reason.")?;
+    for r in DropReason::ALL {
+        writeln!(w, "nodegate_drops_total{{reason=\"{}\"}} {}", r.name(), c.dropped(*r))?;
+    }
+    header(w, "nodegate_frames_forwarded_total", "counter", "Frames translated and sent on.")?;
+    writeln!(w, "nodegate_frames_forwarded_total {}", c.forwarded)?;
+    header(w, "nodegate_frames_to_node_total", "counter", "Frames for the node's own stack (ARP, ping, its sockets).")?;
+    writeln!(w, "nodegate_frames_to_node_total {}", c.to_stack)?;
+    Ok(())
+}
+
+/// A buffer that holds the metrics of the largest config the board allows.
+pub const MAX_TEXT: usize = 4096
+    + board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * 5 * 192
+    + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 160
+    + DropReason::ALL.len() * 80;
