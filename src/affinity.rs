@@ -66,6 +66,11 @@ impl<const N: usize> Affinity<N> {
         set[slot] = entry;
     }
 
+    /// Forgets every pin (after a reload, when endpoint indices change meaning).
+    pub fn clear(&mut self) {
+        self.entries = [EMPTY; N];
+    }
+
     /// Live pins that were pushed out by newer ones in a full set.
     pub fn evictions(&self) -> u64 {
         self.evictions

@@ -344,16 +344,22 @@ impl<'a> Table<'a> {
         removed
     }
 
-    /// Removes every flow for which `gone` holds, for example UDP flows to an endpoint that left.
-    pub fn remove_where(&mut self, mut gone: impl FnMut(&Flow) -> bool) -> usize {
+    /// Gives every flow new `(service, port)` indices, or removes it where `f` says `None`
+    /// (a reload, an endpoint that left). Returns how many flows were removed.
+    pub fn remap(&mut self, mut f: impl FnMut(&Flow) -> Option<(u8, u8)>) -> usize {
         let mut removed = 0;
         let mut slot = 0;
         while slot < self.len {
-            if gone(&self.flows[slot]) {
-                self.remove(slot);
-                removed += 1;
-            } else {
-                slot += 1;
+            match f(&self.flows[slot]) {
+                Some((service, port)) => {
+                    self.flows[slot].service = service;
+                    self.flows[slot].port = port;
+                    slot += 1;
+                }
+                None => {
+                    self.remove(slot);
+                    removed += 1;
+                }
             }
         }
         removed

@@ -148,7 +148,7 @@ fn detached_original_keeps_reply_reserved() {
 }
 
 #[test]
-fn remove_where_flushes_matching_flows() {
+fn remap_renumbers_and_flushes() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..6u16 {
@@ -156,8 +156,8 @@ fn remove_where_flushes_matching_flows() {
         f.endpoint = ip(11 + (i % 2) as u8);
         t.insert(f, 0).unwrap();
     }
-    assert_eq!(t.remove_where(|f| f.endpoint == ip(12)), 3);
-    assert!(t.flows().iter().all(|f| f.endpoint == ip(11)));
+    assert_eq!(t.remap(|f| (f.endpoint != ip(12)).then_some((7, 2))), 3);
+    assert!(t.flows().iter().all(|f| f.endpoint == ip(11) && f.service == 7 && f.port == 2));
     for f in t.flows().to_owned_array() {
         assert!(t.lookup(&f.reply(), 0).is_some());
     }

@@ -92,6 +92,9 @@ struct Listener {
     port_index: u8,
 }
 
+/// A flow's service (or port) index once its service (or port) left the config.
+const NO_INDEX: u8 = u8::MAX;
+
 const MAX_LISTENERS: usize =
     board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * (2 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
 const MAX_VIRTUAL_IPS: usize = board::MAX_SERVICES * (1 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
@@ -137,35 +140,94 @@ impl<'a> Engine<'a> {
             resolve_cursor: (0, 0),
             last_resolve: None,
         };
+        engine.install(config);
+        Ok(engine)
+    }
+
+    /// Builds the services, their listeners and the virtual IPs from `config`, all endpoints
+    /// healthy.
+    fn install(&mut self, config: &Config) {
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
-            let _ = engine.services.push(ServiceState {
+            let _ = self.services.push(ServiceState {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
                 counters: ServiceCounters::default(),
             });
-            engine.rebuild(s);
+            self.rebuild(s);
             for (p, port) in svc.ports.iter().enumerate() {
                 let proto = port.protocol.number();
-                let listener =
-                    |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
+                let listener = |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
                 if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
-                    let _ = engine.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
+                    let _ = self.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
                 }
                 for vip in svc.virtual_ips() {
-                    let _ = engine.listeners.push(listener(port.port, vip));
+                    let _ = self.listeners.push(listener(port.port, vip));
                 }
             }
             for vip in svc.virtual_ips() {
-                if !engine.virtual_ips.contains(&vip) {
-                    let _ = engine.virtual_ips.push(vip);
+                if !self.virtual_ips.contains(&vip) {
+                    let _ = self.virtual_ips.push(vip);
                 }
             }
         }
-        engine.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
-        engine.virtual_ips.sort_unstable();
-        Ok(engine)
+        self.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
+        self.virtual_ips.sort_unstable();
+    }
+
+    /// Applies a new config in one step, between two frames. Flows to endpoints that are still
+    /// in their service go on untouched; UDP flows to endpoints (or services) that left are
+    /// flushed, TCP flows to them are left to finish. Health state and counters carry over by
+    /// service name and endpoint address. ClientIP pins start afresh. The node itself (TAP,
+    /// MAC, addresses) cannot change without a restart. Returns the UDP flows flushed.
+    pub fn reconfigure(&mut self, config: &Config, node_name: Option<&str>) -> Result<usize, ConfigError> {
+        let node = config.node(node_name)?;
+        let same_node = node.tap == self.node.tap
+            && node.bridge == self.node.bridge
+            && node.mac == self.node.mac
+            && node.addresses == self.node.addresses;
+        if !same_node {
+            return Err(ConfigError::new(
+                format_args!("nodes"),
+                format_args!("node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that", node.name),
+            ));
+        }
+        self.node = node.clone();
+        self.node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
+        let old = core::mem::take(&mut self.services);
+        self.listeners.clear();
+        self.virtual_ips.clear();
+        self.install(config);
+        for s in 0..self.services.len() {
+            let svc = &mut self.services[s];
+            let Some(before) = old.iter().find(|o| o.config.name == svc.config.name) else { continue };
+            svc.counters = before.counters;
+            for (e, ep) in svc.config.endpoints.iter().enumerate() {
+                if let Some(i) = before.config.endpoints.iter().position(|o| o.ip == ep.ip) {
+                    svc.healthy[e] = before.healthy[i];
+                }
+            }
+            self.rebuild(s);
+        }
+        let services = &self.services;
+        let flushed = self.conntrack.remap(|f| {
+            let before = old.get(f.service as usize);
+            let now = before.and_then(|b| services.iter().position(|n| n.config.name == b.config.name));
+            let (Some(before), Some(s)) = (before, now) else {
+                return (f.proto != PROTO_UDP).then_some((NO_INDEX, NO_INDEX));
+            };
+            let svc = &services[s].config;
+            if f.proto == PROTO_UDP && !svc.endpoints.iter().any(|e| e.ip == f.endpoint) {
+                return None;
+            }
+            let port = before.config.ports.get(f.port as usize).and_then(|p| {
+                svc.ports.iter().position(|n| n.name == p.name && n.protocol == p.protocol && n.port == p.port)
+            });
+            Some((s as u8, port.map_or(NO_INDEX, |p| p as u8)))
+        });
+        self.affinity.clear();
+        Ok(flushed)
     }
 
     /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
@@ -203,7 +265,10 @@ impl<'a> Engine<'a> {
             return 0;
         }
         let ip = self.services[s].config.endpoints[e].ip;
-        self.conntrack.remove_where(|f| f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip)
+        self.conntrack.remap(|f| {
+            let gone = f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip;
+            (!gone).then_some((f.service, f.port))
+        })
     }
 
     /// Endpoints service `s` sends new flows to (on this node, with Local policy): what its
