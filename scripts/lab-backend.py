@@ -5,17 +5,33 @@ import http.server
 import socket
 import sys
 import threading
+import time
 
 NAME = sys.argv[1]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path.startswith("/stream/"):
+            return self.stream(float(self.path.split("/")[2]))
         body = f"{NAME} saw {self.client_address[0]}:{self.client_address[1]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def stream(self, seconds):
+        """Streams numbered 1 KiB blocks for `seconds`, then the block count: a client can check
+        that every byte arrived, in order."""
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(f"{NAME}\n".encode())
+        deadline, n = time.monotonic() + seconds, 0
+        while time.monotonic() < deadline:
+            self.wfile.write(f"{n:08d}".encode() * 128)
+            n += 1
+            time.sleep(0.005)
+        self.wfile.write(f"END {n}\n".encode())
 
     def log_message(self, *args):
         pass

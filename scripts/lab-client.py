@@ -6,6 +6,13 @@
   lab-client.py get HOST PORT          one GET; prints the status line and the body
   lab-client.py udp HOST PORT MESSAGE [SRCPORT]
                                        one datagram (from SRCPORT, to reuse a 5-tuple); prints the answer
+  lab-client.py stream HOST PORT SECONDS
+                                       one long download (GET /stream/SECONDS); checks every block
+                                       arrived in order; prints "stream BACKEND: N blocks intact"
+  lab-client.py udpstream HOST PORT SECONDS SRCPORT
+                                       a datagram every 50 ms on one 5-tuple; prints each answer's
+                                       backend and "udpstream: N sent, M answered"
+  lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
   lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
                                        succeeds at the first answer
 
@@ -69,6 +76,45 @@ elif mode == "udp":
     except OSError as e:
         failed += 1
         print(f"FAILED ({e})")
+elif mode == "stream":
+    seconds = sys.argv[4]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"GET /stream/{seconds} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    body = data.split(b"\r\n\r\n", 1)[1]
+    name, rest = body.split(b"\n", 1)
+    blocks, end = rest[:-1].rsplit(b"END ", 1) if b"END " in rest else (rest, b"-1")
+    count = int(end)
+    intact = len(blocks) == count * 1024 and all(
+        blocks[i * 1024:(i + 1) * 1024] == f"{i:08d}".encode() * 128 for i in range(count))
+    print(f"stream {name.decode()}: {count} blocks {'intact' if intact else 'DAMAGED'}")
+    failed = 0 if intact and count > 0 else 1
+elif mode == "udpstream":
+    seconds, sport = float(sys.argv[4]), int(sys.argv[5])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+    s.connect((host, port))
+    s.settimeout(0.5)
+    sent = answered = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        s.send(f"seq {sent}".encode())
+        sent += 1
+        try:
+            reply = s.recv(65535).decode()
+            answered += 1
+            print(reply.split(" ")[0], flush=True)
+        except OSError:
+            print("lost", flush=True)
+        time.sleep(0.05)
+    print(f"udpstream: {sent} sent, {answered} answered")
+    failed = 0 if sent == answered else 1
+elif mode == "hold":
+    with socket.create_connection((host, port), timeout=5):
+        time.sleep(float(sys.argv[4]))
 elif mode == "ping":
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.settimeout(1)

@@ -7,7 +7,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nodegate::board;
 use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy};
 use nodegate::conntrack::{Flow, buckets_for};
-use nodegate::host::{load, runner};
+use nodegate::host::{control, load, runner};
 
 #[derive(Parser)]
 #[command(name = "nodegate", about = "NodePort gateway on a TAP device: kube-proxy's NodePort semantics on smoltcp")]
@@ -18,10 +18,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway on the node's TAP device until SIGINT or SIGTERM.
-    Run(Target),
+    /// Run the gateway on the node's TAP device until SIGINT or SIGTERM (SIGHUP reloads).
+    Run {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+        /// Switch to this user once the TAP and the control socket are open.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
     /// Validate a config and show its services as `kubectl get svc` does.
     Check(Target),
+    /// Show the running gateway: uptime, services, endpoints, counters, table fill.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// List the tracked flows of the running gateway, as `conntrack -L` does.
+    Conntrack {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+        /// Only the flows of this service.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+    },
+    /// Have the running gateway re-read and apply its config file (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+    },
+}
+
+#[derive(clap::Args)]
+struct Control {
+    /// The control socket [default: /run/nodegate/NODE.sock].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -62,7 +101,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check(t) => check(&t),
-        Command::Run(t) => run(&t),
+        Command::Run { target, control, user } => run(&target, control, user),
+        Command::Status { target, control } => ask(&target, &control, "status"),
+        Command::Conntrack { target, control, service } => {
+            ask(&target, &control, &format!("conntrack {}", service.unwrap_or_default()))
+        }
+        Command::Reload { target, control } => ask(&target, &control, "reload"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,12 +117,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(t: &Target) -> Result<(), String> {
+fn run(t: &Target, control: Control, user: Option<String>) -> Result<(), String> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let (source, config) = load::load(t.config.as_deref())?;
-    runner::run(&config, &source, t.node.as_deref())
+    let options =
+        runner::Options { config_path: t.config.clone(), node: t.node.clone(), control: control.control, user };
+    runner::run(config, &source, &options)
+}
+
+/// Sends `command` to the running gateway and prints its answer.
+fn ask(t: &Target, c: &Control, command: &str) -> Result<(), String> {
+    let path = match (&c.control, &t.node) {
+        (Some(path), _) => path.clone(),
+        (None, Some(node)) => control::default_path(node),
+        (None, None) => {
+            let (source, config) = load::load(t.config.as_deref())?;
+            control::default_path(&config.node(None).map_err(|e| format!("{source}: {e}"))?.name)
+        }
+    };
+    print!("{}", control::client(&path, command.trim())?);
+    Ok(())
 }
 
 fn check(t: &Target) -> Result<(), String> {

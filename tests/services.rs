@@ -247,10 +247,16 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     let before = e.conntrack().len();
     let flows_before = e.service_counters(0).new_flows;
     // 10.77.0.13 leaves, 10.77.0.14 arrives.
-    let new = config::parse(service("", r#"{"ip":"10.77.0.11"},{"ip":"10.77.0.12"},{"ip":"10.77.0.14"}"#).as_bytes()).unwrap();
+    let new = config::parse(service("", r#"{"ip":"10.77.0.11"},{"ip":"10.77.0.12"},{"ip":"10.77.0.14"}"#).as_bytes())
+        .unwrap();
     let flushed = e.reconfigure(&new, Some("edge-1")).unwrap();
-    let udp_to_13 = e.conntrack().flows().iter().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, 13]).count();
-    assert_eq!((udp_to_13, before - e.conntrack().len()), (0, flushed), "UDP flows to the endpoint that left are flushed");
+    let udp_to_13 =
+        e.conntrack().flows().iter().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, 13]).count();
+    assert_eq!(
+        (udp_to_13, before - e.conntrack().len()),
+        (0, flushed),
+        "UDP flows to the endpoint that left are flushed"
+    );
     for (ep, port) in &udp_of {
         let (now, _) = send(&mut e, udp(CLIENT_A, *port, NODE, 30053), 1000).unwrap();
         if *ep != [10, 77, 0, 13] {
@@ -260,9 +266,17 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
         }
     }
     let mut ack = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(CLIENT_A, NODE, 64).tcp(tcp_of[&[10, 77, 0, 13]], 30080, 2, 1000).ack(1).write(&mut ack, b"x").unwrap();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(CLIENT_A, NODE, 64)
+        .tcp(tcp_of[&[10, 77, 0, 13]], 30080, 2, 1000)
+        .ack(1)
+        .write(&mut ack, b"x")
+        .unwrap();
     assert_eq!(send(&mut e, ack, 1000).unwrap().0, [10, 77, 0, 13], "TCP to the endpoint that left is left to finish");
-    assert!((60000..60100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 1000).unwrap().0 == [10, 77, 0, 14]), "new flows use the new table");
+    assert!(
+        (60000..60100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 1000).unwrap().0 == [10, 77, 0, 14]),
+        "new flows use the new table"
+    );
     assert!(e.service_counters(0).new_flows > flows_before, "counters carry over the reload");
 
     let moved = config::parse(service("", THREE).replace("10.77.0.1/24", "10.77.0.9/24").as_bytes()).unwrap();

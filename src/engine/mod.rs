@@ -158,7 +158,8 @@ impl<'a> Engine<'a> {
             self.rebuild(s);
             for (p, port) in svc.ports.iter().enumerate() {
                 let proto = port.protocol.number();
-                let listener = |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
+                let listener =
+                    |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
                 if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
                     let _ = self.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
                 }
@@ -190,7 +191,10 @@ impl<'a> Engine<'a> {
         if !same_node {
             return Err(ConfigError::new(
                 format_args!("nodes"),
-                format_args!("node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that", node.name),
+                format_args!(
+                    "node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that",
+                    node.name
+                ),
             ));
         }
         self.node = node.clone();

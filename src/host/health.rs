@@ -61,6 +61,13 @@ impl Probes {
         Probes { probes, next_port: *PROBE_PORTS.start() }
     }
 
+    /// Takes the probes' sockets out of the set (before a reload builds new ones).
+    pub fn remove(self, sockets: &mut SocketSet<'_>) {
+        for p in self.probes {
+            sockets.remove(p.socket);
+        }
+    }
+
     /// Starts the checks that are due and reads the results of those under way.
     pub fn poll(
         &mut self,

@@ -72,6 +72,13 @@ impl HttpServer {
         HttpServer { conns }
     }
 
+    /// Takes the servers' sockets out of the set (before a reload builds new ones).
+    pub fn remove(self, sockets: &mut SocketSet<'_>) {
+        for c in self.conns {
+            sockets.remove(c.socket);
+        }
+    }
+
     /// Reads requests, renders answers, sends what the sockets take.
     pub fn poll(&mut self, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
         for c in &mut self.conns {

@@ -2,6 +2,7 @@
 //! the node its ARP, ping and sockets, the clock, signals, and the loop that ties them to the
 //! engine. Everything here is glue; decisions live in the `no_std` core.
 
+pub mod control;
 pub mod device;
 pub mod health;
 pub mod http;

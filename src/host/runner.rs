@@ -1,17 +1,20 @@
-//! The single-threaded loop: poll the TAP, run the engine and smoltcp, keep time, stop on
-//! SIGINT/SIGTERM.
+//! The single-threaded loop: poll the TAP, run the engine and smoltcp, keep time, answer the
+//! control thread between frames, stop on SIGINT/SIGTERM.
 
 use std::boxed::Box;
 use std::format;
 use std::os::fd::AsRawFd;
-use std::string::String;
+use std::path::PathBuf;
+use std::string::{String, ToString};
 use std::sync::atomic::Ordering;
 use std::vec;
+use std::vec::Vec;
 
 use log::{info, warn};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
+use super::control::{self, Command, ControlSocket, FlowSnapshot, Reply, Request};
 use super::device::NatDevice;
 use super::health::{self, Probes};
 use super::http::HttpServer;
@@ -23,45 +26,65 @@ use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine};
 use crate::time::Millis;
 
-/// Longest sleep between two turns: timers (conntrack expiry, ARP refresh) need this often.
-const MAX_WAIT_MS: i64 = 100;
+/// Longest sleep between two turns: timers (conntrack expiry, ARP refresh, health checks, the
+/// control thread's requests) need this often.
+const MAX_WAIT_MS: i64 = 50;
 
-/// Runs node `node_name` of `config` until a shutdown signal. `source` names the config.
-pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(), String> {
-    let node = config.node(node_name).map_err(|e| format!("{source}: {e}"))?;
+/// How `nodegate run` was asked to run.
+pub struct Options {
+    /// The config file, re-read by reload; `None` for the built-in config.
+    pub config_path: Option<PathBuf>,
+    pub node: Option<String>,
+    /// The control socket; `None` for the default path of the node.
+    pub control: Option<PathBuf>,
+    /// A user to switch to once the TAP and the control socket are open.
+    pub user: Option<String>,
+}
+
+/// The node's own sockets on smoltcp, built from the config (and again on reload).
+struct NodeSockets {
+    probes: Probes,
+    http: HttpServer,
+}
+
+impl NodeSockets {
+    fn new(config: &Config, sockets: &mut SocketSet<'_>, node: Option<&str>) -> Result<NodeSockets, String> {
+        let node = config.node(node).map_err(|e| e.to_string())?;
+        Ok(NodeSockets { probes: Probes::new(config, sockets), http: HttpServer::new(config, node, sockets) })
+    }
+
+    fn remove(self, sockets: &mut SocketSet<'_>) {
+        self.probes.remove(sockets);
+        self.http.remove(sockets);
+    }
+}
+
+/// Runs `config` (read from `source`) until a shutdown signal.
+pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
+    let mut config = Box::new(config);
+    let node = config.node(opts.node.as_deref()).map_err(|e| format!("{source}: {e}"))?.clone();
     let key = sys::random_key().map_err(|e| format!("cannot read random bytes: {e}"))?;
 
     // The connection table is the one large allocation, made once here.
     let mut flows = vec![Flow::EMPTY; board::CONNTRACK_CAPACITY];
     let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
     let table = Table::new(&mut flows, &mut buckets, key, board::TIMEOUTS);
-    let mut engine =
-        Box::new(Engine::new(config, node_name, table, key[0] ^ key[1]).map_err(|e| format!("{source}: {e}"))?);
+    let mut engine = Box::new(
+        Engine::new(&config, opts.node.as_deref(), table, key[0] ^ key[1]).map_err(|e| format!("{source}: {e}"))?,
+    );
 
     let tap = Tap::open(&node.tap, node.bridge.as_deref())?;
-    sys::catch_shutdown_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    info!(
-        "nodegate {} on board {}: node {} ({}) on TAP {}{}, {} service(s) from {source}",
-        env!("CARGO_PKG_VERSION"),
-        board::NAME,
-        node.name,
-        node.addresses.iter().map(|a| format!("{a}")).collect::<vec::Vec<_>>().join(", "),
-        tap.name(),
-        node.bridge.as_ref().map(|b| format!(" in bridge {b}")).unwrap_or_default(),
-        config.services.len(),
-    );
-    for svc in &config.services {
-        let ports: vec::Vec<String> = svc.ports.iter().map(|p| format!("{p}->{}", p.target_port)).collect();
-        info!(
-            "service {}: {} ports {}, {} endpoint(s), externalTrafficPolicy {}{}",
-            svc.name,
-            svc.kind.as_str(),
-            ports.join(" "),
-            svc.endpoints.len(),
-            svc.external_traffic_policy.as_str(),
-            svc.virtual_ips().map(|ip| format!(", on {ip}")).collect::<String>(),
-        );
+    let control_path = opts.control.clone().unwrap_or_else(|| control::default_path(&node.name));
+    let mut control_socket = ControlSocket::bind(&control_path)?;
+    if let Some(user) = &opts.user {
+        let (uid, gid) = sys::user_ids(user).map_err(|e| format!("--user {user}: {e}"))?;
+        std::os::unix::fs::chown(control_socket.path(), Some(uid), Some(gid))
+            .map_err(|e| format!("control socket: {e}"))?;
+        sys::switch_user(uid, gid).map_err(|e| format!("--user {user}: cannot switch: {e}"))?;
     }
+    sys::catch_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (requests, control_thread) = control_socket.serve(opts.config_path.clone());
+    log_start(&config, source, &tap, &control_path, opts.user.as_deref());
 
     let fd = tap.as_raw_fd();
     let mut device = NatDevice::new(tap, &mut engine);
@@ -80,11 +103,8 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
-    let mut probes = Probes::new(config, &mut sockets);
-    let mut http = HttpServer::new(config, node, &mut sockets);
-    for line in health::describe(config) {
-        info!("{line}");
-    }
+    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref())?;
+    let mut watch = Watch::default();
 
     let result = loop {
         if SHUTDOWN.load(Ordering::Relaxed) {
@@ -97,22 +117,207 @@ pub fn run(config: &Config, source: &str, node_name: Option<&str>) -> Result<(),
         if let Some(e) = device.fatal.take() {
             break Err(format!("TAP {}: {e}", node.tap));
         }
-        probes.poll(now, config, &mut iface, &mut sockets, device.engine);
-        http.poll(config, &mut sockets, device.engine);
+        own.probes.poll(now, &config, &mut iface, &mut sockets, device.engine);
+        own.http.poll(&config, &mut sockets, device.engine);
         device.engine.housekeeping(now);
         device.flush_engine_output();
+        while let Ok(Command { request, reply }) = requests.try_recv() {
+            let answer = match request {
+                Request::Status => Reply::Text(status(&config, source, device.engine, now)),
+                Request::Flows => Reply::Flows(snapshot(&config, device.engine, now)),
+                Request::Apply(new) => match device.engine.reconfigure(&new, opts.node.as_deref()) {
+                    Ok(flushed) => {
+                        let changes = describe_changes(&config, &new);
+                        config = new;
+                        own.remove(&mut sockets);
+                        own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref())?;
+                        Reply::Text(format!(
+                            "applied: {changes}; {flushed} UDP flow(s) to endpoints that left flushed\n"
+                        ))
+                    }
+                    Err(e) => Reply::Error(e.to_string()),
+                },
+            };
+            let _ = reply.send(answer);
+        }
+        watch.check(now, device.engine);
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);
         if let Err(e) = sys::wait_readable(fd, wait as i32) {
             break Err(format!("poll on TAP {}: {e}", node.tap));
         }
     };
+    SHUTDOWN.store(true, Ordering::Relaxed);
+    let _ = control_thread.join();
     log_totals(device.engine);
     result
 }
 
+fn log_start(config: &Config, source: &str, tap: &Tap, control: &std::path::Path, user: Option<&str>) {
+    let node = tap.name();
+    info!(
+        "nodegate {} on board {} ({} flows, {} services): TAP {node}, {} service(s) from {source}, control socket {}{}",
+        env!("CARGO_PKG_VERSION"),
+        board::NAME,
+        board::CONNTRACK_CAPACITY,
+        board::MAX_SERVICES,
+        config.services.len(),
+        control.display(),
+        user.map(|u| format!(", running as {u}")).unwrap_or_default(),
+    );
+    for svc in &config.services {
+        let ports: Vec<String> = svc.ports.iter().map(|p| format!("{p}->{}", p.target_port)).collect();
+        info!(
+            "service {}: {} ports {}, {} endpoint(s), externalTrafficPolicy {}{}",
+            svc.name,
+            svc.kind.as_str(),
+            ports.join(" "),
+            svc.endpoints.len(),
+            svc.external_traffic_policy.as_str(),
+            svc.virtual_ips().map(|ip| format!(", on {ip}")).collect::<String>(),
+        );
+    }
+    for line in health::describe(config) {
+        info!("{line}");
+    }
+}
+
+/// What an operator sees with `nodegate status`.
+fn status(config: &Config, source: &str, engine: &Engine, now: Millis) -> String {
+    use std::fmt::Write;
+    let ct = engine.conntrack();
+    let mut out = String::new();
+    let node = engine.node();
+    let _ = writeln!(
+        out,
+        "nodegate {} on board {}, node {} ({}), config {source}, up {}s",
+        env!("CARGO_PKG_VERSION"),
+        board::NAME,
+        node.name,
+        node.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+        now.0 / 1000
+    );
+    let _ = writeln!(
+        out,
+        "conntrack: {} of {} flows ({:.1} %), {} SNAT ports in use, {} evicted",
+        ct.len(),
+        ct.capacity(),
+        ct.len() as f64 * 100.0 / ct.capacity() as f64,
+        ct.snat_ports_in_use(),
+        ct.evictions()
+    );
+    for (s, (svc, c)) in engine.services().enumerate() {
+        let ports: Vec<String> = svc.ports.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "service {} ({}, {}): {}, {} flows created, {} dropped by source range",
+            svc.name,
+            svc.kind.as_str(),
+            svc.external_traffic_policy.as_str(),
+            ports.join(" "),
+            c.new_flows,
+            c.source_range_drops
+        );
+        let target = config.services.get(s).and_then(|x| x.ports.first()).map_or(0, |p| p.target_port);
+        for (e, ep) in svc.endpoints.iter().enumerate() {
+            let state = if engine.endpoint_serving(s, e) { "serving" } else { "not serving" };
+            let _ = writeln!(out, "  endpoint {}:{target} {state}", ep.ip);
+        }
+    }
+    let c = engine.counters();
+    let drops: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| c.dropped(**r) > 0)
+        .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
+        .collect();
+    let _ = writeln!(out, "frames: {} forwarded, {} to the node; drops: {}", c.forwarded, c.to_stack, none_or(drops));
+    out
+}
+
+fn none_or(items: Vec<String>) -> String {
+    if items.is_empty() { "none".into() } else { items.join(" ") }
+}
+
+fn snapshot(config: &Config, engine: &Engine, now: Millis) -> FlowSnapshot {
+    FlowSnapshot {
+        flows: engine.conntrack().flows().to_vec(),
+        services: config.services.iter().map(|s| s.name.to_string()).collect(),
+        now: now.secs(),
+    }
+}
+
+/// Services and endpoints added and removed between two configs.
+fn describe_changes(old: &Config, new: &Config) -> String {
+    let mut changes = Vec::new();
+    for s in &new.services {
+        match old.services.iter().find(|o| o.name == s.name) {
+            None => changes.push(format!("service {} added", s.name)),
+            Some(o) => {
+                let added: Vec<String> = s
+                    .endpoints
+                    .iter()
+                    .filter(|e| !o.endpoints.iter().any(|x| x.ip == e.ip))
+                    .map(|e| e.ip.to_string())
+                    .collect();
+                let removed: Vec<String> = o
+                    .endpoints
+                    .iter()
+                    .filter(|e| !s.endpoints.iter().any(|x| x.ip == e.ip))
+                    .map(|e| e.ip.to_string())
+                    .collect();
+                if !added.is_empty() {
+                    changes.push(format!("service {}: endpoints {} added", s.name, added.join(", ")));
+                }
+                if !removed.is_empty() {
+                    changes.push(format!("service {}: endpoints {} removed", s.name, removed.join(", ")));
+                }
+                if o != s && added.is_empty() && removed.is_empty() {
+                    changes.push(format!("service {} changed", s.name));
+                }
+            }
+        }
+    }
+    for o in old.services.iter().filter(|o| !new.services.iter().any(|s| s.name == o.name)) {
+        changes.push(format!("service {} removed", o.name));
+    }
+    if changes.is_empty() { "no changes".into() } else { changes.join("; ") }
+}
+
+/// State an operator should hear about once, not per packet: the table filling up, and the
+/// first frame dropped for a reason not seen before. Looked at once a second.
+#[derive(Default)]
+struct Watch {
+    last: Millis,
+    full_warned: bool,
+    reasons_seen: [bool; DropReason::ALL.len()],
+}
+
+impl Watch {
+    fn check(&mut self, now: Millis, engine: &Engine) {
+        if now.0 < self.last.0 + 1000 {
+            return;
+        }
+        self.last = now;
+        let ct = engine.conntrack();
+        if !self.full_warned && ct.len() * 10 > ct.capacity() * 9 {
+            warn!("conntrack above 90 % full: {} of {} flows", ct.len(), ct.capacity());
+            self.full_warned = true;
+        } else if self.full_warned && ct.len() * 10 < ct.capacity() * 8 {
+            info!("conntrack below 80 % full again: {} of {} flows", ct.len(), ct.capacity());
+            self.full_warned = false;
+        }
+        let c = engine.counters();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            if !self.reasons_seen[i] && c.dropped(*r) > 0 {
+                self.reasons_seen[i] = true;
+                info!("dropping frames: {} (first seen now; {} so far)", r.name(), c.dropped(*r));
+            }
+        }
+    }
+}
+
 fn log_totals(engine: &Engine) {
     let c = engine.counters();
-    let drops: vec::Vec<String> = DropReason::ALL
+    let drops: Vec<String> = DropReason::ALL
         .iter()
         .filter(|r| c.dropped(**r) > 0)
         .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
@@ -123,7 +328,7 @@ fn log_totals(engine: &Engine) {
         c.to_stack,
         c.new_flows,
         engine.conntrack().len(),
-        if drops.is_empty() { "none".into() } else { drops.join(" ") }
+        none_or(drops)
     );
     if engine.conntrack().evictions() > 0 {
         warn!("{} flows were evicted from a full connection table", engine.conntrack().evictions());

@@ -9,15 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set by SIGINT or SIGTERM; the loop checks it every turn.
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP; the control thread re-reads the config.
+pub static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        RELOAD.store(true, Ordering::Relaxed);
+    } else {
+        SHUTDOWN.store(true, Ordering::Relaxed);
+    }
 }
 
-/// Routes SIGINT and SIGTERM to [`SHUTDOWN`]. Without SA_RESTART, so a `poll` in progress
-/// returns at once.
-pub fn catch_shutdown_signals() -> io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+/// Routes SIGINT and SIGTERM to [`SHUTDOWN`], SIGHUP to [`RELOAD`]. Without SA_RESTART, so a
+/// `poll` in progress returns at once.
+pub fn catch_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let rc = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
@@ -118,4 +124,25 @@ pub fn random_key() -> io::Result<[u64; 2]> {
     }
     let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().unwrap_or_default());
     Ok([word(0), word(8)])
+}
+
+/// The uid and gid of `user`.
+pub fn user_ids(user: &str) -> io::Result<(u32, u32)> {
+    let name = std::ffi::CString::new(user).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: getpwnam returns a pointer to static storage, read at once, before any other call
+    // that could overwrite it.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no user named {user:?}")));
+    }
+    // SAFETY: pw is non-null and points to a valid passwd entry.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// Switches the process to `uid`/`gid` for good, with no supplementary groups.
+pub fn switch_user(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain system calls on integers.
+    let failed =
+        unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 };
+    if failed { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -36,7 +36,8 @@ pub fn lab_available(test: &str) -> bool {
 pub struct Lab {
     pub prefix: String,
     gateway: Option<Child>,
-    config: PathBuf,
+    pub config: PathBuf,
+    pub control: PathBuf,
     log: PathBuf,
 }
 
@@ -47,6 +48,7 @@ impl Lab {
         let dir = std::env::temp_dir();
         let lab = Lab {
             config: dir.join(format!("{prefix}.json")),
+            control: dir.join(format!("{prefix}.sock")),
             log: dir.join(format!("{prefix}.log")),
             prefix,
             gateway: None,
@@ -74,6 +76,8 @@ impl Lab {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("gw"), env!("CARGO_BIN_EXE_nodegate"), "run", "--config"])
             .arg(&self.config)
+            .arg("--control")
+            .arg(&self.control)
             .args(node.map(|n| ["--node", n]).iter().flatten())
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -93,15 +97,37 @@ impl Lab {
         panic!("the node never answered ping: {}", self.gateway_log());
     }
 
+    /// Runs `nodegate COMMAND --control SOCKET ARGS` (status, conntrack, reload) from the root
+    /// namespace: the control socket is a file, no network is involved.
+    pub fn nodegate(&self, command: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nodegate"))
+            .arg(command)
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("nodegate runs")
+    }
+
+    /// Sends SIGHUP to the gateway.
+    pub fn hangup(&self) {
+        let pid = self.gateway.as_ref().expect("the gateway runs").id();
+        Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    }
+
     /// Runs `scripts/lab-client.py ARGS` in namespace `host`.
     pub fn client(&self, host: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), "python3"])
+        self.client_command(host, args).output().expect("lab client runs")
+    }
+
+    /// The command of [`Lab::client`], to spawn it in the background.
+    pub fn client_command(&self, host: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host), "python3"])
             .arg(repo().join("scripts/lab-client.py"))
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("lab client runs")
+            .stdin(Stdio::null());
+        c
     }
 
     pub fn gateway_log(&self) -> String {
@@ -176,5 +202,6 @@ impl Drop for Lab {
         let _ = Command::new(repo().join("scripts/lab")).args(["down", &self.prefix]).status();
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.control);
     }
 }

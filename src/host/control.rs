@@ -1,0 +1,249 @@
+//! The control socket: a Unix socket served by a thread of its own, which talks to the
+//! single-threaded loop over a crossbeam channel. The loop answers between frames and never
+//! waits on the socket; what takes time (reading and validating a config, formatting a long
+//! flow list) happens on this thread.
+//!
+//! Protocol: the client writes one line (`status`, `conntrack [SERVICE]`, `reload`) and closes
+//! its side; the answer is `ok` or `error` on the first line, then the text.
+
+use std::boxed::Box;
+use std::fmt::Write as _;
+use std::format;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::sync::atomic::Ordering;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+use std::vec::Vec;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use log::{error, info};
+
+use super::load;
+use super::sys::{RELOAD, SHUTDOWN};
+use crate::config::Config;
+use crate::conntrack::Flow;
+
+/// What the control thread asks of the loop.
+pub enum Request {
+    Status,
+    /// A copy of the flows, for `nodegate conntrack`.
+    Flows,
+    /// A validated config to apply.
+    Apply(Box<Config>),
+}
+
+/// The loop's answer.
+pub enum Reply {
+    Text(String),
+    Flows(FlowSnapshot),
+    Error(String),
+}
+
+/// Flows as they were at one moment, with what is needed to print them.
+pub struct FlowSnapshot {
+    pub flows: Vec<Flow>,
+    /// Service names by the index flows carry.
+    pub services: Vec<String>,
+    /// Seconds since start, for the time each flow has left.
+    pub now: u32,
+}
+
+pub struct Command {
+    pub request: Request,
+    pub reply: Sender<Reply>,
+}
+
+/// How long the control thread waits for the loop (it answers within one turn).
+const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its command.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket's default path for node `node`.
+pub fn default_path(node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/nodegate/{node}.sock"))
+}
+
+/// The bound control socket; removed again when dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl ControlSocket {
+    /// Binds `path` (mode 0660), replacing a socket left behind by a gateway that is gone.
+    pub fn bind(path: &Path) -> Result<ControlSocket, String> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)
+                .map_err(|e| format!("control socket {}: cannot create {}: {e}", path.display(), dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("control socket {}: another nodegate is running there", path.display()));
+            }
+            let _ = fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        listener.set_nonblocking(true).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        Ok(ControlSocket { path: path.to_path_buf(), listener: Some(listener) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts the control thread. `config_path` is what `reload` and SIGHUP re-read.
+    pub fn serve(&mut self, config_path: Option<PathBuf>) -> (Receiver<Command>, JoinHandle<()>) {
+        let (tx, rx) = bounded(4);
+        let listener = self.listener.take();
+        let handle = thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let Some(listener) = listener else { return };
+                control_loop(&listener, config_path.as_deref(), &tx)
+            })
+            .expect("the control thread starts");
+        (rx, handle)
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender<Command>) {
+    while !SHUTDOWN.load(Ordering::Relaxed) {
+        if RELOAD.swap(false, Ordering::Relaxed) {
+            match reload(config_path, tx) {
+                Ok(text) => info!("reload (SIGHUP): {text}"),
+                Err(e) => error!("reload (SIGHUP) rejected, the running config stays: {e}"),
+            }
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = serve_client(stream, config_path, tx) {
+                    error!("control client: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                error!("control socket: {e}");
+                thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, String> {
+    let (reply, answer) = bounded(1);
+    tx.send(Command { request, reply }).map_err(|_| "the gateway loop has stopped".to_string())?;
+    answer.recv_timeout(LOOP_TIMEOUT).map_err(|_| "the gateway loop did not answer".to_string())
+}
+
+/// Re-reads and validates the config file, then has the loop apply it.
+fn reload(config_path: Option<&Path>, tx: &Sender<Command>) -> Result<String, String> {
+    let Some(path) = config_path else {
+        return Err("nodegate runs on the built-in config: there is no file to reload".into());
+    };
+    let (_, config) = load::load(Some(path))?;
+    match ask(tx, Request::Apply(Box::new(config)))? {
+        Reply::Text(text) => Ok(text),
+        Reply::Error(e) => Err(format!("{}: {e}", path.display())),
+        Reply::Flows(_) => Err("unexpected answer".into()),
+    }
+}
+
+fn serve_client(mut stream: UnixStream, config_path: Option<&Path>, tx: &Sender<Command>) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(4096)).read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let answer = match (words.next(), words.next()) {
+        (Some("status"), None) => match ask(tx, Request::Status) {
+            Ok(Reply::Text(text)) => Ok(text),
+            Ok(Reply::Error(e)) | Err(e) => Err(e),
+            Ok(Reply::Flows(_)) => Err("unexpected answer".into()),
+        },
+        (Some("conntrack"), filter) => match ask(tx, Request::Flows) {
+            Ok(Reply::Flows(snapshot)) => format_flows(&snapshot, filter),
+            Ok(Reply::Error(e)) | Err(e) => Err(e),
+            Ok(Reply::Text(_)) => Err("unexpected answer".into()),
+        },
+        (Some("reload"), None) => {
+            let result = reload(config_path, tx);
+            match &result {
+                Ok(text) => info!("reload (control socket): {text}"),
+                Err(e) => error!("reload (control socket) rejected, the running config stays: {e}"),
+            }
+            result
+        }
+        _ => Err(format!("unknown command {:?} (status, conntrack [SERVICE], reload)", line.trim())),
+    };
+    match answer {
+        Ok(text) => write!(stream, "ok\n{text}"),
+        Err(e) => write!(stream, "error\n{e}\n"),
+    }
+}
+
+/// Flows one a line, as `conntrack -L` prints them, with the service and endpoint; then the total.
+fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, String> {
+    let wanted = match service {
+        Some(name) => {
+            Some(s.services.iter().position(|n| n == name).ok_or_else(|| format!("no service named {name:?}"))?)
+        }
+        None => None,
+    };
+    let mut out = String::new();
+    let mut shown = 0;
+    for f in s.flows.iter().filter(|f| wanted.is_none_or(|w| f.service as usize == w)) {
+        let (o, r) = (f.original(), f.reply());
+        let proto = if f.proto == 6 { "tcp" } else { "udp" };
+        let state = if f.proto == 6 { format!(" {}", f.state.as_str()) } else { String::new() };
+        let service = s.services.get(f.service as usize).map_or("-", |n| n.as_str());
+        let _ = writeln!(
+            out,
+            "{proto:<8}{:<3} {}{state} src={} dst={} sport={} dport={} src={} dst={} sport={} dport={}{} service={service} endpoint={}:{}",
+            f.proto,
+            f.remaining(s.now),
+            o.src,
+            o.dst,
+            o.src_port,
+            o.dst_port,
+            r.src,
+            r.dst,
+            r.src_port,
+            r.dst_port,
+            if f.replied() { " [ASSURED]" } else { "" },
+            f.endpoint,
+            f.endpoint_port,
+        );
+        shown += 1;
+    }
+    let _ = writeln!(out, "conntrack: {shown} flow(s) shown, {} tracked", s.flows.len());
+    Ok(out)
+}
+
+/// Sends `command` to the gateway at `path` and returns its answer.
+pub fn client(path: &Path, command: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(path)
+        .map_err(|e| format!("control socket {}: {e} (is nodegate running there?)", path.display()))?;
+    stream.set_read_timeout(Some(LOOP_TIMEOUT * 2)).map_err(|e| e.to_string())?;
+    writeln!(stream, "{command}").map_err(|e| e.to_string())?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    match answer.split_once('\n') {
+        Some(("ok", text)) => Ok(text.to_string()),
+        Some(("error", text)) => Err(text.trim_end().to_string()),
+        _ => Err(format!("control socket {}: unexpected answer {answer:?}", path.display())),
+    }
+}
