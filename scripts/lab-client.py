@@ -3,7 +3,7 @@
 
   lab-client.py http HOST PORT COUNT [TIMEOUT]
                                        COUNT HTTP/1.0 GETs, one connection each; prints each answer
-  lab-client.py get HOST PORT          one GET; prints the status line and the body
+  lab-client.py get HOST PORT [PATH]   one GET (of / by default); prints the status line and the body
   lab-client.py udp HOST PORT MESSAGE [SRCPORT]
                                        one datagram (from SRCPORT, to reuse a 5-tuple); prints the answer
   lab-client.py stream HOST PORT SECONDS
@@ -52,7 +52,8 @@ if mode == "http":
 elif mode == "get":
     try:
         with socket.create_connection((host, port), timeout=5) as s:
-            s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            path = sys.argv[4] if len(sys.argv) > 4 else "/"
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := s.recv(4096):
                 data += chunk

@@ -65,12 +65,13 @@ fn nodeport_gateway_end_to_end() {
     // Ping to the node address.
     assert!(lab.client("client2", &["ping", NODE_IP, "0", "3"]).status.success());
 
-    // SIGTERM: a clean exit, and the TAP it created is gone.
-    assert!(lab.has_link("gw", "ng0"));
+    // SIGTERM: a clean exit, and the TAP and control socket it created are gone.
+    assert!(lab.has_link("gw", "ng0") && lab.control.exists());
     let (took, status) = lab.stop_gateway();
     assert!(status.success(), "exit status {status}: {}", lab.gateway_log());
     assert!(took < Duration::from_secs(1), "took {took:?} to stop");
     assert!(!lab.has_link("gw", "ng0"), "the TAP must be removed");
+    assert!(!lab.control.exists(), "the control socket must be removed");
     let log = lab.gateway_log();
     assert!(log.contains("61 flows created"), "60 TCP + 1 UDP flows: {log}");
 }

@@ -211,7 +211,7 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
         let service = s.services.get(f.service as usize).map_or("-", |n| n.as_str());
         let _ = writeln!(
             out,
-            "{proto:<8}{:<3} {}{state} src={} dst={} sport={} dport={} src={} dst={} sport={} dport={}{} service={service} endpoint={}:{}",
+            "{proto:<8} {} {}{state} src={} dst={} sport={} dport={} src={} dst={} sport={} dport={}{} service={service} endpoint={}:{}",
             f.proto,
             f.remaining(s.now),
             o.src,

@@ -71,6 +71,12 @@ impl Lab {
 
     /// [`Lab::start_gateway`] as node `node` of the config.
     pub fn start_gateway_as(&mut self, config: &str, node: Option<&str>) {
+        let args: Vec<&str> = node.map(|n| vec!["--node", n]).unwrap_or_default();
+        self.start_gateway_with(config, &args)
+    }
+
+    /// [`Lab::start_gateway`] with more arguments to `nodegate run`.
+    pub fn start_gateway_with(&mut self, config: &str, args: &[&str]) {
         std::fs::write(&self.config, config).unwrap();
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new("ip")
@@ -78,7 +84,7 @@ impl Lab {
             .arg(&self.config)
             .arg("--control")
             .arg(&self.control)
-            .args(node.map(|n| ["--node", n]).iter().flatten())
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -107,6 +113,10 @@ impl Lab {
             .args(args)
             .output()
             .expect("nodegate runs")
+    }
+
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("the gateway runs").id()
     }
 
     /// Sends SIGHUP to the gateway.

@@ -1,0 +1,205 @@
+//! Lab tests of operating nodegate: metrics over the wire, the control socket (status,
+//! conntrack), reload without losing traffic, SIGHUP, `--user`. They need root (see
+//! `common::lab_available`).
+
+mod common;
+
+use common::{Lab, NODE_IP, lab_available};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+fn config(endpoints: &[u8]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|i| format!(r#"{{ "ip": "10.77.0.1{i}" }}"#)).collect();
+    format!(
+        r#"{{ "nodes": [{{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                        "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }}],
+            "services": [{{ "name": "web",
+                           "ports": [{{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 }},
+                                     {{ "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }}],
+                           "endpoints": [{}] }},
+                         {{ "name": "other", "ports": [{{ "port": 81, "targetPort": 3000, "nodePort": 30081 }}],
+                           "endpoints": [{{ "ip": "10.77.0.13" }}] }}] }}"#,
+        eps.join(", ")
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The value of the series `series` (name and labels, exactly) in a Prometheus text.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+fn scrape(lab: &Lab) -> String {
+    let out = lab.client("client", &["get", NODE_IP, "9100", "/metrics"]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(body.starts_with("HTTP/1.1 200 OK\n"), "{body}");
+    body["HTTP/1.1 200 OK\n".len()..].to_string()
+}
+
+#[test]
+fn metrics_count_what_happens_and_pass_promtool() {
+    if !lab_available("metrics_count_what_happens_and_pass_promtool") {
+        return;
+    }
+    let mut lab = Lab::up("met");
+    lab.start_gateway(&config(&[1, 2, 3]));
+    // A slow client holds one of the metrics sockets the whole time.
+    let mut slow =
+        lab.client_command("client2", &["hold", NODE_IP, "9100", "5"]).stdout(Stdio::null()).spawn().unwrap();
+    let before = scrape(&lab);
+    let connections = r#"nodegate_connections_total{service="web",port="http"}"#;
+    let packets = r#"nodegate_packets_total{service="web",port="http",direction="original"}"#;
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 10).len(), 10);
+    let after = scrape(&lab);
+    assert_eq!(sample(&after, connections) - sample(&before, connections), 10, "10 requests, 10 new connections");
+    assert!(sample(&after, packets) - sample(&before, packets) >= 50, "at least SYN, ACK, request, ACK, FIN each");
+    assert_eq!(sample(&after, "nodegate_conntrack_capacity"), nodegate::board::CONNTRACK_CAPACITY as u64);
+    assert!(sample(&after, "nodegate_conntrack_entries") >= 10);
+    assert_eq!(sample(&after, r#"nodegate_endpoint_ready{service="web",endpoint="10.77.0.12:3000"}"#), 1);
+    assert_eq!(sample(&after, r#"nodegate_drops_total{reason="conntrack_full"}"#), 0);
+    assert!(
+        after.contains(&format!(r#"nodegate_build_info{{version="{}",board="host"}} 1"#, env!("CARGO_PKG_VERSION")))
+    );
+    let healthz =
+        String::from_utf8_lossy(&lab.client("client", &["get", NODE_IP, "9100", "/healthz"]).stdout).into_owned();
+    assert_eq!(healthz, "HTTP/1.1 200 OK\nok\n\n");
+
+    // promtool (Debian's prometheus package; .ci/run installs it) accepts the exposition.
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            use std::io::Write;
+            promtool.stdin.take().unwrap().write_all(after.as_bytes()).unwrap();
+            let out = promtool.wait_with_output().unwrap();
+            assert!(out.status.success(), "promtool check metrics: {}", text(&out));
+        }
+        Err(_) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("promtool is not installed: the exposition was not linted")
+        }
+        Err(e) => panic!("promtool is needed in CI: {e}"),
+    }
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+#[test]
+fn conntrack_and_status_show_an_open_connection() {
+    if !lab_available("conntrack_and_status_show_an_open_connection") {
+        return;
+    }
+    let mut lab = Lab::up("ct");
+    lab.start_gateway(&config(&[1]));
+    let mut hold = lab.client_command("client", &["hold", NODE_IP, "30080", "4"]).spawn().unwrap();
+    sleep(Duration::from_millis(700));
+    let out = lab.nodegate("conntrack", &[]);
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    let line = listing.lines().find(|l| l.contains("dport=30080")).unwrap_or_else(|| panic!("{listing}"));
+    assert!(line.starts_with("tcp      6"), "{line}");
+    assert!(line.contains(" ESTABLISHED src=10.77.0.100 dst=10.77.0.1 sport="), "{line}");
+    assert!(line.contains(" src=10.77.0.11 dst=10.77.0.1 sport=3000 dport="), "{line}");
+    assert!(line.contains("[ASSURED] service=web endpoint=10.77.0.11:3000"), "{line}");
+    assert!(listing.ends_with("conntrack: 1 flow(s) shown, 1 tracked\n"), "{listing}");
+    let other = text(&lab.nodegate("conntrack", &["--service", "other"]));
+    assert!(other.ends_with("conntrack: 0 flow(s) shown, 1 tracked\n"), "{other}");
+    let status = text(&lab.nodegate("status", &[]));
+    assert!(status.contains("conntrack: 1 of ") && status.contains("endpoint 10.77.0.11:3000 serving"), "{status}");
+    assert!(status.contains("service web (NodePort, Cluster): 80:30080/TCP 53:30053/UDP, 1 flows created"), "{status}");
+    let _ = hold.wait();
+}
+
+#[test]
+fn reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints() {
+    if !lab_available("reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints") {
+        return;
+    }
+    let mut lab = Lab::up("rel");
+    lab.start_gateway(&config(&[1, 2]));
+    let tcp = lab.client_command("client", &["stream", NODE_IP, "30080", "4"]).stdout(Stdio::piped()).spawn().unwrap();
+    let udp = lab
+        .client_command("client2", &["udpstream", NODE_IP, "30053", "4", "5555"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(1));
+
+    // Endpoint 10.77.0.11 leaves, 10.77.0.13 arrives.
+    std::fs::write(&lab.config, config(&[2, 3])).unwrap();
+    let out = lab.nodegate("reload", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("service web: endpoints 10.77.0.13 added") && said.contains("endpoints 10.77.0.11 removed"),
+        "{said}"
+    );
+
+    let tcp = tcp.wait_with_output().unwrap();
+    let tcp_said = String::from_utf8_lossy(&tcp.stdout);
+    assert!(tcp.status.success() && tcp_said.contains("blocks intact"), "TCP stream across the reload: {tcp_said}");
+    let udp = udp.wait_with_output().unwrap();
+    let udp_said = String::from_utf8_lossy(&udp.stdout);
+    assert!(udp.status.success(), "UDP stream across the reload lost datagrams: {udp_said}");
+
+    let after = lab.backends("client", NODE_IP, 30080, 30);
+    assert!(after.contains(&"web-frontend-3".to_string()), "new flows reach the new endpoint: {after:?}");
+    assert!(!after.contains(&"web-frontend-1".to_string()) && !after.contains(&"FAILED".to_string()), "{after:?}");
+    assert!(lab.gateway_log().contains("reload (control socket): applied:"), "{}", lab.gateway_log());
+}
+
+#[test]
+fn a_broken_reload_changes_nothing_and_names_the_field() {
+    if !lab_available("a_broken_reload_changes_nothing_and_names_the_field") {
+        return;
+    }
+    let mut lab = Lab::up("bad");
+    lab.start_gateway(&config(&[1]));
+    std::fs::write(&lab.config, config(&[2]).replace("30080", "40000")).unwrap();
+    let out = lab.nodegate("reload", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out);
+    assert!(said.contains("services[0].ports[0].nodePort: 40000 is outside nodePortRange 30000-32767"), "{said}");
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 5), ["web-frontend-1"; 5], "the running config stays");
+    assert!(lab.gateway_log().contains("rejected, the running config stays"), "{}", lab.gateway_log());
+
+    // SIGHUP reads the file again: once fixed, the change applies.
+    std::fs::write(&lab.config, config(&[2])).unwrap();
+    lab.hangup();
+    let mut moved = false;
+    for _ in 0..20 {
+        sleep(Duration::from_millis(100));
+        if lab.backends("client", NODE_IP, 30080, 1) == ["web-frontend-2"] {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "SIGHUP reload: {}", lab.gateway_log());
+    assert!(lab.gateway_log().contains("reload (SIGHUP): applied"), "{}", lab.gateway_log());
+}
+
+#[test]
+fn run_as_another_user_after_the_tap_is_open() {
+    if !lab_available("run_as_another_user_after_the_tap_is_open") {
+        return;
+    }
+    let mut lab = Lab::up("usr");
+    lab.start_gateway_with(&config(&[1]), &["--user", "nobody"]);
+    let pid = lab.gateway_pid();
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-1"; 3]);
+    assert!(text(&lab.nodegate("status", &[])).contains("endpoint 10.77.0.11:3000 serving"));
+}
