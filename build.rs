@@ -10,6 +10,7 @@ struct Board<'a> {
     name: &'a str,
     #[allow(dead_code)]
     description: &'a str,
+    ram_budget_bytes: u32,
     conntrack_capacity: u32,
     max_nodes: u32,
     max_addresses_per_node: u32,
@@ -96,6 +97,8 @@ fn main() {
     let out = format!(
         "/// Name of the board this binary was built for.\n\
          pub const NAME: &str = {name:?};\n\
+         /// Memory the gateway's static tables and buffers may take on this board.\n\
+         pub const RAM_BUDGET_BYTES: usize = {ram};\n\
          /// Flows the connection table holds (both directions of a flow are one entry).\n\
          pub const CONNTRACK_CAPACITY: usize = {ct};\n\
          pub const MAX_NODES: usize = {nodes};\n\
@@ -126,6 +129,7 @@ fn main() {
          /// Milliseconds between two ARP requests for the same address.\n\
          pub const ARP_RETRY_MILLIS: u64 = {arp};\n",
         name = b.name,
+        ram = b.ram_budget_bytes,
         ct = b.conntrack_capacity,
         nodes = b.max_nodes,
         addrs = b.max_addresses_per_node,

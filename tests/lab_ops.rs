@@ -103,7 +103,11 @@ fn conntrack_and_status_show_an_open_connection() {
     let mut lab = Lab::up("ct");
     lab.start_gateway(&config(&[1]));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&lab.control).unwrap().permissions().mode() & 0o777, 0o660, "the control socket is 0660");
+    assert_eq!(
+        std::fs::metadata(&lab.control).unwrap().permissions().mode() & 0o777,
+        0o660,
+        "the control socket is 0660"
+    );
     let mut hold = lab.client_command("client", &["hold", NODE_IP, "30080", "4"]).spawn().unwrap();
     sleep(Duration::from_millis(700));
     let out = lab.nodegate("conntrack", &[]);

@@ -21,7 +21,9 @@ use crate::text::SliceWriter;
 const SOCKETS_PER_PORT: usize = 4;
 /// Longest request read; the requests served here are one line and a few headers.
 const MAX_REQUEST: usize = 1024;
-const SOCKET_BUFFER: usize = 16 * 1024;
+/// Send buffers: a metrics answer streams through 16 KiB; a health answer fits in one.
+const METRICS_SEND_BUFFER: usize = 16 * 1024;
+const HEALTH_SEND_BUFFER: usize = 512;
 
 #[derive(Clone, Copy)]
 enum Site {
@@ -43,26 +45,35 @@ struct Conn {
     sent: Option<usize>,
 }
 
+/// The most the servers reserve: sockets and response buffers of the metrics port and of a
+/// healthCheckNodePort for every service the board holds.
+pub const fn static_bytes() -> usize {
+    let request = 2 * MAX_REQUEST;
+    let metrics = SOCKETS_PER_PORT * (request + METRICS_SEND_BUFFER + metrics::MAX_TEXT + 256);
+    let health = crate::board::MAX_SERVICES * SOCKETS_PER_PORT * (request + HEALTH_SEND_BUFFER + 512);
+    metrics + health
+}
+
 pub struct HttpServer {
     conns: Vec<Conn>,
 }
 
 impl HttpServer {
     pub fn new(config: &Config, node: &Node, sockets: &mut SocketSet<'_>) -> HttpServer {
-        let mut sites: Vec<(Site, u16, usize)> = Vec::new();
+        let mut sites: Vec<(Site, u16, usize, usize)> = Vec::new();
         for (s, svc) in config.services.iter().enumerate() {
             if let Some(port) = svc.health_check_node_port {
-                sites.push((Site::Health(s), port, 512));
+                sites.push((Site::Health(s), port, 512, HEALTH_SEND_BUFFER));
             }
         }
         if let Some(port) = node.metrics_port {
-            sites.push((Site::Metrics, port, metrics::MAX_TEXT + 256));
+            sites.push((Site::Metrics, port, metrics::MAX_TEXT + 256, METRICS_SEND_BUFFER));
         }
         let mut conns = Vec::new();
-        for (site, port, response_size) in sites {
+        for (site, port, response_size, send_buffer) in sites {
             for _ in 0..SOCKETS_PER_PORT {
                 let rx = tcp::SocketBuffer::new(vec![0; MAX_REQUEST]);
-                let tx = tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]);
+                let tx = tcp::SocketBuffer::new(vec![0; send_buffer]);
                 let socket = sockets.add(tcp::Socket::new(rx, tx));
                 let request = Vec::with_capacity(MAX_REQUEST);
                 let response = vec![0; response_size];
