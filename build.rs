@@ -117,7 +117,7 @@ fn main() {
          pub const PARKED_FRAMES: usize = {parked};\n\
          pub const SNAT_PORT_MIN: u16 = {smin};\n\
          pub const SNAT_PORT_MAX: u16 = {smax};\n\
-         /// Connection-table slots examined for expiry per loop turn (bounded work).\n\
+         /// Connection-table slots examined for expiry per sweep (bounded work).\n\
          pub const CONNTRACK_SWEEP_PER_TURN: usize = {sweep};\n\
          /// Timeouts of this board.\n\
          pub const TIMEOUTS: crate::conntrack::Timeouts = crate::conntrack::Timeouts {{\n\

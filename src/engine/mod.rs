@@ -325,7 +325,7 @@ impl<'a> Engine<'a> {
         verdict
     }
 
-    /// Once a loop turn: expires flows, a bounded number at a time.
+    /// Expires flows, a bounded number at a time; the runner calls it every few milliseconds.
     pub fn housekeeping(&mut self, now: Millis) {
         self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN);
     }

@@ -26,6 +26,9 @@ use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine};
 use crate::time::Millis;
 
+/// How often expired flows are swept (a bounded number each time).
+const SWEEP_EVERY_MS: u64 = 10;
+
 /// Longest sleep between two turns: timers (conntrack expiry, ARP refresh, health checks, the
 /// control thread's requests) need this often.
 const MAX_WAIT_MS: i64 = 50;
@@ -105,6 +108,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
     let mut sockets = SocketSet::new(vec![]);
     let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref())?;
     let mut watch = Watch::default();
+    let mut last_sweep = Millis(0);
 
     let result = loop {
         if SHUTDOWN.load(Ordering::Relaxed) {
@@ -119,7 +123,10 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         }
         own.probes.poll(now, &config, &mut iface, &mut sockets, device.engine);
         own.http.poll(&config, &mut sockets, device.engine);
-        device.engine.housekeeping(now);
+        if now.0 >= last_sweep.0 + SWEEP_EVERY_MS {
+            device.engine.housekeeping(now);
+            last_sweep = now;
+        }
         device.flush_engine_output();
         while let Ok(Command { request, reply }) = requests.try_recv() {
             let answer = match request {
