@@ -259,10 +259,41 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Deepest nesting of objects and arrays a config may have. The real shape needs five levels;
+/// the parser recurses once per level, so a hostile file must not choose the depth.
+pub const MAX_NESTING: usize = 16;
+
 /// Parses and validates a config file's bytes.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    check_nesting(bytes)?;
     let raw = parse_raw(bytes)?;
     validate::config(&raw)
+}
+
+/// Rejects JSON nested deeper than [`MAX_NESTING`], before the recursive parser sees it.
+fn check_nesting(bytes: &[u8]) -> Result<(), ConfigError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, &b) in bytes.iter().enumerate() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'{' | b'[') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(ConfigError::new(
+                        format_args!(""),
+                        format_args!("invalid JSON: nested deeper than {MAX_NESTING} levels at byte {at}"),
+                    ));
+                }
+            }
+            (false, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn parse_raw(bytes: &[u8]) -> Result<raw::RawConfig<'_>, ConfigError> {

@@ -374,3 +374,19 @@ fn invalid_service_fields_name_the_field() {
         "services":[{"name":"web","clusterIP":"10.96.0.1","ports":[{"port":80}]},{"name":"api","clusterIP":"10.96.0.1","ports":[{"port":80}]}]}"#;
     assert_eq!(error_of(two), "services[1].clusterIP: 10.96.0.1:80/TCP is already used by service \"web\"");
 }
+
+#[test]
+fn hostile_shapes_are_rejected_with_a_reason() {
+    use std::string::ToString;
+    let deep: std::vec::Vec<u8> = core::iter::repeat_n(b'[', 100_000).collect();
+    assert_eq!(parse(&deep).unwrap_err().to_string(), "invalid JSON: nested deeper than 16 levels at byte 16");
+    let deep_in_field = std::format!(r#"{{"nodes":[{{"name":"n","labels":{}}}]}}"#, "{\"a\":".repeat(40));
+    assert!(error_of(&deep_in_field).starts_with("invalid JSON: nested deeper than 16 levels"));
+    // Brackets inside strings do not count.
+    let quoted = r#"{"nodes":[{"name":"n","tap":"t","addresses":["10.0.0.1/24"],"note":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}"#;
+    assert!(parse(quoted.as_bytes()).is_ok());
+    let long_name = std::format!(r#"{{"nodes":[{{"name":"{}","tap":"t","addresses":["10.0.0.1/24"]}}]}}"#, "a".repeat(10_000));
+    assert!(error_of(&long_name).starts_with("nodes[0].name: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"... is not a valid name"));
+    assert!(error_of("\u{0}\u{1}garbage").starts_with("invalid JSON"));
+    assert!(parse(b"").is_err());
+}
