@@ -33,6 +33,7 @@ struct Board<'a> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Timeouts {
     tcp_syn_sent_seconds: u32,
+    tcp_syn_sent_under_pressure_seconds: u32,
     tcp_syn_recv_seconds: u32,
     tcp_established_seconds: u32,
     tcp_fin_wait_seconds: u32,
@@ -121,7 +122,7 @@ fn main() {
          pub const CONNTRACK_SWEEP_PER_TURN: usize = {sweep};\n\
          /// Timeouts of this board.\n\
          pub const TIMEOUTS: crate::conntrack::Timeouts = crate::conntrack::Timeouts {{\n\
-             tcp_syn_sent: {a}, tcp_syn_recv: {b_}, tcp_established: {c}, tcp_fin_wait: {d},\n\
+             tcp_syn_sent: {a}, tcp_syn_sent_under_pressure: {a2}, tcp_syn_recv: {b_}, tcp_established: {c}, tcp_fin_wait: {d},\n\
              tcp_close_wait: {e}, tcp_time_wait: {f}, tcp_close: {g}, udp: {h}, udp_stream: {i},\n\
          }};\n\
          /// Seconds a learned neighbour (ARP) entry stays valid without being refreshed.\n\
@@ -146,6 +147,7 @@ fn main() {
         smax = b.snat_port_max,
         sweep = b.conntrack_sweep_per_turn,
         a = t.tcp_syn_sent_seconds,
+        a2 = t.tcp_syn_sent_under_pressure_seconds,
         b_ = t.tcp_syn_recv_seconds,
         c = t.tcp_established_seconds,
         d = t.tcp_fin_wait_seconds,

@@ -385,8 +385,12 @@ fn hostile_shapes_are_rejected_with_a_reason() {
     // Brackets inside strings do not count.
     let quoted = r#"{"nodes":[{"name":"n","tap":"t","addresses":["10.0.0.1/24"],"note":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}"#;
     assert!(parse(quoted.as_bytes()).is_ok());
-    let long_name = std::format!(r#"{{"nodes":[{{"name":"{}","tap":"t","addresses":["10.0.0.1/24"]}}]}}"#, "a".repeat(10_000));
-    assert!(error_of(&long_name).starts_with("nodes[0].name: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"... is not a valid name"));
+    let long_name =
+        std::format!(r#"{{"nodes":[{{"name":"{}","tap":"t","addresses":["10.0.0.1/24"]}}]}}"#, "a".repeat(10_000));
+    assert!(
+        error_of(&long_name)
+            .starts_with("nodes[0].name: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"... is not a valid name")
+    );
     assert!(error_of("\u{0}\u{1}garbage").starts_with("invalid JSON"));
     assert!(parse(b"").is_err());
 }

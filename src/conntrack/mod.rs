@@ -17,6 +17,9 @@ pub use tcp::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp_syn_sent: u32,
+    /// For a flow that saw only a SYN while the table is more than half full: what keeps a
+    /// flood of spoofed SYNs from filling it, as nf_conntrack's early drop does.
+    pub tcp_syn_sent_under_pressure: u32,
     pub tcp_syn_recv: u32,
     pub tcp_established: u32,
     pub tcp_fin_wait: u32,
@@ -128,8 +131,9 @@ impl Flow {
         self.source != self.client
     }
 
-    /// Records a packet in `dir` and moves the deadline.
-    fn seen(&mut self, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32, t: &Timeouts) {
+    /// Records a packet in `dir` and moves the deadline (`pressure`: the table is more than half
+    /// full).
+    fn seen(&mut self, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32, t: &Timeouts, pressure: bool) {
         if dir == Direction::Reply {
             self.flags |= REPLIED;
         }
@@ -138,7 +142,7 @@ impl Flow {
             self.state = tcp::advance(self.state, &mut fins, dir, f);
             self.flags = (self.flags & !(tcp::FIN_ORIGINAL | tcp::FIN_REPLY)) | fins;
         }
-        self.expires = now.saturating_add(self.state.timeout(self.replied(), t));
+        self.expires = now.saturating_add(self.state.timeout(self.replied(), pressure, t));
     }
 
     /// Seconds until the flow expires.
@@ -245,17 +249,23 @@ impl<'a> Table<'a> {
 
     /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on.
     pub fn seen(&mut self, slot: usize, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32) {
-        let t = self.timeouts;
-        self.flows[slot].seen(dir, tcp_flags, now, &t);
+        let (t, pressure) = (self.timeouts, self.under_pressure());
+        self.flows[slot].seen(dir, tcp_flags, now, &t, pressure);
     }
 
     /// Starts the flow in `slot` over as a new one, keeping its tuples: a SYN that reuses the
     /// tuple of a closing flow whose endpoint sees the client's own address.
     pub fn restart(&mut self, slot: usize, state: State, now: u32) {
+        let timeout = state.timeout(false, self.under_pressure(), &self.timeouts);
         let f = &mut self.flows[slot];
         f.state = state;
         f.flags &= ORIGINAL_INDEXED;
-        f.expires = now.saturating_add(state.timeout(false, &self.timeouts));
+        f.expires = now.saturating_add(timeout);
+    }
+
+    /// More than half full: flows that saw only a SYN get the short timeout.
+    fn under_pressure(&self) -> bool {
+        self.len * 2 > self.capacity()
     }
 
     /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
@@ -283,7 +293,9 @@ impl<'a> Table<'a> {
             self.evictions += 1;
         }
         let slot = self.len;
-        let expires = now.saturating_add(flow.state.timeout(false, &self.timeouts));
+        // Pressure counts the flow being added.
+        let pressure = (self.len + 1) * 2 > self.capacity();
+        let expires = now.saturating_add(flow.state.timeout(false, pressure, &self.timeouts));
         self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
         self.len += 1;
         self.snat += usize::from(flow.is_snat());
@@ -411,6 +423,21 @@ impl<'a> Table<'a> {
             b = (b + 1) & mask;
         }
         self.buckets[b] = code;
+    }
+
+    /// Index slots a lookup of `tuple` visits.
+    #[cfg(test)]
+    fn probe_length(&self, tuple: &Tuple) -> usize {
+        let mask = self.buckets.len() - 1;
+        let mut b = self.hash(tuple);
+        for visited in 1..=self.buckets.len() {
+            let code = self.buckets[b];
+            if code == 0 || self.tuple_of(code) == *tuple {
+                return visited;
+            }
+            b = (b + 1) & mask;
+        }
+        self.buckets.len()
     }
 
     fn bucket_holding(&self, tuple: &Tuple, code: u32) -> Option<usize> {

@@ -40,10 +40,12 @@ impl State {
         matches!(self, State::TimeWait | State::Close)
     }
 
-    pub const fn timeout(self, replied: bool, t: &Timeouts) -> u32 {
+    /// Seconds the state may stay idle; `pressure`: the table is more than half full.
+    pub const fn timeout(self, replied: bool, pressure: bool, t: &Timeouts) -> u32 {
         match self {
             State::None if replied => t.udp_stream,
             State::None => t.udp,
+            State::SynSent if pressure => t.tcp_syn_sent_under_pressure,
             State::SynSent => t.tcp_syn_sent,
             State::SynRecv => t.tcp_syn_recv,
             State::Established => t.tcp_established,

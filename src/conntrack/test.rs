@@ -1,7 +1,9 @@
 use super::*;
+use crate::hash::sip13;
 
 const T: Timeouts = Timeouts {
     tcp_syn_sent: 120,
+    tcp_syn_sent_under_pressure: 5,
     tcp_syn_recv: 60,
     tcp_established: 86400,
     tcp_fin_wait: 120,
@@ -171,4 +173,58 @@ impl OwnedArray for [Flow] {
     fn to_owned_array(&self) -> heapless::Vec<Flow, 8> {
         self.iter().copied().collect()
     }
+}
+
+#[test]
+fn syn_only_flows_expire_quickly_once_the_table_is_half_full() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    for i in 0..4u16 {
+        t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+    }
+    assert!(t.flows().iter().all(|f| f.expires == T.tcp_syn_sent), "half full: the normal timeout");
+    let late = t.insert(flow(2000, 2000), 0).unwrap();
+    assert_eq!(t.flow(late).expires, T.tcp_syn_sent_under_pressure, "more than half full");
+    // A retransmitted SYN does not buy it more time; an answer does.
+    t.seen(late, Direction::Original, Some(tcp::Flags { syn: true, ..Default::default() }), 1);
+    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure);
+    t.seen(late, Direction::Reply, Some(tcp::Flags { syn: true, ack: true, ..Default::default() }), 1);
+    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_recv);
+    assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 0, "nothing else expired yet");
+}
+
+#[test]
+fn keyed_hashing_defeats_crafted_collisions() {
+    // Tuples crafted to share one index slot under a hash the attacker knows (key 0, 0).
+    let known = [0u64, 0];
+    let mask = buckets_for(64) - 1;
+    let home = |key: [u64; 2], t: &Tuple| {
+        let ips = (u32::from(t.src) as u64) << 32 | u32::from(t.dst) as u64;
+        let rest = (t.src_port as u64) << 32 | (t.dst_port as u64) << 16 | t.proto as u64;
+        sip13(key, ips, rest) as usize & mask
+    };
+    let target = home(known, &flow(1, 1).original());
+    let crafted: heapless::Vec<Flow, 32> = (1u32..)
+        .map(|i| {
+            let mut f = flow((i & 0xffff) as u16, 7000 + (i % 1000) as u16);
+            f.client = Ipv4Addr::from(0x0a00_0000 | (i >> 16));
+            f
+        })
+        .filter(|f| home(known, &f.original()) == target)
+        .take(32)
+        .collect();
+    let longest = |key: [u64; 2]| {
+        let mut s = Storage::<64, { buckets_for(64) }>::new();
+        let mut t = Table::from_storage(&mut s, key, T);
+        for f in &crafted {
+            t.insert(*f, 0).unwrap();
+        }
+        crafted.iter().map(|f| t.probe_length(&f.original())).max().unwrap()
+    };
+    let unkeyed = longest(known);
+    let keyed = longest([0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321]);
+    extern crate std;
+    std::println!("32 crafted tuples: longest probe {unkeyed} slots under the known key, {keyed} under a secret one");
+    assert!(unkeyed >= 32, "{unkeyed}");
+    assert!(keyed <= 8, "{keyed}");
 }
