@@ -527,3 +527,80 @@ fn random_frames_never_panic() {
         let _ = e.process(&mut f, Millis(i), &mut out);
     }
 }
+
+/// An ICMP error from `from` (at `mac`) to `to`, quoting `quoted` (an IP packet: header and at
+/// least 8 bytes of its payload).
+fn icmp_error(mac: [u8; 6], from: [u8; 4], to: [u8; 4], kind: Icmpv4Type, quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac, NODE_MAC).ipv4(from, to, 64).icmpv4(kind).write(&mut out, quoted).unwrap();
+    out
+}
+
+/// The quoted packet of an ICMP error frame: (IP header, transport header).
+fn quoted_headers(frame: &[u8]) -> (etherparse::Ipv4Header, Vec<u8>) {
+    let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!("not ICMP") };
+    let body = h.payload.slice();
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(body), "ICMP checksum");
+    let (ip, rest) = etherparse::Ipv4Header::from_slice(body).unwrap();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "quoted IP checksum");
+    (ip, rest.to_vec())
+}
+
+#[test]
+fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
+    use etherparse::icmpv4::DestUnreachableHeader;
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    for mut f in [
+        frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""),
+        frame((EP_MAC, NODE_MAC), BACKEND, SNAT, 64, L4::SynAck { seq: 9, ack: 2 }, b""),
+        frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"query"),
+    ] {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+    }
+
+    // A router on the client's side cannot pass a large reply: fragmentation needed, to the
+    // node, quoting the reply as the node sent it. The endpoint must hear it, about its own packet.
+    let reply_as_sent = frame((NODE_MAC, CLIENT_MAC), SVC, CLI, 63, L4::Ack { seq: 10, ack: 2 }, &[0u8; 1400]);
+    let too_big = DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 };
+    let mut err = icmp_error(
+        GATEWAY_MAC,
+        REMOTE,
+        NODE,
+        Icmpv4Type::DestinationUnreachable(too_big.clone()),
+        &reply_as_sent[14..14 + 28],
+    );
+    assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Forward);
+    let h = PacketHeaders::from_ethernet_slice(&err).unwrap();
+    let Some(NetHeaders::Ipv4(outer, _)) = &h.net else { panic!() };
+    assert_eq!((outer.source, outer.destination, outer.time_to_live), (NODE, EP, 63), "to the endpoint, from the node");
+    assert_eq!(outer.header_checksum, outer.calc_header_checksum());
+    assert_eq!(h.link.clone().unwrap().ethernet2().unwrap().destination, EP_MAC);
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    assert_eq!(icmp.icmp_type, Icmpv4Type::DestinationUnreachable(too_big), "the MTU stays");
+    let (inner, l4) = quoted_headers(&err);
+    assert_eq!((inner.source, inner.destination), (EP, NODE), "the packet as the endpoint sent it");
+    assert_eq!((u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])), (3000, 40000));
+
+    // The endpoint's UDP port is closed: port unreachable, quoting the datagram as the node
+    // forwarded it. The client must hear it, about its own datagram, with its checksum intact.
+    let forwarded = frame((NODE_MAC, EP_MAC), (NODE, 5000), (EP, 5353), 63, L4::Udp, b"query");
+    let unreachable = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let mut err = icmp_error(EP_MAC, EP, NODE, unreachable.clone(), &forwarded[14..14 + 28]);
+    assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Forward);
+    let h = PacketHeaders::from_ethernet_slice(&err).unwrap();
+    let Some(NetHeaders::Ipv4(outer, _)) = &h.net else { panic!() };
+    assert_eq!((outer.source, outer.destination), (NODE, CLIENT), "to the client, from the node");
+    assert_eq!(h.link.clone().unwrap().ethernet2().unwrap().destination, CLIENT_MAC);
+    let (inner, l4) = quoted_headers(&err);
+    assert_eq!((inner.source, inner.destination), (CLIENT, NODE));
+    let as_sent = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"query");
+    assert_eq!(&l4[..8], &as_sent[14 + 20..14 + 28], "ports, length and checksum as the client sent them");
+
+    // An error about nothing we track goes to the node itself.
+    let stranger = frame((NODE_MAC, CLIENT_MAC), (NODE, 1234), CLI, 63, L4::Udp, b"x");
+    let mut err = icmp_error(GATEWAY_MAC, REMOTE, NODE, unreachable, &stranger[14..14 + 28]);
+    assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Stack);
+}

@@ -399,6 +399,9 @@ impl<'a> Engine<'a> {
         }
         let for_node = self.is_local(f.dst);
         let Some((src_port, dst_port)) = f.ports else {
+            if let Some(v) = self.icmp_error(frame, f, now, out) {
+                return v;
+            }
             return match () {
                 _ if f.fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => Verdict::Drop(DropReason::Fragment),
                 _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
@@ -456,6 +459,46 @@ impl<'a> Engine<'a> {
             None if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
             None => Verdict::Drop(DropReason::OtherAddress),
         }
+    }
+
+    /// Translates an ICMP error about a packet of a tracked flow, so that it reaches the host
+    /// that sent the packet, about the packet as that host sent it (PMTU discovery works
+    /// through the gateway). `None`: not such an error.
+    fn icmp_error(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Option<Verdict> {
+        let q = packet::quoted(frame, f)?;
+        // The quoted packet left the gateway translated; the reverse of what it says is one of
+        // its flow's tuples.
+        let reverse = Tuple { src: q.dst, dst: q.src, src_port: q.dst_port, dst_port: q.src_port, proto: q.proto };
+        let (slot, dir) = self.conntrack.lookup(&reverse, now.secs())?;
+        let flow = *self.conntrack.flow(slot);
+        if let Some(v) = self.ttl_expired(frame, f, out) {
+            return Some(v);
+        }
+        Some(match dir {
+            // About a reply on its way to the client: tell the endpoint, about what it sent.
+            Direction::Original => {
+                let outer_src = if flow.is_snat() { flow.source } else { f.src };
+                let inner = Rewrite {
+                    src: flow.endpoint,
+                    src_port: flow.endpoint_port,
+                    dst: flow.source,
+                    dst_port: flow.source_port,
+                };
+                packet::rewrite_icmp_error(frame, f, &q, outer_src, flow.endpoint, inner);
+                self.send_to(frame, None, flow.endpoint, now, out)
+            }
+            // About a packet on its way to the endpoint: tell the client, about what it sent.
+            Direction::Reply => {
+                let inner = Rewrite {
+                    src: flow.client,
+                    src_port: flow.client_port,
+                    dst: flow.service_ip,
+                    dst_port: flow.service_port,
+                };
+                packet::rewrite_icmp_error(frame, f, &q, flow.service_ip, flow.client, inner);
+                self.send_to(frame, Some(flow.client_mac), flow.client, now, out)
+            }
+        })
     }
 
     /// The service port listening on `dst:port`: a virtual IP's own listener, or a nodePort
@@ -658,6 +701,19 @@ impl<'a> Engine<'a> {
         out: &mut [u8],
     ) -> Verdict {
         packet::rewrite(frame, f, to);
+        self.send_to(frame, dst_mac, to_ip, now, out)
+    }
+
+    /// Addresses a translated `frame` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held
+    /// back while that is being resolved).
+    fn send_to(
+        &mut self,
+        frame: &mut [u8],
+        dst_mac: Option<[u8; 6]>,
+        to_ip: Ipv4Addr,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
         let our_mac = self.node.mac.0;
         let mac = match dst_mac {
             Some(mac) => mac,

@@ -97,10 +97,11 @@ pub struct Rewrite {
     pub dst_port: u16,
 }
 
-const IP_TTL: usize = ETH_HEADER + 8;
-const IP_CHECKSUM: usize = ETH_HEADER + 10;
-const IP_SRC: usize = ETH_HEADER + 12;
-const IP_DST: usize = ETH_HEADER + 16;
+// Offsets within an IPv4 header.
+const IP_TTL: usize = 8;
+const IP_CHECKSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
 
 fn get16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -110,42 +111,117 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Translates a checked TCP/UDP frame in place: addresses, ports, TTL - 1, and the IP and
-/// transport checksums, each updated for just the words that changed.
-pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
-    let old_src: [u8; 4] = f.src.octets();
-    let old_dst: [u8; 4] = f.dst.octets();
-    let (new_src, new_dst) = (to.src.octets(), to.dst.octets());
-    let (old_sport, old_dport) = f.ports.unwrap_or_default();
+fn get_ip(b: &[u8], at: usize) -> [u8; 4] {
+    [b[at], b[at + 1], b[at + 2], b[at + 3]]
+}
 
-    // IP header: addresses and TTL (the high byte of the TTL/protocol word).
-    let ttl_word = get16(frame, IP_TTL);
-    let new_ttl_word = ttl_word.wrapping_sub(0x0100);
-    let mut ip_check = get16(frame, IP_CHECKSUM);
-    ip_check = checksum::update32(ip_check, old_src, new_src);
-    ip_check = checksum::update32(ip_check, old_dst, new_dst);
-    ip_check = checksum::update(ip_check, ttl_word, new_ttl_word);
-    put16(frame, IP_TTL, new_ttl_word);
-    put16(frame, IP_CHECKSUM, ip_check);
-    frame[IP_SRC..IP_SRC + 4].copy_from_slice(&new_src);
-    frame[IP_DST..IP_DST + 4].copy_from_slice(&new_dst);
+/// Sets the addresses of the IPv4 header at `ip` (and decrements its TTL when `forward`),
+/// updating its checksum for just those words.
+fn rewrite_ip(frame: &mut [u8], ip: usize, src: Ipv4Addr, dst: Ipv4Addr, forward: bool) {
+    let (old_src, old_dst) = (get_ip(frame, ip + IP_SRC), get_ip(frame, ip + IP_DST));
+    let mut check = get16(frame, ip + IP_CHECKSUM);
+    check = checksum::update32(check, old_src, src.octets());
+    check = checksum::update32(check, old_dst, dst.octets());
+    if forward {
+        let ttl_word = get16(frame, ip + IP_TTL);
+        let new_ttl_word = ttl_word.wrapping_sub(0x0100);
+        check = checksum::update(check, ttl_word, new_ttl_word);
+        put16(frame, ip + IP_TTL, new_ttl_word);
+    }
+    put16(frame, ip + IP_CHECKSUM, check);
+    frame[ip + IP_SRC..ip + IP_SRC + 4].copy_from_slice(&src.octets());
+    frame[ip + IP_DST..ip + IP_DST + 4].copy_from_slice(&dst.octets());
+}
 
-    // Transport: ports, and the pseudo-header's addresses in its checksum.
-    let check_at = f.l4 + if f.proto == PROTO_TCP { 16 } else { 6 };
+/// Sets the ports of the TCP/UDP header at `l4` (of the IPv4 header at `ip`, whose addresses
+/// are still the old ones), and updates its checksum for the new addresses and ports, when the
+/// checksum field lies before `end` (an ICMP error quotes only the first 8 bytes of a segment).
+fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, to: Rewrite) {
+    let (old_src, old_dst) = (get_ip(frame, ip + IP_SRC), get_ip(frame, ip + IP_DST));
+    let (old_sport, old_dport) = (get16(frame, l4), get16(frame, l4 + 2));
+    put16(frame, l4, to.src_port);
+    put16(frame, l4 + 2, to.dst_port);
+    let check_at = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    if check_at + 2 > end {
+        return;
+    }
     let old_check = get16(frame, check_at);
-    put16(frame, f.l4, to.src_port);
-    put16(frame, f.l4 + 2, to.dst_port);
-    if f.proto == PROTO_UDP && old_check == 0 {
+    if proto == PROTO_UDP && old_check == 0 {
         return; // UDP without a checksum stays without one.
     }
-    let mut check = checksum::update32(old_check, old_src, new_src);
-    check = checksum::update32(check, old_dst, new_dst);
+    let mut check = checksum::update32(old_check, old_src, to.src.octets());
+    check = checksum::update32(check, old_dst, to.dst.octets());
     check = checksum::update(check, old_sport, to.src_port);
     check = checksum::update(check, old_dport, to.dst_port);
-    if f.proto == PROTO_UDP && check == 0 {
+    if proto == PROTO_UDP && check == 0 {
         check = 0xffff; // 0 means "no checksum" in UDP.
     }
     put16(frame, check_at, check);
+}
+
+/// Translates a checked TCP/UDP frame in place: addresses, ports, TTL - 1, and the IP and
+/// transport checksums, each updated for just the words that changed.
+pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
+    rewrite_ports(frame, ETH_HEADER, f.l4, f.end, f.proto, to);
+    rewrite_ip(frame, ETH_HEADER, to.src, to.dst, true);
+}
+
+/// The packet an ICMP error quotes (its IP header and at least the first 8 bytes of its TCP or
+/// UDP header): where it lies in the frame, and its addresses and ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted {
+    ip: usize,
+    l4: usize,
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// ICMP types whose message quotes the packet that caused it.
+const ICMP_ERRORS: [u8; 3] =
+    [3 /* destination unreachable */, 11 /* time exceeded */, 12 /* parameter problem */];
+
+/// The quoted packet of an ICMP error about TCP or UDP, if `f` is one.
+pub fn quoted(frame: &[u8], f: &Ipv4Frame) -> Option<Quoted> {
+    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 + 20 || !ICMP_ERRORS.contains(&frame[f.l4]) {
+        return None;
+    }
+    let ip = f.l4 + 8;
+    let ihl = (frame[ip] & 0x0f) as usize * 4;
+    let proto = frame[ip + 9];
+    if frame[ip] >> 4 != 4 || ihl < 20 || ip + ihl + 8 > f.end || !matches!(proto, PROTO_TCP | PROTO_UDP) {
+        return None;
+    }
+    let l4 = ip + ihl;
+    Some(Quoted {
+        ip,
+        l4,
+        proto,
+        src: Ipv4Addr::from(get_ip(frame, ip + IP_SRC)),
+        dst: Ipv4Addr::from(get_ip(frame, ip + IP_DST)),
+        src_port: get16(frame, l4),
+        dst_port: get16(frame, l4 + 2),
+    })
+}
+
+/// Translates an ICMP error in place: the outer header to `outer_src` -> `outer_dst` (TTL - 1),
+/// the quoted packet to `inner` (addresses, ports, its checksums), and the ICMP checksum.
+pub fn rewrite_icmp_error(
+    frame: &mut [u8],
+    f: &Ipv4Frame,
+    q: &Quoted,
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    inner: Rewrite,
+) {
+    rewrite_ports(frame, q.ip, q.l4, f.end, q.proto, inner);
+    rewrite_ip(frame, q.ip, inner.src, inner.dst, false);
+    rewrite_ip(frame, ETH_HEADER, outer_src, outer_dst, true);
+    put16(frame, f.l4 + 2, 0);
+    let check = checksum::finish(checksum::sum(&frame[f.l4..f.end]));
+    put16(frame, f.l4 + 2, check);
 }
 
 /// Sets the Ethernet addresses of an outgoing frame.

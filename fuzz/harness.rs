@@ -1,0 +1,50 @@
+//! What the fuzz targets run, shared with `tests/fuzz_corpus.rs`, which replays the corpus in CI.
+#![allow(dead_code)] // each fuzz target uses one of these functions
+
+use nodegate::config;
+use nodegate::conntrack::{Storage, Table, buckets_for};
+use nodegate::engine::Engine;
+use nodegate::time::Millis;
+
+const CONFIG: &str = r#"{
+  "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254" }],
+  "services": [
+    { "name": "web", "sessionAffinity": "ClientIP", "clusterIP": "10.96.0.10", "loadBalancerSourceRanges": ["10.0.0.0/8"],
+      "ports": [{ "name": "t", "port": 80, "targetPort": 3000, "nodePort": 30080 },
+                { "name": "u", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+      "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "192.0.2.1" }] },
+    { "name": "empty", "ports": [{ "port": 1, "nodePort": 30090 }], "endpoints": [] }
+  ]
+}"#;
+
+/// Arbitrary bytes as a sequence of frames, each `[length: u16 big-endian][bytes]`, through one
+/// engine with a small table, with time moving on and the engine's own output drained.
+pub fn engine_frames(data: &[u8]) {
+    let cfg = config::parse(CONFIG.as_bytes()).expect("the harness config is valid");
+    let mut storage = Storage::<16, { buckets_for(16) }>::new();
+    let mut engine = Engine::new(&cfg, None, Table::from_storage(&mut storage, [1, 2], nodegate::board::TIMEOUTS), 3)
+        .expect("the harness node exists");
+    let (mut buf, mut out) = ([0u8; 1514], [0u8; 1514]);
+    let mut rest = data;
+    let mut now = 0u64;
+    while rest.len() >= 2 {
+        let len = (u16::from_be_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2).min(buf.len());
+        buf[..len].copy_from_slice(&rest[2..2 + len]);
+        rest = &rest[2 + len..];
+        now += 700;
+        let _ = engine.process(&mut buf[..len], Millis(now), &mut out);
+        engine.housekeeping(Millis(now));
+        for _ in 0..64 {
+            if engine.next_output(Millis(now), &mut out).is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// Arbitrary bytes as a config file.
+pub fn config_parse(data: &[u8]) {
+    if let Ok(cfg) = config::parse(data) {
+        let _ = cfg.node(None);
+    }
+}
