@@ -21,15 +21,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def stream(self, seconds):
-        """Streams numbered 1 KiB blocks for `seconds`, then the block count: a client can check
+        """Streams numbered 1 KiB blocks, 8 KiB a write, for `seconds`, then the block count: a client can check
         that every byte arrived, in order."""
         self.send_response(200)
         self.end_headers()
         self.wfile.write(f"{NAME}\n".encode())
         deadline, n = time.monotonic() + seconds, 0
         while time.monotonic() < deadline:
-            self.wfile.write(f"{n:08d}".encode() * 128)
-            n += 1
+            # 8 blocks a write: full-size segments, as a real transfer sends them.
+            self.wfile.write(b"".join(f"{n + i:08d}".encode() * 128 for i in range(8)))
+            n += 8
             time.sleep(0.005)
         self.wfile.write(f"END {n}\n".encode())
 
