@@ -283,3 +283,25 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     let err = e.reconfigure(&moved, Some("edge-1")).unwrap_err();
     assert!(err.to_string().contains("restart nodegate"), "{err}");
 }
+
+#[test]
+fn the_node_answers_ping_for_its_virtual_ips() {
+    let mut s = Small::new();
+    let mut e = engine(&service(r#""externalIPs":["10.77.0.50"],"#, THREE), &mut s);
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(CLIENT_A, [10, 77, 0, 50], 9)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut ping, b"hello")
+        .unwrap();
+    assert_eq!(e.process(&mut ping, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    let h = PacketHeaders::from_ethernet_slice(&ping).unwrap();
+    let eth = h.link.clone().unwrap().ethernet2().unwrap();
+    assert_eq!((eth.source, eth.destination), (NODE_MAC, CLIENT_MAC));
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
+    assert_eq!((ip.source, ip.destination, ip.time_to_live), ([10, 77, 0, 50], CLIENT_A, 64));
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
+    assert_eq!(icmp.icmp_type, etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 7, seq: 1 }));
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(h.payload.slice()));
+}

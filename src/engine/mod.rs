@@ -402,6 +402,14 @@ impl<'a> Engine<'a> {
             if let Some(v) = self.icmp_error(frame, f, now, out) {
                 return v;
             }
+            if f.proto == packet::PROTO_ICMP && self.virtual_ips.binary_search(&f.dst).is_ok() {
+                // smoltcp answers ping for the node's addresses; the node answers for its VIPs.
+                return if packet::echo_reply(frame, f, self.node.mac.0) {
+                    Verdict::Forward
+                } else {
+                    Verdict::Drop(DropReason::OtherAddress)
+                };
+            }
             return match () {
                 _ if f.fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => Verdict::Drop(DropReason::Fragment),
                 _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,

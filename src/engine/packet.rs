@@ -235,3 +235,27 @@ pub fn src_mac(frame: &[u8]) -> [u8; 6] {
     m.copy_from_slice(&frame[6..12]);
     m
 }
+
+/// Turns an ICMP echo request in `frame` into its reply, in place: addresses and MACs swapped,
+/// type 0, checksums updated. False (frame untouched) for anything but an echo request.
+pub fn echo_reply(frame: &mut [u8], f: &Ipv4Frame, our_mac: [u8; 6]) -> bool {
+    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 || frame[f.l4] != 8 || frame[f.l4 + 1] != 0 {
+        return false;
+    }
+    let client_mac = src_mac(frame);
+    set_macs(frame, our_mac, client_mac);
+    // Same addresses swapped: the IP checksum does not change; a fresh TTL does.
+    let (src, dst) = (get_ip(frame, ETH_HEADER + IP_SRC), get_ip(frame, ETH_HEADER + IP_DST));
+    frame[ETH_HEADER + IP_SRC..ETH_HEADER + IP_SRC + 4].copy_from_slice(&dst);
+    frame[ETH_HEADER + IP_DST..ETH_HEADER + IP_DST + 4].copy_from_slice(&src);
+    let ttl_word = get16(frame, ETH_HEADER + IP_TTL);
+    let new_ttl_word = (64 << 8) | (ttl_word & 0x00ff);
+    let check = checksum::update(get16(frame, ETH_HEADER + IP_CHECKSUM), ttl_word, new_ttl_word);
+    put16(frame, ETH_HEADER + IP_TTL, new_ttl_word);
+    put16(frame, ETH_HEADER + IP_CHECKSUM, check);
+    let type_word = get16(frame, f.l4);
+    frame[f.l4] = 0;
+    let icmp_check = checksum::update(get16(frame, f.l4 + 2), type_word, get16(frame, f.l4));
+    put16(frame, f.l4 + 2, icmp_check);
+    true
+}
