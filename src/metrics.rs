@@ -5,7 +5,7 @@ use core::fmt::{self, Write};
 
 use crate::board;
 use crate::config::ServicePort;
-use crate::engine::{DropReason, Engine};
+use crate::engine::{DropReason, Engine, PortTraffic};
 
 /// A port's label: its name, or its number when it has none.
 struct PortLabel<'a>(&'a ServicePort);
@@ -27,39 +27,37 @@ fn header(w: &mut impl Write, name: &str, kind: &str, help: &str) -> fmt::Result
 /// Directions of a flow, as labels: original is client to endpoint.
 const DIRECTIONS: [&str; 2] = ["original", "reply"];
 
+/// A counter family with a series per service port and direction.
+fn per_direction(
+    w: &mut impl Write,
+    engine: &Engine,
+    name: &str,
+    help: &str,
+    of: fn(&PortTraffic) -> [u64; 2],
+) -> fmt::Result {
+    header(w, name, "counter", help)?;
+    for (svc, c) in engine.services() {
+        for (p, port) in svc.ports.iter().enumerate() {
+            for (n, dir) in of(&c.ports[p]).iter().zip(DIRECTIONS) {
+                let port = PortLabel(port);
+                writeln!(w, "{name}{{service=\"{}\",port=\"{port}\",direction=\"{dir}\"}} {n}", svc.name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes every metric of `engine`. Fails (`fmt::Error`) only when `w` is full.
 pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     header(w, "nodegate_build_info", "gauge", "The running gateway's version and board.")?;
     writeln!(w, "nodegate_build_info{{version=\"{}\",board=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), board::NAME)?;
 
-    header(w, "nodegate_packets_total", "counter", "Packets forwarded, per service port and direction.")?;
-    for (svc, c) in engine.services() {
-        for (p, port) in svc.ports.iter().enumerate() {
-            for (d, dir) in DIRECTIONS.iter().enumerate() {
-                let n = c.ports[p].packets[d];
-                let port = PortLabel(port);
-                writeln!(
-                    w,
-                    "nodegate_packets_total{{service=\"{}\",port=\"{port}\",direction=\"{dir}\"}} {n}",
-                    svc.name
-                )?;
-            }
-        }
-    }
-    header(w, "nodegate_bytes_total", "counter", "IP bytes forwarded, per service port and direction.")?;
-    for (svc, c) in engine.services() {
-        for (p, port) in svc.ports.iter().enumerate() {
-            for (d, dir) in DIRECTIONS.iter().enumerate() {
-                let n = c.ports[p].bytes[d];
-                let port = PortLabel(port);
-                writeln!(
-                    w,
-                    "nodegate_bytes_total{{service=\"{}\",port=\"{port}\",direction=\"{dir}\"}} {n}",
-                    svc.name
-                )?;
-            }
-        }
-    }
+    per_direction(w, engine, "nodegate_packets_total", "Packets forwarded, per service port and direction.", |t| {
+        t.packets
+    })?;
+    per_direction(w, engine, "nodegate_bytes_total", "IP bytes forwarded, per service port and direction.", |t| {
+        t.bytes
+    })?;
     header(w, "nodegate_connections_total", "counter", "Flows created, per service port.")?;
     for (svc, c) in engine.services() {
         for (p, port) in svc.ports.iter().enumerate() {

@@ -231,16 +231,18 @@ fn status(config: &Config, source: &str, engine: &Engine, now: Millis) -> String
         }
     }
     let c = engine.counters();
-    let drops: Vec<String> = DropReason::ALL
+    let _ = writeln!(out, "frames: {} forwarded, {} to the node; drops: {}", c.forwarded, c.to_stack, drops(engine));
+    out
+}
+
+/// `reason=count` for every reason with drops, or "none".
+fn drops(engine: &Engine) -> String {
+    let c = engine.counters();
+    let items: Vec<String> = DropReason::ALL
         .iter()
         .filter(|r| c.dropped(**r) > 0)
         .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
         .collect();
-    let _ = writeln!(out, "frames: {} forwarded, {} to the node; drops: {}", c.forwarded, c.to_stack, none_or(drops));
-    out
-}
-
-fn none_or(items: Vec<String>) -> String {
     if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
@@ -324,18 +326,13 @@ impl Watch {
 
 fn log_totals(engine: &Engine) {
     let c = engine.counters();
-    let drops: Vec<String> = DropReason::ALL
-        .iter()
-        .filter(|r| c.dropped(**r) > 0)
-        .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
-        .collect();
     info!(
         "stopping: {} frames forwarded, {} to the node, {} flows created, {} tracked; drops: {}",
         c.forwarded,
         c.to_stack,
         c.new_flows,
         engine.conntrack().len(),
-        none_or(drops)
+        drops(engine)
     );
     if engine.conntrack().evictions() > 0 {
         warn!("{} flows were evicted from a full connection table", engine.conntrack().evictions());
