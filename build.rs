@@ -22,6 +22,7 @@ struct Board<'a> {
     affinity_capacity: u32,
     maglev_table_size: u32,
     neighbor_capacity: u32,
+    fragment_tracks: u32,
     parked_frames: u32,
     snat_port_min: u16,
     snat_port_max: u16,
@@ -42,6 +43,7 @@ struct Timeouts {
     tcp_close_seconds: u32,
     udp_seconds: u32,
     udp_stream_seconds: u32,
+    fragment_seconds: u32,
     neighbor_seconds: u32,
     arp_retry_millis: u32,
 }
@@ -90,7 +92,7 @@ fn main() {
     if !b.affinity_capacity.is_power_of_two() || b.affinity_capacity < 8 {
         fail("affinityCapacity", "must be a power of two, at least 8");
     }
-    if b.neighbor_capacity == 0 || b.parked_frames == 0 || b.conntrack_sweep_per_turn == 0 {
+    if b.neighbor_capacity == 0 || b.parked_frames == 0 || b.conntrack_sweep_per_turn == 0 || b.fragment_tracks == 0 {
         fail("neighborCapacity/parkedFrames/conntrackSweepPerTurn", "must be positive");
     }
 
@@ -114,6 +116,10 @@ fn main() {
          /// Prime size of each service's Maglev lookup table.\n\
          pub const MAGLEV_TABLE_SIZE: usize = {maglev};\n\
          pub const NEIGHBOR_CAPACITY: usize = {neigh};\n\
+         /// Fragmented datagrams whose later fragments are being translated at once.\n\
+         pub const FRAGMENT_TRACKS: usize = {frags};\n\
+         /// Seconds the fragments of one datagram may take to pass.\n\
+         pub const FRAGMENT_SECONDS: u32 = {frag_secs};\n\
          /// Frames held while their next hop is being resolved by ARP.\n\
          pub const PARKED_FRAMES: usize = {parked};\n\
          pub const SNAT_PORT_MIN: u16 = {smin};\n\
@@ -143,6 +149,8 @@ fn main() {
         maglev = b.maglev_table_size,
         neigh = b.neighbor_capacity,
         parked = b.parked_frames,
+        frags = b.fragment_tracks,
+        frag_secs = t.fragment_seconds,
         smin = b.snat_port_min,
         smax = b.snat_port_max,
         sweep = b.conntrack_sweep_per_turn,

@@ -5,7 +5,9 @@
                                        COUNT HTTP/1.0 GETs, one connection each; prints each answer
   lab-client.py get HOST PORT [PATH]   one GET (of / by default); prints the status line and the body
   lab-client.py udp HOST PORT MESSAGE [SRCPORT]
-                                       one datagram (from SRCPORT, to reuse a 5-tuple); prints the answer
+                                       one datagram (from SRCPORT, to reuse a 5-tuple); prints the answer;
+                                       MESSAGE "@N" sends N bytes of a pattern and prints
+                                       "BACKEND: N bytes echoed intact" (or DAMAGED)
   lab-client.py stream HOST PORT SECONDS
                                        one long download (GET /stream/SECONDS); checks every block
                                        arrived in order; prints "stream BACKEND: N blocks intact"
@@ -72,8 +74,17 @@ elif mode == "udp":
     try:
         # Connected, so that an ICMP port unreachable surfaces as "Connection refused".
         s.connect((host, port))
-        s.send(sys.argv[4].encode())
-        print(s.recv(65535).decode())
+        message = sys.argv[4].encode()
+        if message.startswith(b"@"):
+            message = bytes(48 + i % 10 for i in range(int(message[1:])))
+        s.send(message)
+        reply = s.recv(65535)
+        if sys.argv[4].startswith("@"):
+            intact = reply.endswith(message)
+            print(f"{reply.split(b' ')[0].decode()}: {len(message)} bytes echoed {'intact' if intact else 'DAMAGED'}")
+            failed = 0 if intact else 1
+        else:
+            print(reply.decode())
     except OSError as e:
         failed += 1
         print(f"FAILED ({e})")

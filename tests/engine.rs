@@ -484,10 +484,10 @@ fn frames_not_for_the_node() {
             Verdict::Drop(DropReason::MartianSource),
         ),
         (
-            "a fragment to a service",
+            "a later fragment whose first fragment never passed",
             {
                 let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"x");
-                f[20] = 0x20;
+                f[21] = 0x10;
                 fix_ip_checksum(&mut f);
                 f
             },
@@ -603,4 +603,81 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
     let stranger = frame((NODE_MAC, CLIENT_MAC), (NODE, 1234), CLI, 63, L4::Udp, b"x");
     let mut err = icmp_error(GATEWAY_MAC, REMOTE, NODE, unreachable, &stranger[14..14 + 28]);
     assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Stack);
+}
+
+/// `datagram` (an IPv4 packet) cut into fragments of at most `mtu` bytes, as Ethernet frames.
+fn fragments(macs: ([u8; 6], [u8; 6]), datagram: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let (header, payload) = datagram.split_at(20);
+    let step = (mtu - 20) / 8 * 8;
+    payload
+        .chunks(step)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut ip = etherparse::Ipv4Header::from_slice(header).unwrap().0;
+            ip.more_fragments = (i + 1) * step < payload.len();
+            ip.fragment_offset = etherparse::IpFragOffset::try_new((i * step / 8) as u16).unwrap();
+            ip.set_payload_len(part.len()).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            let mut f = Vec::new();
+            etherparse::Ethernet2Header {
+                source: macs.0,
+                destination: macs.1,
+                ether_type: etherparse::EtherType::IPV4,
+            }
+            .write(&mut f)
+            .unwrap();
+            ip.write(&mut f).unwrap();
+            f.extend_from_slice(part);
+            f
+        })
+        .collect()
+}
+
+/// Reassembles translated fragments (in order) and checks the datagram: addresses, ports, and
+/// the UDP checksum over the whole datagram.
+fn reassembled(frames: &[Vec<u8>], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for f in frames {
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "fragment IP checksum");
+        assert_eq!((ip.source, ip.destination), (src.0, dst.0), "fragment addresses");
+        assert_eq!(ip.fragment_offset.byte_offset() as usize, payload.len(), "fragment order");
+        payload.extend_from_slice(&rest[..ip.payload_len().unwrap() as usize]);
+    }
+    let (udp, data) = etherparse::UdpHeader::from_slice(&payload).unwrap();
+    assert_eq!((udp.source_port, udp.destination_port), (src.1, dst.1));
+    assert_eq!(
+        udp.checksum,
+        udp.calc_checksum_ipv4_raw(src.0, dst.0, data).unwrap(),
+        "UDP checksum of the whole datagram"
+    );
+    data.to_vec()
+}
+
+#[test]
+fn fragmented_udp_is_translated_both_ways() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+    let cli = (CLIENT, 5000);
+    let request = frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, &data);
+    let mut sent = Vec::new();
+    for mut f in fragments((CLIENT_MAC, NODE_MAC), &request[14..], 1500) {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+        assert_eq!(&f[0..6], &EP_MAC);
+        sent.push(f);
+    }
+    assert_eq!(sent.len(), 3);
+    assert_eq!(reassembled(&sent, (NODE, 5000), (EP, 5353)), data, "the endpoint gets the whole datagram");
+
+    let answer = frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, &data);
+    let mut back = Vec::new();
+    for mut f in fragments((EP_MAC, NODE_MAC), &answer[14..], 1500) {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+        assert_eq!(&f[0..6], &CLIENT_MAC);
+        back.push(f);
+    }
+    assert_eq!(reassembled(&back, (NODE, 30053), cli), data, "the client gets the whole answer");
+    assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
 }

@@ -26,3 +26,20 @@ fn pmtu_discovery_works_through_the_gateway() {
     let route = lab.ip("be1", &["route", "get", NODE_IP]);
     assert!(route.contains("mtu 1280"), "the backend learned the path MTU: {route}");
 }
+
+#[test]
+fn fragmented_udp_reaches_the_backend_and_comes_back_whole() {
+    if !lab_available("fragmented_udp_reaches_the_backend_and_comes_back_whole") {
+        return;
+    }
+    let mut lab = Lab::up("frag");
+    lab.start_gateway(
+        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
+             "services": [{ "name": "dns", "ports": [{ "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
+    );
+    // 4000 bytes: three fragments each way at MTU 1500.
+    let out = lab.client("client", &["udp", NODE_IP, "30053", "@4000"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("4000 bytes echoed intact"), "{said}{}", lab.gateway_log());
+}

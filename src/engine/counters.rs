@@ -39,7 +39,7 @@ drop_reasons! {
     UnsupportedEthertype => "unsupported_ethertype",
     /// Broadcast, multicast or unspecified source address.
     MartianSource => "martian_source",
-    /// IPv4 fragment of a service flow: fragments carry no ports to balance on.
+    /// A later fragment of a datagram whose first fragment did not pass (or passed too long ago).
     Fragment => "fragment",
     /// TCP segment other than a SYN to a service port, for no tracked flow.
     TcpNoFlow => "tcp_no_flow",

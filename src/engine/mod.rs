@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod counters;
+mod fragments;
 pub mod packet;
 mod parked;
 pub mod reply;
@@ -22,6 +23,7 @@ use crate::conntrack::{Direction, Flow, State, Table, Tuple};
 use crate::neighbor::Neighbors;
 use crate::time::Millis;
 pub use counters::{Counters, DropReason};
+use fragments::{Fragments, Key as FragmentKey, Translation};
 use packet::{Ipv4Frame, PROTO_TCP, PROTO_UDP, Rewrite};
 use parked::Parked;
 
@@ -112,6 +114,7 @@ pub struct Engine<'a> {
     affinity: Affinity<{ board::AFFINITY_CAPACITY }>,
     neighbors: Neighbors<{ board::NEIGHBOR_CAPACITY }>,
     parked: Parked<{ board::PARKED_FRAMES }>,
+    fragments: Fragments<{ board::FRAGMENT_TRACKS }>,
     counters: Counters,
     rng: u64,
     /// (service, endpoint) the periodic ARP refresh looks at next.
@@ -135,6 +138,7 @@ impl<'a> Engine<'a> {
             affinity: Affinity::new([seed, seed.rotate_left(32)]),
             neighbors: Neighbors::new(board::NEIGHBOR_SECONDS as u64 * 1000, board::ARP_RETRY_MILLIS),
             parked: Parked::new(),
+            fragments: Fragments::new(),
             counters: Counters::default(),
             rng: seed | 1,
             resolve_cursor: (0, 0),
@@ -411,7 +415,9 @@ impl<'a> Engine<'a> {
                 };
             }
             return match () {
-                _ if f.fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => Verdict::Drop(DropReason::Fragment),
+                _ if f.later_fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => {
+                    self.later_fragment(frame, f, now, out)
+                }
                 _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
                 _ => Verdict::Drop(DropReason::OtherAddress),
             };
@@ -709,7 +715,25 @@ impl<'a> Engine<'a> {
         out: &mut [u8],
     ) -> Verdict {
         packet::rewrite(frame, f, to);
+        if f.fragment {
+            // The first fragment: the ones after it will need the same addresses.
+            let key = FragmentKey { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident };
+            let translation = Translation { src: to.src, dst: to.dst, dst_mac, to_ip };
+            let secs = now.secs();
+            self.fragments.record(key, translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
+        }
         self.send_to(frame, dst_mac, to_ip, now, out)
+    }
+
+    /// A fragment after the first: it goes where the first fragment of its datagram went.
+    fn later_fragment(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        let key = FragmentKey { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident };
+        let Some(t) = self.fragments.lookup(&key, now.secs()) else { return Verdict::Drop(DropReason::Fragment) };
+        if let Some(v) = self.ttl_expired(frame, f, out) {
+            return v;
+        }
+        packet::rewrite_addresses(frame, t.src, t.dst);
+        self.send_to(frame, t.dst_mac, t.to_ip, now, out)
     }
 
     /// Addresses a translated `frame` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held

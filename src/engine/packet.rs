@@ -28,7 +28,11 @@ pub struct Ipv4Frame {
     pub ttl: u8,
     /// A fragment (more-fragments set, or offset not zero).
     pub fragment: bool,
-    /// Ports, for an unfragmented TCP or UDP packet long enough to hold its header.
+    /// A fragment after the first: it carries no transport header.
+    pub later_fragment: bool,
+    /// The IP identification, which ties a datagram's fragments together.
+    pub ident: u16,
+    /// Ports, for a TCP or UDP packet (or first fragment) long enough to hold its header.
     pub ports: Option<(u16, u16)>,
     /// TCP flags, for TCP.
     pub tcp: Option<tcp::Flags>,
@@ -50,10 +54,11 @@ impl Ipv4Frame {
         let l4 = ETH_HEADER + ip.header_len() as usize;
         let end = ETH_HEADER + ip.total_len() as usize;
         let fragment = ip.more_frags() || ip.frag_offset() != 0;
+        let later_fragment = ip.frag_offset() != 0;
         let proto = u8::from(ip.next_header());
         let seg = &frame[l4..end];
         let (ports, tcp) = match proto {
-            _ if fragment => (None, None),
+            _ if later_fragment => (None, None),
             PROTO_TCP
                 if seg.len() >= 20 && (seg[12] >> 4) as usize * 4 >= 20 && (seg[12] >> 4) as usize * 4 <= seg.len() =>
             {
@@ -62,8 +67,10 @@ impl Ipv4Frame {
                     tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
                 (Some(ports_of(seg)), Some(flags))
             }
+            // A first fragment holds only the start of the datagram its UDP length counts.
             PROTO_UDP
-                if seg.len() >= 8 && (8..=seg.len()).contains(&(u16::from_be_bytes([seg[4], seg[5]]) as usize)) =>
+                if seg.len() >= 8
+                    && (fragment || (8..=seg.len()).contains(&(u16::from_be_bytes([seg[4], seg[5]]) as usize))) =>
             {
                 (Some(ports_of(seg)), None)
             }
@@ -78,6 +85,8 @@ impl Ipv4Frame {
             dst: ip.dst_addr(),
             ttl: ip.hop_limit(),
             fragment,
+            later_fragment,
+            ident: ip.ident(),
             ports,
             tcp,
         })
@@ -159,8 +168,15 @@ fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, 
     put16(frame, check_at, check);
 }
 
+/// Translates a fragment after the first: addresses and TTL - 1 (its datagram's ports and
+/// transport checksum travel in the first fragment).
+pub fn rewrite_addresses(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    rewrite_ip(frame, ETH_HEADER, src, dst, true);
+}
+
 /// Translates a checked TCP/UDP frame in place: addresses, ports, TTL - 1, and the IP and
-/// transport checksums, each updated for just the words that changed.
+/// transport checksums, each updated for just the words that changed. For a first fragment the
+/// transport checksum (of the whole datagram) is updated just the same.
 pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
     rewrite_ports(frame, ETH_HEADER, f.l4, f.end, f.proto, to);
     rewrite_ip(frame, ETH_HEADER, to.src, to.dst, true);
