@@ -53,66 +53,37 @@ const CONFIG: &str = r#"{
   ]
 }"#;
 
+/// The frame an etherparse builder writes with `payload` (the builder types share no trait).
+macro_rules! bytes {
+    ($builder:expr, $payload:expr) => {{
+        let mut f = Vec::new();
+        $builder.write(&mut f, $payload).unwrap();
+        f
+    }};
+}
+
 /// The frames of one round: new flows, replies, data, rejects, ARP, junk.
 fn frames(round: u16) -> Vec<Vec<u8>> {
     let client = [10, 77, (round >> 8) as u8 % 200, (round & 0xff) as u8 % 250 + 2];
     let port = 1024 + round % 60000;
-    let mut out = Vec::new();
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 77, 0, 1], 64)
-        .tcp(port, 30080, 1, 1000)
-        .syn()
-        .write(&mut f, &[])
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(EP_MAC, NODE_MAC)
-        .ipv4([10, 77, 0, 11], [10, 77, 0, 1], 64)
-        .tcp(3000, port, 9, 1000)
-        .syn()
-        .ack(2)
-        .write(&mut f, &[])
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 77, 0, 1], 64)
-        .tcp(port, 30080, 2, 1000)
-        .ack(10)
-        .write(&mut f, b"GET / HTTP/1.1\r\n\r\n")
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 77, 0, 1], 64)
-        .udp(port, 30053)
-        .write(&mut f, b"query")
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 96, 0, 10], 64)
-        .tcp(port, 80, 1, 1000)
-        .syn()
-        .write(&mut f, &[])
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 77, 0, 1], 64)
-        .tcp(port, 30090, 1, 1000)
-        .syn()
-        .write(&mut f, &[])
-        .unwrap();
-    out.push(f);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(client, [10, 77, 0, 1], 1)
-        .udp(port, 30053)
-        .write(&mut f, b"ttl")
-        .unwrap();
-    out.push(f);
+    let from_client = || PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let node = [10, 77, 0, 1];
+    let mut out = vec![
+        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30080, 1, 1000).syn(), b""),
+        bytes!(
+            PacketBuilder::ethernet2(EP_MAC, NODE_MAC)
+                .ipv4([10, 77, 0, 11], node, 64)
+                .tcp(3000, port, 9, 1000)
+                .syn()
+                .ack(2),
+            b""
+        ),
+        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30080, 2, 1000).ack(10), b"GET / HTTP/1.1\r\n\r\n"),
+        bytes!(from_client().ipv4(client, node, 64).udp(port, 30053), b"query"),
+        bytes!(from_client().ipv4(client, [10, 96, 0, 10], 64).tcp(port, 80, 1, 1000).syn(), b""),
+        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30090, 1, 1000).syn(), b""),
+        bytes!(from_client().ipv4(client, node, 1).udp(port, 30053), b"ttl"),
+    ];
     out.push(vec![0xff; 9]);
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&CLIENT_MAC);
