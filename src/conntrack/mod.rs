@@ -17,7 +17,7 @@ pub use tcp::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp_syn_sent: u32,
-    /// For a flow that saw only a SYN while the table is more than half full: what keeps a
+    /// For a flow still in its handshake while the table is more than half full: what keeps a
     /// flood of spoofed SYNs from filling it, as nf_conntrack's early drop does.
     pub tcp_syn_sent_under_pressure: u32,
     pub tcp_syn_recv: u32,
@@ -263,7 +263,7 @@ impl<'a> Table<'a> {
         f.expires = now.saturating_add(timeout);
     }
 
-    /// More than half full: flows that saw only a SYN get the short timeout.
+    /// More than half full: flows still in their handshake get the short timeout.
     fn under_pressure(&self) -> bool {
         self.len * 2 > self.capacity()
     }
@@ -377,11 +377,15 @@ impl<'a> Table<'a> {
         removed
     }
 
+    /// The flow a full table gives up: one that never saw a reply, else one still in its
+    /// handshake (a SYN flood's flows, answered by the endpoint), else one that is closing.
     fn victim(&self) -> Option<usize> {
         let window = EVICTION_WINDOW.min(self.len);
         let at = |i: usize| (self.cursor + i) % self.len;
-        let unreplied = (0..window).map(at).find(|&s| !self.flows[s].replied());
-        unreplied.or_else(|| (0..window).map(at).find(|&s| self.flows[s].state.is_closing()))
+        let first = |p: &dyn Fn(&Flow) -> bool| (0..window).map(at).find(|&s| p(&self.flows[s]));
+        first(&|f| !f.replied())
+            .or_else(|| first(&|f| f.state.in_handshake()))
+            .or_else(|| first(&|f| f.state.is_closing()))
     }
 
     fn hash(&self, t: &Tuple) -> usize {

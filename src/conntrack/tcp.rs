@@ -35,6 +35,11 @@ impl State {
         }
     }
 
+    /// Not established yet: a full table may evict it.
+    pub const fn in_handshake(self) -> bool {
+        matches!(self, State::SynSent | State::SynRecv)
+    }
+
     /// The flow is ending: a full table may evict it before a live one.
     pub const fn is_closing(self) -> bool {
         matches!(self, State::TimeWait | State::Close)
@@ -45,7 +50,7 @@ impl State {
         match self {
             State::None if replied => t.udp_stream,
             State::None => t.udp,
-            State::SynSent if pressure => t.tcp_syn_sent_under_pressure,
+            State::SynSent | State::SynRecv if pressure => t.tcp_syn_sent_under_pressure,
             State::SynSent => t.tcp_syn_sent,
             State::SynRecv => t.tcp_syn_recv,
             State::Established => t.tcp_established,

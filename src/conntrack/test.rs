@@ -111,7 +111,7 @@ fn sweep_removes_only_expired_flows_within_its_budget() {
 }
 
 #[test]
-fn full_table_evicts_unreplied_then_closing_never_live() {
+fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let ack = tcp::Flags { ack: true, ..Default::default() };
@@ -122,10 +122,21 @@ fn full_table_evicts_unreplied_then_closing_never_live() {
         t.seen(slot, Direction::Original, Some(ack), 0);
     }
     assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "every flow is established");
+    // A flow answered by its endpoint but never acknowledged by its client (a spoofed SYN).
+    let (slot, _) = t.lookup(&flow(1005, 1005).original(), 0).unwrap();
+    t.remove(slot);
+    let half_open = t.insert(flow(1005, 1005), 0).unwrap();
+    t.seen(half_open, Direction::Reply, Some(synack), 0);
+    t.insert(flow(3000, 3000), 0).expect("the half-open flow makes room");
+    assert!(t.lookup(&flow(1005, 1005).original(), 0).is_none());
+    assert_eq!(t.evictions(), 1);
+    let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).unwrap();
+    t.seen(slot, Direction::Reply, Some(synack), 0);
+    t.seen(slot, Direction::Original, Some(ack), 0);
     let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
     t.seen(slot, Direction::Reply, Some(tcp::Flags { rst: true, ..Default::default() }), 0);
     t.insert(flow(2000, 2000), 0).expect("the reset flow makes room");
-    assert_eq!(t.evictions(), 1);
+    assert_eq!(t.evictions(), 2);
     assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
     assert!(t.insert(flow(2001, 2001), 0).is_ok(), "the unreplied new flow is evicted");
     assert!(t.lookup(&flow(2000, 2000).original(), 0).is_none());
@@ -189,7 +200,9 @@ fn syn_only_flows_expire_quickly_once_the_table_is_half_full() {
     t.seen(late, Direction::Original, Some(tcp::Flags { syn: true, ..Default::default() }), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure);
     t.seen(late, Direction::Reply, Some(tcp::Flags { syn: true, ack: true, ..Default::default() }), 1);
-    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_recv);
+    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure, "still in the handshake");
+    t.seen(late, Direction::Original, Some(tcp::Flags { ack: true, ..Default::default() }), 1);
+    assert_eq!(t.flow(late).expires, 1 + T.tcp_established, "established");
     assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 0, "nothing else expired yet");
 }
 

@@ -77,10 +77,17 @@ impl Lab {
 
     /// [`Lab::start_gateway`] with more arguments to `nodegate run`.
     pub fn start_gateway_with(&mut self, config: &str, args: &[&str]) {
+        self.start_gateway_bin(std::path::Path::new(env!("CARGO_BIN_EXE_nodegate")), config, args)
+    }
+
+    /// [`Lab::start_gateway_with`] for another build of nodegate (another board).
+    pub fn start_gateway_bin(&mut self, bin: &std::path::Path, config: &str, args: &[&str]) {
         std::fs::write(&self.config, config).unwrap();
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("gw"), env!("CARGO_BIN_EXE_nodegate"), "run", "--config"])
+            .args(["netns", "exec", &self.ns("gw")])
+            .arg(bin)
+            .args(["run", "--config"])
             .arg(&self.config)
             .arg("--control")
             .arg(&self.control)
