@@ -343,6 +343,9 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     assert_ne!(t.source_port, 40000, "the old tuple is still reserved at the endpoint");
     assert!((nodegate::board::SNAT_PORT_MIN..=nodegate::board::SNAT_PORT_MAX).contains(&t.source_port));
     assert_eq!(e.conntrack().len(), 2, "the TIME_WAIT flow stays until it expires");
+    let web = e.service_counters(0);
+    assert_eq!((web.new_flows, web.ports[0].connections), (2, 2));
+    assert_eq!(web.ports[0].packets, [5, 2], "each packet counted once, the reopening SYN included");
 
     // A late segment of the old connection still reaches the client through the old flow.
     let mut late = frame(from_ep, BACKEND, SNAT, 64, L4::Ack { seq: 11, ack: 3 }, b"");

@@ -427,15 +427,17 @@ impl<'a> Engine<'a> {
         match self.conntrack.lookup(&tuple, secs) {
             Some((slot, Direction::Original)) => {
                 let flow = *self.conntrack.flow(slot);
-                self.account(&flow, Direction::Original, f);
                 let reopens = f.tcp.is_some_and(|t| t.syn && !t.ack) && flow.state.is_closing();
-                if reopens && flow.source != flow.client {
+                if reopens && flow.is_snat() {
                     // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new SYN gets
                     // a flow and a source port of its own, so the endpoint never sees a reused
                     // tuple it may still hold in TIME_WAIT (PAWS drops).
-                    self.conntrack.detach_original(slot);
-                    return self.new_flow(frame, f, src_port, dst_port, now, out);
+                    if let Some(listener) = self.listener(f.proto, f.dst, dst_port) {
+                        self.conntrack.detach_original(slot);
+                        return self.new_flow(frame, f, listener, src_port, dst_port, now, out);
+                    }
                 }
+                self.account(&flow, Direction::Original, f);
                 if let Some(v) = self.ttl_expired(frame, f, out) {
                     return v;
                 }
@@ -467,10 +469,11 @@ impl<'a> Engine<'a> {
                 };
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None if for_node && self.listener(f.proto, f.dst, dst_port).is_some() => {
-                self.new_flow(frame, f, src_port, dst_port, now, out)
-            }
-            None if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+            None if for_node => match self.listener(f.proto, f.dst, dst_port) {
+                Some(listener) => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
+                None => Verdict::Stack,
+            },
+            None if f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
             None => Verdict::Drop(DropReason::OtherAddress),
         }
     }
@@ -533,16 +536,17 @@ impl<'a> Engine<'a> {
     }
 
     /// The first packet of a flow to a service: choose the endpoint and the source, track it.
+    #[allow(clippy::too_many_arguments)]
     fn new_flow(
         &mut self,
         frame: &mut [u8],
         f: &Ipv4Frame,
+        listener: Listener,
         src_port: u16,
         dst_port: u16,
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        let Some(listener) = self.listener(f.proto, f.dst, dst_port) else { return Verdict::Stack };
         if let Some(t) = f.tcp
             && !(t.syn && !t.ack && !t.rst && !t.fin)
         {
@@ -573,11 +577,6 @@ impl<'a> Engine<'a> {
                 }
             },
         };
-        if let SessionAffinity::ClientIp { timeout_seconds } = svc.config.session_affinity {
-            // Refreshed by every new connection, as kube-proxy's `recent` match does.
-            self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
-        }
-        let svc = &self.services[s];
         let endpoint = svc.config.endpoints[ep].ip;
         let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
         let policy = svc.config.external_traffic_policy;
@@ -611,11 +610,16 @@ impl<'a> Engine<'a> {
             port: listener.port_index,
             ..Flow::EMPTY
         };
-        if !self.conntrack.is_free(&flow.reply(), secs) {
+        // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
+        if policy == TrafficPolicy::Local && !self.conntrack.is_free(&flow.reply(), secs) {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
         if self.conntrack.insert(flow, secs).is_err() {
             return Verdict::Drop(DropReason::ConntrackFull);
+        }
+        if let SessionAffinity::ClientIp { timeout_seconds } = self.services[s].config.session_affinity {
+            // Refreshed by every new connection, as kube-proxy's `recent` match does.
+            self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
         }
         self.counters.new_flows += 1;
         self.services[s].counters.new_flows += 1;
