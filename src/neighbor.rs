@@ -42,7 +42,7 @@ impl<const N: usize> Neighbors<N> {
     /// Records what an ARP frame says: `ip` is at `mac`.
     pub fn learn(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: Millis) {
         let entry = Entry { ip, mac, learned: Some(now), asked: None };
-        self.upsert(ip, now, |e| *e = Entry { asked: e.asked, ..entry });
+        self.upsert(ip, |e| *e = Entry { asked: e.asked, ..entry });
     }
 
     /// Whether to send an ARP request for `ip` now: true at most once per retry interval. Also
@@ -51,7 +51,7 @@ impl<const N: usize> Neighbors<N> {
     pub fn should_ask(&mut self, ip: Ipv4Addr, now: Millis) -> bool {
         let (lifetime, retry) = (self.lifetime_ms, self.retry_ms);
         let mut ask = false;
-        self.upsert(ip, now, |e| {
+        self.upsert(ip, |e| {
             let fresh = e.learned.is_some_and(|t| now.0.saturating_sub(t.0) < lifetime / 2);
             let waited = e.asked.is_none_or(|t| now.0.saturating_sub(t.0) >= retry);
             ask = !fresh && waited;
@@ -62,7 +62,7 @@ impl<const N: usize> Neighbors<N> {
         ask
     }
 
-    fn upsert(&mut self, ip: Ipv4Addr, now: Millis, f: impl FnOnce(&mut Entry)) {
+    fn upsert(&mut self, ip: Ipv4Addr, f: impl FnOnce(&mut Entry)) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.ip == ip) {
             return f(e);
         }
@@ -79,7 +79,6 @@ impl<const N: usize> Neighbors<N> {
             let last = self.entries.len() - 1;
             f(&mut self.entries[last]);
         }
-        let _ = now;
     }
 }
 

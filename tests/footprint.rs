@@ -39,3 +39,45 @@ fn static_tables_fit_the_boards_ram_budget() {
     );
     assert!(total <= board::RAM_BUDGET_BYTES, "{total} > {}", board::RAM_BUDGET_BYTES);
 }
+
+#[test]
+fn the_metrics_of_the_largest_config_fit_their_buffer() {
+    // Every list at the board's limit, every name at its longest (63 characters).
+    let name = |kind: char, i: usize| format!("{kind}{i:0>62}");
+    let services: Vec<String> = (0..board::MAX_SERVICES)
+        .map(|s| {
+            let ports: Vec<String> = (0..board::MAX_PORTS_PER_SERVICE)
+                .map(|p| {
+                    format!(
+                        r#"{{"name":"{}","protocol":"{}","port":{}}}"#,
+                        name('p', p),
+                        ["TCP", "UDP"][p % 2],
+                        1000 + p
+                    )
+                })
+                .collect();
+            let endpoints: Vec<String> = (0..board::MAX_ENDPOINTS_PER_SERVICE)
+                .map(|e| format!(r#"{{"ip":"10.{}.{}.{}"}}"#, 100 + e / 250, e % 250, 1 + s % 250))
+                .collect();
+            format!(
+                r#"{{"name":"{}","ports":[{}],"endpoints":[{}]}}"#,
+                name('s', s),
+                ports.join(","),
+                endpoints.join(",")
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.77.0.254"}}],"services":[{}]}}"#,
+        services.join(",")
+    );
+    let cfg = nodegate::config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut storage = Box::new(nodegate::conntrack::Storage::<16, { buckets_for(16) }>::new());
+    let table = nodegate::conntrack::Table::from_storage(&mut storage, [1, 2], board::TIMEOUTS);
+    let engine = Box::new(Engine::new(&cfg, None, table, 3).unwrap());
+    let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
+    let mut w = nodegate::text::SliceWriter::new(&mut buf);
+    let fits = nodegate::metrics::render(&engine, &mut w).is_ok();
+    println!("largest metrics text: {} of {} bytes", w.len(), nodegate::metrics::MAX_TEXT);
+    assert!(fits, "the metrics of the largest config outgrow MAX_TEXT");
+}

@@ -21,7 +21,7 @@ use super::http::HttpServer;
 use super::sys::{self, SHUTDOWN};
 use super::tap::Tap;
 use crate::board;
-use crate::config::Config;
+use crate::config::{Config, Service};
 use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine};
 use crate::time::Millis;
@@ -130,8 +130,8 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         device.flush_engine_output();
         while let Ok(Command { request, reply }) = requests.try_recv() {
             let answer = match request {
-                Request::Status => Reply::Text(status(&config, source, device.engine, now)),
-                Request::Flows => Reply::Flows(snapshot(&config, device.engine, now)),
+                Request::Status => Reply::Text(status(source, device.engine, now)),
+                Request::Flows => Reply::Flows(snapshot(device.engine, now)),
                 Request::Apply(new) => match device.engine.reconfigure(&new, opts.node.as_deref()) {
                     Ok(flushed) => {
                         let changes = describe_changes(&config, &new);
@@ -189,7 +189,7 @@ fn log_start(config: &Config, source: &str, tap: &Tap, control: &std::path::Path
 }
 
 /// What an operator sees with `nodegate status`.
-fn status(config: &Config, source: &str, engine: &Engine, now: Millis) -> String {
+fn status(source: &str, engine: &Engine, now: Millis) -> String {
     use std::fmt::Write;
     let ct = engine.conntrack();
     let mut out = String::new();
@@ -224,7 +224,7 @@ fn status(config: &Config, source: &str, engine: &Engine, now: Millis) -> String
             c.new_flows,
             c.source_range_drops
         );
-        let target = config.services.get(s).and_then(|x| x.ports.first()).map_or(0, |p| p.target_port);
+        let target = svc.ports.first().map_or(0, |p| p.target_port);
         for (e, ep) in svc.endpoints.iter().enumerate() {
             let state = if engine.endpoint_serving(s, e) { "serving" } else { "not serving" };
             let _ = writeln!(out, "  endpoint {}:{target} {state}", ep.ip);
@@ -246,12 +246,17 @@ fn drops(engine: &Engine) -> String {
     if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
-fn snapshot(config: &Config, engine: &Engine, now: Millis) -> FlowSnapshot {
+fn snapshot(engine: &Engine, now: Millis) -> FlowSnapshot {
     FlowSnapshot {
         flows: engine.conntrack().flows().to_vec(),
-        services: config.services.iter().map(|s| s.name.to_string()).collect(),
+        services: engine.services().map(|(s, _)| s.name.to_string()).collect(),
         now: now.secs(),
     }
+}
+
+/// The endpoint addresses of `of` that `from` does not have.
+fn missing_from(from: &Service, of: &Service) -> Vec<String> {
+    of.endpoints.iter().filter(|e| !from.endpoints.iter().any(|x| x.ip == e.ip)).map(|e| e.ip.to_string()).collect()
 }
 
 /// Services and endpoints added and removed between two configs.
@@ -261,18 +266,8 @@ fn describe_changes(old: &Config, new: &Config) -> String {
         match old.services.iter().find(|o| o.name == s.name) {
             None => changes.push(format!("service {} added", s.name)),
             Some(o) => {
-                let added: Vec<String> = s
-                    .endpoints
-                    .iter()
-                    .filter(|e| !o.endpoints.iter().any(|x| x.ip == e.ip))
-                    .map(|e| e.ip.to_string())
-                    .collect();
-                let removed: Vec<String> = o
-                    .endpoints
-                    .iter()
-                    .filter(|e| !s.endpoints.iter().any(|x| x.ip == e.ip))
-                    .map(|e| e.ip.to_string())
-                    .collect();
+                let added = missing_from(o, s);
+                let removed = missing_from(s, o);
                 if !added.is_empty() {
                     changes.push(format!("service {}: endpoints {} added", s.name, added.join(", ")));
                 }
