@@ -113,6 +113,7 @@ fn source_ranges_let_only_listed_clients_in() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(drops >= 1, "the drop counter rose: {log}");
+    assert!(log.contains("dropping frames: source_range (first seen now"), "the first drop of a new reason is logged: {log}");
 }
 
 #[test]
