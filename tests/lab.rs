@@ -21,11 +21,7 @@ const CONFIG: &str = r#"{
 
 #[test]
 fn nodeport_gateway_end_to_end() {
-    if !lab_available("nodeport_gateway_end_to_end") {
-        return;
-    }
-    let mut lab = Lab::up("e2e");
-    lab.start_gateway(CONFIG);
+    let Some(mut lab) = Lab::started("nodeport_gateway_end_to_end", "e2e", CONFIG) else { return };
 
     // 60 TCP connections from a real Linux client, one request each.
     let out = lab.client("client", &["http", NODE_IP, "30080", "60"]);

@@ -46,11 +46,9 @@ fn scrape(lab: &Lab) -> String {
 
 #[test]
 fn metrics_count_what_happens_and_pass_promtool() {
-    if !lab_available("metrics_count_what_happens_and_pass_promtool") {
+    let Some(lab) = Lab::started("metrics_count_what_happens_and_pass_promtool", "met", &config(&[1, 2, 3])) else {
         return;
-    }
-    let mut lab = Lab::up("met");
-    lab.start_gateway(&config(&[1, 2, 3]));
+    };
     // A slow client holds one of the metrics sockets the whole time.
     let mut slow =
         lab.client_command("client2", &["hold", NODE_IP, "9100", "5"]).stdout(Stdio::null()).spawn().unwrap();
@@ -97,11 +95,9 @@ fn metrics_count_what_happens_and_pass_promtool() {
 
 #[test]
 fn conntrack_and_status_show_an_open_connection() {
-    if !lab_available("conntrack_and_status_show_an_open_connection") {
+    let Some(lab) = Lab::started("conntrack_and_status_show_an_open_connection", "ct", &config(&[1])) else {
         return;
-    }
-    let mut lab = Lab::up("ct");
-    lab.start_gateway(&config(&[1]));
+    };
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&lab.control).unwrap().permissions().mode() & 0o777,
@@ -129,11 +125,11 @@ fn conntrack_and_status_show_an_open_connection() {
 
 #[test]
 fn reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints() {
-    if !lab_available("reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints") {
+    let Some(lab) =
+        Lab::started("reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints", "rel", &config(&[1, 2]))
+    else {
         return;
-    }
-    let mut lab = Lab::up("rel");
-    lab.start_gateway(&config(&[1, 2]));
+    };
     let tcp = lab.client_command("client", &["stream", NODE_IP, "30080", "4"]).stdout(Stdio::piped()).spawn().unwrap();
     let udp = lab
         .client_command("client2", &["udpstream", NODE_IP, "30053", "4", "5555"])
@@ -167,11 +163,9 @@ fn reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints() {
 
 #[test]
 fn a_broken_reload_changes_nothing_and_names_the_field() {
-    if !lab_available("a_broken_reload_changes_nothing_and_names_the_field") {
+    let Some(lab) = Lab::started("a_broken_reload_changes_nothing_and_names_the_field", "bad", &config(&[1])) else {
         return;
-    }
-    let mut lab = Lab::up("bad");
-    lab.start_gateway(&config(&[1]));
+    };
     std::fs::write(&lab.config, config(&[2]).replace("30080", "40000")).unwrap();
     let out = lab.nodegate("reload", &[]);
     assert_eq!(out.status.code(), Some(1));

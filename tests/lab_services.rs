@@ -18,10 +18,14 @@ fn config(services: &str) -> String {
     )
 }
 
-fn start(tag: &str, services: &str) -> Lab {
+/// A lab with nodegate running `services` as edge-1, or `None` where lab tests cannot run.
+fn start(test: &str, tag: &str, services: &str) -> Option<Lab> {
+    if !lab_available(test) {
+        return None;
+    }
     let mut lab = Lab::up(tag);
     lab.start_gateway_as(&config(services), Some("edge-1"));
-    lab
+    Some(lab)
 }
 
 fn distinct(names: &[String]) -> BTreeSet<&str> {
@@ -30,10 +34,8 @@ fn distinct(names: &[String]) -> BTreeSet<&str> {
 
 #[test]
 fn local_policy_keeps_the_client_address_and_reports_on_the_health_check_port() {
-    if !lab_available("local_policy_keeps_the_client_address_and_reports_on_the_health_check_port") {
-        return;
-    }
-    let mut lab = start(
+    let Some(mut lab) = start(
+        "local_policy_keeps_the_client_address_and_reports_on_the_health_check_port",
         "loc",
         r#"{ "name": "web-local", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100,
              "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30081 }],
@@ -43,7 +45,9 @@ fn local_policy_keeps_the_client_address_and_reports_on_the_health_check_port() 
              "endpoints": [{ "ip": "10.77.0.12", "nodeName": "edge-2" }] },
            { "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
              "endpoints": [{ "ip": "10.77.0.11" }] }"#,
-    );
+    ) else {
+        return;
+    };
     // Local: the backend sees the client itself (10.78.0.100, routed via the node).
     let out = lab.client("remote", &["http", "10.78.0.1", "30081", "5"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -73,14 +77,14 @@ fn local_policy_keeps_the_client_address_and_reports_on_the_health_check_port() 
 
 #[test]
 fn client_ip_affinity_pins_each_client() {
-    if !lab_available("client_ip_affinity_pins_each_client") {
-        return;
-    }
-    let lab = start(
+    let Some(lab) = start(
+        "client_ip_affinity_pins_each_client",
         "aff",
         r#"{ "name": "web", "sessionAffinity": "ClientIP", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
              "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
-    );
+    ) else {
+        return;
+    };
     let first = lab.backends("client", NODE_IP, 30080, 30);
     assert_eq!(distinct(&first).len(), 1, "30 connections from one client: {first:?}");
     assert!(!first.contains(&"FAILED".to_string()));
@@ -93,14 +97,14 @@ fn client_ip_affinity_pins_each_client() {
 
 #[test]
 fn source_ranges_let_only_listed_clients_in() {
-    if !lab_available("source_ranges_let_only_listed_clients_in") {
-        return;
-    }
-    let mut lab = start(
+    let Some(mut lab) = start(
+        "source_ranges_let_only_listed_clients_in",
         "src",
         r#"{ "name": "web", "loadBalancerSourceRanges": ["10.77.0.100/32"], "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
              "endpoints": [{ "ip": "10.77.0.11" }] }"#,
-    );
+    ) else {
+        return;
+    };
     assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-1"; 3]);
     let out = lab.client("client2", &["http", NODE_IP, "30080", "1", "2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED (timed out)"), "no answer at all, not a refusal");
@@ -113,20 +117,23 @@ fn source_ranges_let_only_listed_clients_in() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(drops >= 1, "the drop counter rose: {log}");
-    assert!(log.contains("dropping frames: source_range (first seen now"), "the first drop of a new reason is logged: {log}");
+    assert!(
+        log.contains("dropping frames: source_range (first seen now"),
+        "the first drop of a new reason is logged: {log}"
+    );
 }
 
 #[test]
 fn cluster_ip_and_external_ips_are_reachable_and_answer_arp() {
-    if !lab_available("cluster_ip_and_external_ips_are_reachable_and_answer_arp") {
-        return;
-    }
-    let lab = start(
+    let Some(lab) = start(
+        "cluster_ip_and_external_ips_are_reachable_and_answer_arp",
         "vip",
         r#"{ "name": "web", "type": "ClusterIP", "clusterIP": "10.96.0.10", "externalIPs": ["10.77.0.50"],
              "ports": [{ "port": 80, "targetPort": 3000 }],
              "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
-    );
+    ) else {
+        return;
+    };
     // The client routes the service range via the node, as a site router would.
     lab.ip("client", &["route", "add", "10.96.0.0/16", "via", NODE_IP]);
     let via_cluster_ip = lab.backends("client", "10.96.0.10", 80, 12);
@@ -145,16 +152,16 @@ fn cluster_ip_and_external_ips_are_reachable_and_answer_arp() {
 
 #[test]
 fn health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_flows() {
-    if !lab_available("health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_flows") {
-        return;
-    }
-    let mut lab = start(
+    let Some(mut lab) = start(
+        "health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_flows",
         "hc",
         r#"{ "name": "web", "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2, "healthyThreshold": 1 },
              "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
                        { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
              "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#,
-    );
+    ) else {
+        return;
+    };
     // A UDP client that keeps one 5-tuple (source port 5555).
     let udp = |lab: &Lab| {
         String::from_utf8_lossy(&lab.client("client", &["udp", NODE_IP, "30053", "ping", "5555"]).stdout).into_owned()

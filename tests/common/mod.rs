@@ -59,6 +59,17 @@ impl Lab {
         lab
     }
 
+    /// A lab with nodegate running `config`, or `None` where lab tests cannot run here (see
+    /// [`lab_available`]; the test then returns).
+    pub fn started(test: &str, tag: &str, config: &str) -> Option<Lab> {
+        if !lab_available(test) {
+            return None;
+        }
+        let mut lab = Lab::up(tag);
+        lab.start_gateway(config);
+        Some(lab)
+    }
+
     pub fn ns(&self, host: &str) -> String {
         format!("{}-{}", self.prefix, host)
     }
