@@ -6,6 +6,20 @@
 //! system: the TAP device, the smoltcp interface, the clock, signals and logging.
 #![no_std]
 #![deny(unsafe_code)]
+// No input may make the gateway panic: no unwrap, expect, panic or unreachable outside tests.
+// Indexing is the one panic path left to the code's own bounds checks (each packet view checks
+// its lengths once, in `parse`); the fuzz targets in `fuzz/` hunt for a miss.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 // ConfigError is a fixed-size message (there is no heap to box it into), returned only while a
 // config is loaded, never per packet.
 #![allow(clippy::result_large_err)]

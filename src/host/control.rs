@@ -99,17 +99,14 @@ impl ControlSocket {
     }
 
     /// Starts the control thread. `config_path` is what `reload` and SIGHUP re-read.
-    pub fn serve(&mut self, config_path: Option<PathBuf>) -> (Receiver<Command>, JoinHandle<()>) {
+    pub fn serve(&mut self, config_path: Option<PathBuf>) -> io::Result<(Receiver<Command>, JoinHandle<()>)> {
         let (tx, rx) = bounded(4);
         let listener = self.listener.take();
-        let handle = thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                let Some(listener) = listener else { return };
-                control_loop(&listener, config_path.as_deref(), &tx)
-            })
-            .expect("the control thread starts");
-        (rx, handle)
+        let handle = thread::Builder::new().name("control".into()).spawn(move || {
+            let Some(listener) = listener else { return };
+            control_loop(&listener, config_path.as_deref(), &tx)
+        })?;
+        Ok((rx, handle))
     }
 }
 

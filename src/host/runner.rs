@@ -86,7 +86,8 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         sys::switch_user(uid, gid).map_err(|e| format!("--user {user}: cannot switch: {e}"))?;
     }
     sys::catch_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let (requests, control_thread) = control_socket.serve(opts.config_path.clone());
+    let (requests, control_thread) =
+        control_socket.serve(opts.config_path.clone()).map_err(|e| format!("cannot start the control thread: {e}"))?;
     log_start(&config, source, &tap, &control_path, opts.user.as_deref());
 
     let fd = tap.as_raw_fd();
