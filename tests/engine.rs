@@ -411,7 +411,29 @@ fn endpoint_off_link_goes_via_the_gateway() {
 fn frames_not_for_the_node() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
+    let tcp_flags = |flags: u8| {
+        let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+        f[14 + 20 + 13] = flags;
+        f
+    };
     let rows: Vec<(&str, Vec<u8>, Verdict)> = vec![
+        ("SYN+FIN", tcp_flags(0x03), Verdict::Drop(DropReason::BadTcpFlags)),
+        ("SYN+RST", tcp_flags(0x06), Verdict::Drop(DropReason::BadTcpFlags)),
+        ("no flags (null scan)", tcp_flags(0x00), Verdict::Drop(DropReason::BadTcpFlags)),
+        ("FIN+PSH+URG (Christmas tree)", tcp_flags(0x29), Verdict::Drop(DropReason::BadTcpFlags)),
+        ("FIN without ACK", tcp_flags(0x01), Verdict::Drop(DropReason::BadTcpFlags)),
+        ("RST without ACK, for no flow", tcp_flags(0x04), Verdict::Drop(DropReason::TcpNoFlow)),
+        ("SYN with PSH and ECE, a new flow", tcp_flags(0x4a), Verdict::Forward),
+        (
+            "UDP from port 0",
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 0), (NODE, 30053), 64, L4::Udp, b"x"),
+            Verdict::Drop(DropReason::ZeroPort),
+        ),
+        (
+            "TCP to port 0",
+            frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 0), 64, L4::Syn { seq: 1 }, b""),
+            Verdict::Drop(DropReason::ZeroPort),
+        ),
         (
             "unicast to another MAC",
             frame((CLIENT_MAC, EP_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""),

@@ -31,6 +31,11 @@ drop_reasons! {
     Malformed => "malformed",
     /// IPv4 header checksum wrong.
     BadChecksum => "bad_checksum",
+    /// TCP or UDP from or to port 0, which no stack uses.
+    ZeroPort => "zero_port",
+    /// A TCP flag combination no stack sends (SYN with FIN, no ACK on a FIN, a null or
+    /// Christmas-tree scan): the combinations nf_conntrack calls invalid.
+    BadTcpFlags => "bad_tcp_flags",
     /// Unicast to another MAC (a bridge floods those to every port).
     OtherMac => "other_mac",
     /// IPv4 to an address that is not the node's: the gateway is not a router.

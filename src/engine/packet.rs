@@ -63,6 +63,9 @@ impl Ipv4Frame {
                 if seg.len() >= 20 && (seg[12] >> 4) as usize * 4 >= 20 && (seg[12] >> 4) as usize * 4 <= seg.len() =>
             {
                 let f = seg[13];
+                if !TCP_VALID_FLAGS.contains(&(f & TCP_FLAGS_CHECKED)) {
+                    return Err(DropReason::BadTcpFlags);
+                }
                 let flags =
                     tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
                 (Some(ports_of(seg)), Some(flags))
@@ -77,6 +80,9 @@ impl Ipv4Frame {
             PROTO_TCP | PROTO_UDP => return Err(DropReason::Truncated),
             _ => (None, None),
         };
+        if ports.is_some_and(|(src, dst)| src == 0 || dst == 0) {
+            return Err(DropReason::ZeroPort);
+        }
         Ok(Ipv4Frame {
             l4,
             end,
@@ -92,6 +98,13 @@ impl Ipv4Frame {
         })
     }
 }
+
+/// The TCP flags judged: FIN, SYN, RST, ACK and URG (PSH, ECE and CWR go with any of them).
+const TCP_FLAGS_CHECKED: u8 = 0x37;
+/// The combinations of [`TCP_FLAGS_CHECKED`] a TCP stack sends, as nf_conntrack's
+/// `tcp_valid_flags` lists them: SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, FIN+ACK+URG, ACK,
+/// ACK+URG.
+const TCP_VALID_FLAGS: [u8; 9] = [0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30];
 
 fn ports_of(seg: &[u8]) -> (u16, u16) {
     (u16::from_be_bytes([seg[0], seg[1]]), u16::from_be_bytes([seg[2], seg[3]]))
