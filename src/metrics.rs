@@ -89,10 +89,16 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     for r in DropReason::ALL {
         writeln!(w, "nodegate_drops_total{{reason=\"{}\"}} {}", r.name(), c.dropped(*r))?;
     }
+    header(w, "nodegate_frames_received_total", "counter", "Frames read from the wire.")?;
+    writeln!(w, "nodegate_frames_received_total {}", c.received)?;
     header(w, "nodegate_frames_forwarded_total", "counter", "Frames translated and sent on.")?;
     writeln!(w, "nodegate_frames_forwarded_total {}", c.forwarded)?;
     header(w, "nodegate_frames_to_node_total", "counter", "Frames for the node's own stack (ARP, ping, its sockets).")?;
     writeln!(w, "nodegate_frames_to_node_total {}", c.to_stack)?;
+    header(w, "nodegate_frames_answered_total", "counter", "ARP requests for virtual IPs answered.")?;
+    writeln!(w, "nodegate_frames_answered_total {}", c.answered)?;
+    header(w, "nodegate_frames_waiting", "gauge", "Frames waiting for their next hop's ARP answer.")?;
+    writeln!(w, "nodegate_frames_waiting {}", engine.frames_waiting())?;
     Ok(())
 }
 

@@ -519,10 +519,12 @@ fn frames_not_for_the_node() {
             Verdict::Drop(DropReason::Fragment),
         ),
     ];
+    let count = rows.len() as u64;
     for (what, mut f, want) in rows {
         assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), want, "{what}");
     }
     assert_eq!(e.counters().dropped(DropReason::OtherMac), 1);
+    assert_every_frame_accounted(&e, 2 + count);
 }
 
 fn fix_ip_checksum(f: &mut [u8]) {
@@ -551,6 +553,16 @@ fn random_frames_never_panic() {
         let mut out = [0u8; 1514];
         let _ = e.process(&mut f, Millis(i), &mut out);
     }
+    assert_every_frame_accounted(&e, 2 + 50_000);
+}
+
+/// Every frame the engine received (`received`: the fixture's two ARP replies included) is
+/// forwarded, handed to the stack, answered, dropped with a reason, or still waiting for ARP.
+fn assert_every_frame_accounted(e: &Engine, received: u64) {
+    let c = e.counters();
+    let drops: u64 = c.drops.iter().sum::<u64>() - c.dropped(DropReason::TxBusy);
+    assert_eq!(c.received, received);
+    assert_eq!(c.forwarded + c.to_stack + c.answered + drops + e.frames_waiting() as u64, received, "{c:?}");
 }
 
 /// An ICMP error from `from` (at `mac`) to `to`, quoting `quoted` (an IP packet: header and at

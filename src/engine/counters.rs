@@ -68,14 +68,22 @@ drop_reasons! {
     TxBusy => "tx_busy",
 }
 
-/// Totals since start.
+/// Totals since start. Every frame received ends in exactly one of the others: forwarded, to
+/// the stack, answered, or dropped with a reason (a reply to a dropped frame, an RST or an ICMP
+/// error, counts as its drop); a frame waiting for ARP is counted when it leaves. So at any
+/// moment `received == forwarded + to_stack + answered + drops + frames waiting`, leaving out
+/// `tx_busy`, which counts frames already counted that the TAP then refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Frames the engine was given.
+    pub received: u64,
     pub drops: [u64; DropReason::ALL.len()],
     /// Frames rewritten and sent on.
     pub forwarded: u64,
     /// Frames handed to the node's own stack (ARP, ping, its sockets).
     pub to_stack: u64,
+    /// ARP requests for the services' virtual IPs, answered by the engine.
+    pub answered: u64,
     /// Flows created.
     pub new_flows: u64,
 }

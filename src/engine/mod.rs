@@ -307,6 +307,11 @@ impl<'a> Engine<'a> {
         &self.counters
     }
 
+    /// Frames waiting for their next hop's MAC.
+    pub fn frames_waiting(&self) -> usize {
+        self.parked.len()
+    }
+
     pub fn conntrack(&self) -> &Table<'a> {
         &self.conntrack
     }
@@ -319,11 +324,14 @@ impl<'a> Engine<'a> {
     /// Decides what happens to `frame`, rewriting it in place or writing a reply into `out`
     /// (which must hold a full frame).
     pub fn process(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
+        self.counters.received += 1;
         let verdict = self.classify(frame, now, out);
         match verdict {
             Verdict::Forward => self.counters.forwarded += 1,
             Verdict::Stack => self.counters.to_stack += 1,
             Verdict::Drop(reason) => self.counters.drop(reason),
+            // Counted where they are decided: a reply to a dropped frame under its drop reason,
+            // an ARP answer as answered, a parked frame when it leaves.
             Verdict::Reply(_) | Verdict::Parked(_) => {}
         }
         verdict
@@ -387,6 +395,7 @@ impl<'a> Engine<'a> {
             self.neighbors.learn(ip, mac, now);
         }
         if request && self.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
+            self.counters.answered += 1;
             return Verdict::Reply(reply::arp_reply(self.node.mac.0, target, mac, ip, out));
         }
         Verdict::Stack

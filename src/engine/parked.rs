@@ -37,6 +37,11 @@ impl<const N: usize> Parked<N> {
         true
     }
 
+    /// Frames waiting now.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
     /// Takes out one parked frame that is ready: `resolve` gives its next hop's MAC. Returns
     /// the frame's length in `out` and the MAC, or `Err(())` for a frame that waited longer
     /// than `max_wait_ms` and was discarded.

@@ -232,7 +232,15 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
         }
     }
     let c = engine.counters();
-    let _ = writeln!(out, "frames: {} forwarded, {} to the node; drops: {}", c.forwarded, c.to_stack, drops(engine));
+    let _ = writeln!(
+        out,
+        "frames: {} received, {} forwarded, {} to the node, {} answered; drops: {}",
+        c.received,
+        c.forwarded,
+        c.to_stack,
+        c.answered,
+        drops(engine)
+    );
     out
 }
 
@@ -323,7 +331,8 @@ impl Watch {
 fn log_totals(engine: &Engine) {
     let c = engine.counters();
     info!(
-        "stopping: {} frames forwarded, {} to the node, {} flows created, {} tracked; drops: {}",
+        "stopping: {} frames received, {} forwarded, {} to the node, {} flows created, {} tracked; drops: {}",
+        c.received,
         c.forwarded,
         c.to_stack,
         c.new_flows,
