@@ -430,6 +430,11 @@ fn frames_not_for_the_node() {
             Verdict::Drop(DropReason::ZeroPort),
         ),
         (
+            "an IPv4 packet of 1504 bytes",
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, &[7; 1504 - 28]),
+            Verdict::Drop(DropReason::Oversized),
+        ),
+        (
             "TCP to port 0",
             frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 0), 64, L4::Syn { seq: 1 }, b""),
             Verdict::Drop(DropReason::ZeroPort),

@@ -31,6 +31,8 @@ drop_reasons! {
     Malformed => "malformed",
     /// IPv4 header checksum wrong.
     BadChecksum => "bad_checksum",
+    /// An IPv4 packet longer than the link's MTU (1500 bytes), which no host on it may send.
+    Oversized => "oversized",
     /// TCP or UDP from or to port 0, which no stack uses.
     ZeroPort => "zero_port",
     /// A TCP flag combination no stack sends (SYN with FIN, no ACK on a FIN, a null or

@@ -11,6 +11,8 @@ use super::counters::DropReason;
 use crate::conntrack::tcp;
 
 pub const ETH_HEADER: usize = 14;
+/// The link's MTU: the largest IPv4 packet the node takes or sends.
+pub const MTU: usize = 1500;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -50,6 +52,9 @@ impl Ipv4Frame {
         }
         if !ip.verify_checksum() {
             return Err(DropReason::BadChecksum);
+        }
+        if ip.total_len() as usize > MTU {
+            return Err(DropReason::Oversized);
         }
         let l4 = ETH_HEADER + ip.header_len() as usize;
         let end = ETH_HEADER + ip.total_len() as usize;

@@ -5,8 +5,8 @@ use core::net::Ipv4Addr;
 
 use crate::time::Millis;
 
-/// Largest frame a slot holds: an untagged Ethernet frame at MTU 1500.
-pub const MAX_FRAME: usize = 1514;
+/// Largest frame a slot holds: an untagged Ethernet frame at the link's MTU.
+pub const MAX_FRAME: usize = super::packet::ETH_HEADER + super::packet::MTU;
 
 struct Slot {
     next_hop: Ipv4Addr,
