@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Lab, NODE_IP, lab_available};
+use common::{Lab, NODE_IP, lab_available, sample};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
@@ -28,22 +28,6 @@ fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// The value of the series `series` (name and labels, exactly) in a Prometheus text.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
-}
-
-fn scrape(lab: &Lab) -> String {
-    let out = lab.client("client", &["get", NODE_IP, "9100", "/metrics"]);
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(body.starts_with("HTTP/1.1 200 OK\n"), "{body}");
-    body["HTTP/1.1 200 OK\n".len()..].to_string()
-}
-
 #[test]
 fn metrics_count_what_happens_and_pass_promtool() {
     let Some(lab) = Lab::started("metrics_count_what_happens_and_pass_promtool", "met", &config(&[1, 2, 3])) else {
@@ -52,11 +36,11 @@ fn metrics_count_what_happens_and_pass_promtool() {
     // A slow client holds one of the metrics sockets the whole time.
     let mut slow =
         lab.client_command("client2", &["hold", NODE_IP, "9100", "5"]).stdout(Stdio::null()).spawn().unwrap();
-    let before = scrape(&lab);
+    let before = lab.scrape("client");
     let connections = r#"nodegate_connections_total{service="web",port="http"}"#;
     let packets = r#"nodegate_packets_total{service="web",port="http",direction="original"}"#;
     assert_eq!(lab.backends("client", NODE_IP, 30080, 10).len(), 10);
-    let after = scrape(&lab);
+    let after = lab.scrape("client");
     assert_eq!(sample(&after, connections) - sample(&before, connections), 10, "10 requests, 10 new connections");
     assert!(sample(&after, packets) - sample(&before, packets) >= 50, "at least SYN, ACK, request, ACK, FIN each");
     assert_eq!(sample(&after, "nodegate_conntrack_capacity"), nodegate::board::CONNTRACK_CAPACITY as u64);

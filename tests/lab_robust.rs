@@ -1,9 +1,9 @@
-//! Lab tests of robustness: PMTU discovery through the gateway. They need root (see
-//! `common::lab_available`).
+//! Lab tests of robustness: PMTU discovery and fragments through the gateway, a SYN flood, a
+//! full connection table, hostile frames. They need root (see `common::lab_available`).
 
 mod common;
 
-use common::{Lab, NODE_IP, lab_available};
+use common::{Lab, NODE_IP, lab_available, sample};
 
 #[test]
 fn pmtu_discovery_works_through_the_gateway() {
@@ -59,11 +59,6 @@ fn tiny_gateway() -> std::path::PathBuf {
     target.join("debug/nodegate")
 }
 
-/// The value of `series` in a Prometheus text.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(u64::MAX)
-}
-
 #[test]
 fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
     if !lab_available("a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients") {
@@ -95,8 +90,7 @@ fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
     let mut most = 0;
     for _ in 0..8 {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let out = lab.client("client2", &["get", NODE_IP, "9100", "/metrics"]);
-        most = most.max(sample(&String::from_utf8_lossy(&out.stdout), "nodegate_conntrack_entries"));
+        most = most.max(sample(&lab.scrape("client2"), "nodegate_conntrack_entries"));
     }
     let flood = flood.wait_with_output().unwrap();
     let flooded = String::from_utf8_lossy(&flood.stdout).into_owned();
@@ -116,4 +110,109 @@ fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
     let stream = stream.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&stream.stdout);
     assert!(stream.status.success() && said.contains("blocks intact"), "the stream through the flood: {said}");
+}
+
+const GATEWAY_MAC: &str = "02:00:00:00:00:01";
+
+/// Runs `scripts/lab-frames.py ARGS` in namespace `host`, with Debian's python3, where
+/// python3-scapy is installed.
+fn frames(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(host), "/usr/bin/python3"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab-frames.py"))
+        .args(args)
+        .output()
+        .expect("lab-frames.py runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "lab-frames.py {args:?}: {said}{}", String::from_utf8_lossy(&out.stderr));
+    said
+}
+
+/// Every `nodegate_drops_total` series: reason and count.
+fn drops(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let (reason, n) = l.strip_prefix("nodegate_drops_total{reason=\"")?.split_once("\"} ")?;
+            Some((reason.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every frame received is forwarded, handed to the node, answered, dropped with a reason, or
+/// waiting for ARP (`tx_busy` counts frames already counted that the TAP refused).
+fn assert_every_frame_accounted(metrics: &str) {
+    let drops: u64 = drops(metrics).iter().filter(|(r, _)| *r != "tx_busy").map(|(_, n)| n).sum();
+    let explained = sample(metrics, "nodegate_frames_forwarded_total")
+        + sample(metrics, "nodegate_frames_to_node_total")
+        + sample(metrics, "nodegate_frames_answered_total")
+        + sample(metrics, "nodegate_frames_waiting")
+        + drops;
+    assert_eq!(sample(metrics, "nodegate_frames_received_total"), explained, "{metrics}");
+}
+
+#[test]
+fn hostile_frames_are_dropped_and_counted_while_a_client_is_served() {
+    let Some(lab) = Lab::started(
+        "hostile_frames_are_dropped_and_counted_while_a_client_is_served",
+        "bad",
+        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                         "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
+             "services": [{ "name": "web", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
+                                                     { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
+    ) else {
+        return;
+    };
+    // Room to send one frame longer than the link's MTU allows.
+    lab.ip("client", &["link", "set", "eth0", "mtu", "1504"]);
+    let stream = lab
+        .client_command("client2", &["stream", NODE_IP, "30080", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // The scapy set: each drop reason rises by exactly the frames sent for it, no other one moves.
+    let before = lab.scrape("client2");
+    let said = frames(&lab, "client", &["hostile", "eth0", GATEWAY_MAC, NODE_IP, "30080", "30053"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = lab.scrape("client2");
+    let expected: std::collections::BTreeMap<&str, u64> = said
+        .lines()
+        .filter_map(|l| {
+            let (reason, n) = l.strip_prefix("expect ")?.split_once(' ')?;
+            Some((reason, n.parse().ok()?))
+        })
+        .collect();
+    let (before_drops, after_drops) = (drops(&before), drops(&after));
+    assert!(expected.len() > 10 && after_drops.len() > 10, "{said}");
+    let wrong: Vec<String> = after_drops
+        .iter()
+        .map(|(reason, n)| (reason, n - before_drops[reason], expected.get(reason.as_str()).copied().unwrap_or(0)))
+        .filter(|(_, counted, want)| counted != want)
+        .map(|(reason, counted, want)| format!("{reason}: {counted} counted, {want} sent"))
+        .collect();
+    assert!(wrong.is_empty(), "drops after the hostile set: {wrong:?}\n{said}");
+    let forwarded = |m: &str| sample(m, "nodegate_frames_forwarded_total");
+    assert!(forwarded(&after) - forwarded(&before) >= expected["forwarded"], "the odd but legal SYNs pass");
+    assert_every_frame_accounted(&after);
+
+    // The fuzz corpus, every frame addressed to the gateway: all of it arrives, all of it is
+    // accounted for, and the gateway goes on serving.
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/engine_frames");
+    let said = frames(&lab, "client", &["replay", "eth0", GATEWAY_MAC, corpus.to_str().unwrap()]);
+    let replayed: u64 = said.trim().strip_prefix("replayed ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let end = lab.scrape("client2");
+    let received = |m: &str| sample(m, "nodegate_frames_received_total");
+    println!("replayed {replayed} corpus frames; the gateway received {}", received(&end) - received(&after));
+    assert!(replayed > 1000 && received(&end) - received(&after) >= replayed, "every corpus frame arrived");
+    assert_every_frame_accounted(&end);
+
+    let stream = stream.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&stream.stdout);
+    assert!(stream.status.success() && said.contains("blocks intact"), "the stream meanwhile: {said}");
+    let after = lab.backends("client", NODE_IP, 30080, 3);
+    assert!(after.iter().all(|b| b.starts_with("web-frontend-")), "served after: {after:?}\n{}", lab.gateway_log());
 }

@@ -209,6 +209,14 @@ impl Lab {
             .collect()
     }
 
+    /// The gateway's metrics, scraped from `host` (the config's metricsPort must be 9100).
+    pub fn scrape(&self, host: &str) -> String {
+        let out = self.client(host, &["get", NODE_IP, "9100", "/metrics"]);
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(body.starts_with("HTTP/1.1 200 OK\n"), "{body}");
+        body["HTTP/1.1 200 OK\n".len()..].to_string()
+    }
+
     /// Whether interface `name` exists in namespace `host`.
     pub fn has_link(&self, host: &str, name: &str) -> bool {
         Command::new("ip")
@@ -232,4 +240,13 @@ impl Drop for Lab {
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.control);
     }
+}
+
+/// The value of the series `series` (name and labels, exactly) in a Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
 }
