@@ -15,9 +15,15 @@
                                        a datagram every 50 ms on one 5-tuple; prints each answer's
                                        backend and "udpstream: N sent, M answered"
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
-  lab-client.py synflood HOST PORT SECONDS A.B
+  lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND]
                                        TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
-                                       for SECONDS; prints "synflood: N sent" (raw socket, root)
+                                       for SECONDS, as fast as it can or at most PER_SECOND;
+                                       prints "synflood: N sent" (raw socket, root)
+  lab-client.py udpflows HOST PORT COUNT SECONDS
+                                       COUNT UDP flows, one socket each: a datagram on each until
+                                       each was answered (three tries), then SECONDS later a
+                                       second round; prints "udpflows: COUNT flows, A answered,
+                                       B answered again"
   lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
                                        succeeds at the first answer
 
@@ -130,11 +136,15 @@ elif mode == "udpstream":
     failed = 0 if sent == answered else 1
 elif mode == "synflood":
     seconds, prefix = float(sys.argv[4]), [int(x) for x in sys.argv[5].split(".")]
+    batch_every = 256 / float(sys.argv[6]) if len(sys.argv) > 6 else 0
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     dst = socket.inet_aton(host)
     sent, n = 0, 0
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
     while time.monotonic() < deadline:
+        # At most PER_SECOND: each batch of 256 waits for its turn.
+        time.sleep(max(0.0, start + n / 256 * batch_every - time.monotonic()))
         for _ in range(256):
             n += 1
             src = bytes(prefix + [(n >> 8) & 0xFF, n & 0xFF])
@@ -150,6 +160,51 @@ elif mode == "synflood":
             except OSError:
                 pass
     print(f"synflood: {sent} sent")
+elif mode == "udpflows":
+    import resource
+    import selectors
+    count, seconds = int(sys.argv[4]), float(sys.argv[5])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+    socks = []
+    for _ in range(count):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setblocking(False)
+        u.connect((host, port))
+        socks.append(u)
+
+    def round_trip(label):
+        """A datagram on every socket, in paced batches, until each is answered (three tries)."""
+        waiting = set(range(count))
+        sel = selectors.DefaultSelector()
+        for i, u in enumerate(socks):
+            sel.register(u, selectors.EVENT_READ, i)
+        for _ in range(3):
+            for k, i in enumerate(sorted(waiting)):
+                try:
+                    socks[i].send(f"{label} {i}".encode())
+                except OSError:
+                    pass
+                if k % 64 == 63:
+                    time.sleep(0.005)
+            deadline = time.monotonic() + 2
+            while waiting and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=0.2):
+                    try:
+                        key.fileobj.recv(2048)
+                        waiting.discard(key.data)
+                    except OSError:
+                        pass
+            if not waiting:
+                break
+        sel.close()
+        return count - len(waiting)
+
+    first = round_trip("first")
+    print(f"udpflows: first round {first} answered", flush=True)
+    time.sleep(seconds)
+    again = round_trip("again")
+    print(f"udpflows: {count} flows, {first} answered, {again} answered again")
+    failed = 0 if first == again == count else 1
 elif mode == "hold":
     with socket.create_connection((host, port), timeout=5):
         time.sleep(float(sys.argv[4]))

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Lab, NODE_IP, lab_available, sample};
+use std::time::{Duration, Instant};
 
 #[test]
 fn pmtu_discovery_works_through_the_gateway() {
@@ -59,21 +60,42 @@ fn tiny_gateway() -> std::path::PathBuf {
     target.join("debug/nodegate")
 }
 
-#[test]
-fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
-    if !lab_available("a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients") {
-        return;
+/// A lab with the edge-tiny gateway running `config`, or `None` where lab tests cannot run.
+fn tiny_lab(test: &str, tag: &str, config: &str) -> Option<Lab> {
+    if !lab_available(test) {
+        return None;
     }
     let gateway = tiny_gateway();
-    let mut lab = Lab::up("syn");
-    lab.start_gateway_bin(
-        &gateway,
+    let mut lab = Lab::up(tag);
+    lab.start_gateway_bin(&gateway, config, &[]);
+    Some(lab)
+}
+
+/// Polls the gateway's metrics (from client2) until `series` reaches `value`, for at most 10 s;
+/// returns the last value seen.
+fn wait_for(lab: &Lab, series: &str, value: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = sample(&lab.scrape("client2"), series);
+        if seen >= value || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
+    let Some(lab) = tiny_lab(
+        "a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients",
+        "syn",
         r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
                          "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
              "services": [{ "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
                             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
-        &[],
-    );
+    ) else {
+        return;
+    };
     let stream = lab
         .client_command("client2", &["stream", NODE_IP, "30080", "7"])
         .stdout(std::process::Stdio::piped())
@@ -110,6 +132,95 @@ fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
     let stream = stream.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&stream.stdout);
     assert!(stream.status.success() && said.contains("blocks intact"), "the stream through the flood: {said}");
+}
+
+const ENTRIES: &str = "nodegate_conntrack_entries";
+const FULL: &str = r#"nodegate_drops_total{reason="conntrack_full"}"#;
+const EVICTIONS: &str = "nodegate_conntrack_evictions_total";
+
+#[test]
+fn a_table_full_of_unreplied_flows_gives_way_to_real_clients() {
+    let Some(lab) = tiny_lab(
+        "a_table_full_of_unreplied_flows_gives_way_to_real_clients",
+        "unr",
+        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                         "addresses": ["10.77.0.1/24", "10.78.0.1/24"], "metricsPort": 9100 }],
+             "services": [{ "name": "web", "externalTrafficPolicy": "Local",
+                            "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30081 }],
+                            "endpoints": [{ "ip": "10.77.0.11", "nodeName": "edge-1" }] }] }"#,
+    ) else {
+        return;
+    };
+    // Local keeps the client's address, and the backend has no route to the spoofed block: the
+    // flood's flows never see a reply.
+    lab.ip("be1", &["route", "add", "blackhole", "10.80.0.0/16"]);
+    let flood = lab
+        .client_command("client", &["synflood", NODE_IP, "30081", "8", "10.80", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let entries = wait_for(&lab, ENTRIES, 4096);
+    assert_eq!(entries, 4096, "the flood fills the table");
+    // Real clients, from another subnet and routed through the node so that replies come back
+    // through it, while the flood keeps the table full.
+    let served = lab.backends("remote", "10.78.0.1", 30081, 20);
+    let metrics = lab.scrape("client2");
+    let flood = flood.wait_with_output().unwrap();
+    println!(
+        "{}: {} evictions, {served:?}",
+        String::from_utf8_lossy(&flood.stdout).trim(),
+        sample(&metrics, EVICTIONS)
+    );
+    assert!(served.iter().all(|b| b == "web-frontend-1"), "{served:?}\n{}", lab.gateway_log());
+    assert_eq!(sample(&metrics, FULL), 0, "a table of unreplied flows always has room");
+    assert!(sample(&metrics, EVICTIONS) >= 4096, "the new flows took the place of unreplied ones");
+}
+
+#[test]
+fn a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old() {
+    let Some(lab) = tiny_lab(
+        "a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old",
+        "est",
+        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                         "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
+             "services": [{ "name": "web", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
+                                                     { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
+    ) else {
+        return;
+    };
+    // One TCP stream and 4,095 answered UDP flows: 4,096, the table's capacity, all established.
+    let stream = lab
+        .client_command("client2", &["stream", NODE_IP, "30080", "16"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let udp = lab
+        .client_command("client", &["udpflows", NODE_IP, "30053", "4095", "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for(&lab, ENTRIES, 4096), 4096, "the flows fill the table");
+    let before = lab.scrape("client2");
+
+    // New flows get no answer at all (no RST, no ICMP): the client times out.
+    let tcp = lab.client("client2", &["http", NODE_IP, "30080", "1", "2"]);
+    let said = String::from_utf8_lossy(&tcp.stdout);
+    assert!(!tcp.status.success() && said.contains("timed out"), "a new TCP flow: {said}");
+    let one = lab.client("client2", &["udp", NODE_IP, "30053", "hello"]);
+    let said = String::from_utf8_lossy(&one.stdout);
+    assert!(!one.status.success() && said.contains("timed out"), "a new UDP flow: {said}");
+    let after = lab.scrape("client2");
+    assert!(sample(&after, FULL) - sample(&before, FULL) >= 2, "the dropped flows are counted");
+    assert_eq!(sample(&after, EVICTIONS), 0, "no established flow was evicted");
+    assert_eq!(sample(&after, ENTRIES), 4096);
+
+    let udp = udp.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&udp.stdout);
+    assert!(udp.status.success(), "the UDP flows, answered again after the drops: {said}");
+    let stream = stream.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&stream.stdout);
+    assert!(stream.status.success() && said.contains("blocks intact"), "the stream through it all: {said}");
 }
 
 const GATEWAY_MAC: &str = "02:00:00:00:00:01";
