@@ -34,7 +34,7 @@ const CONFIG: &str = r#"{
 
 type Small = Storage<64, { buckets_for(64) }>;
 
-fn engine(storage: &mut Small) -> Engine<'_> {
+fn engine<const N: usize, const B: usize>(storage: &mut Storage<N, B>) -> Engine<'_> {
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();
     let mut e = Engine::new(&cfg, None, Table::from_storage(storage, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
     // The endpoint and the gateway answered ARP earlier.
@@ -405,6 +405,28 @@ fn endpoint_off_link_goes_via_the_gateway() {
         b"",
         "via gateway",
     );
+}
+
+#[test]
+fn snat_ports_run_out_per_endpoint_and_are_never_reused() {
+    use nodegate::board::{SNAT_PORT_MAX, SNAT_PORT_MIN};
+    type Large = Storage<65536, { buckets_for(65536) }>;
+    let mut s = Box::new(Large::new());
+    let mut e = engine(&mut s);
+    // Every SNAT port towards 10.77.0.11:5353: each client port is free, so each is kept.
+    for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
+        let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, port), (NODE, 30053), 64, L4::Udp, b"q");
+        assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Forward, "client port {port}");
+    }
+    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as usize + 1;
+    assert_eq!(e.conntrack().snat_ports_in_use(), span);
+    // Another client: no port is free towards that endpoint, and none is taken twice.
+    let mut f = frame((CLIENT_MAC, NODE_MAC), ([10, 77, 0, 101], 40000), (NODE, 30053), 64, L4::Udp, b"q");
+    assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!(e.conntrack().len(), span);
+    // Another endpoint port has its own pool: TCP to 10.77.0.11:3000 still gets one.
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), ([10, 77, 0, 101], 40000), SVC, 64, L4::Syn { seq: 1 }, b"");
+    assert_eq!(e.process(&mut syn, Millis(0), &mut [0; 1514]), Verdict::Forward);
 }
 
 #[test]
