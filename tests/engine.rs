@@ -698,7 +698,7 @@ fn fragments(macs: ([u8; 6], [u8; 6]), datagram: &[u8], mtu: usize) -> Vec<Vec<u
 }
 
 /// Reassembles translated fragments (in order) and checks the datagram: addresses, ports, and
-/// the UDP checksum over the whole datagram.
+/// the TCP or UDP checksum over the whole datagram.
 fn reassembled(frames: &[Vec<u8>], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
     let mut payload = Vec::new();
     for f in frames {
@@ -707,6 +707,13 @@ fn reassembled(frames: &[Vec<u8>], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> 
         assert_eq!((ip.source, ip.destination), (src.0, dst.0), "fragment addresses");
         assert_eq!(ip.fragment_offset.byte_offset() as usize, payload.len(), "fragment order");
         payload.extend_from_slice(&rest[..ip.payload_len().unwrap() as usize]);
+    }
+    let first = etherparse::Ipv4Header::from_slice(&frames[0][14..]).unwrap().0;
+    if first.protocol == etherparse::IpNumber::TCP {
+        let (tcp, data) = etherparse::TcpHeader::from_slice(&payload).unwrap();
+        assert_eq!((tcp.source_port, tcp.destination_port), (src.1, dst.1));
+        assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4_raw(src.0, dst.0, data).unwrap(), "TCP checksum");
+        return data.to_vec();
     }
     let (udp, data) = etherparse::UdpHeader::from_slice(&payload).unwrap();
     assert_eq!((udp.source_port, udp.destination_port), (src.1, dst.1));
@@ -743,5 +750,32 @@ fn fragmented_udp_is_translated_both_ways() {
         back.push(f);
     }
     assert_eq!(reassembled(&back, (NODE, 30053), cli), data, "the client gets the whole answer");
+    assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
+}
+
+#[test]
+fn fragmented_tcp_is_translated_both_ways() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    // A SYN with data, cut in three: rare, but legal.
+    let syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, &data);
+    let mut sent = Vec::new();
+    for mut f in fragments((CLIENT_MAC, NODE_MAC), &syn[14..], 1100) {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+        sent.push(f);
+    }
+    assert_eq!(sent.len(), 3);
+    let snat = (NODE, CLI.1);
+    assert_eq!(reassembled(&sent, snat, (EP, 3000)), data, "the endpoint gets the whole segment");
+
+    let answer = frame((EP_MAC, NODE_MAC), (EP, 3000), snat, 64, L4::SynAck { seq: 9, ack: 3002 }, &data);
+    let mut back = Vec::new();
+    for mut f in fragments((EP_MAC, NODE_MAC), &answer[14..], 1500) {
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+        back.push(f);
+    }
+    assert_eq!(reassembled(&back, SVC, CLI), data, "the client gets the whole answer");
     assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
 }
