@@ -73,6 +73,9 @@ def hostile(iface, gw_mac, node, tcp_port, udp_port):
         ("ttl_exceeded", "a SYN with TTL 1", eth / IP(src=me, dst=node, ttl=1) / syn),
         ("forwarded", "a SYN with IP options (four NOPs)", eth / IP(src=me, dst=node, options=b"\x01\x01\x01\x01") / TCP(sport=CLIENT_PORT + 1, dport=tcp_port, flags="S")),
         ("forwarded", "a SYN with PSH and ECE", eth / ip / TCP(sport=CLIENT_PORT + 2, dport=tcp_port, flags="SPE")),
+        # Transport checksums are the endpoint's to check: the incremental update keeps a bad one
+        # bad, and the endpoint drops the segment, as behind any router.
+        ("forwarded", "a SYN with a bad TCP checksum", eth / ip / TCP(sport=CLIENT_PORT + 3, dport=tcp_port, flags="S", chksum=0xBAD)),
     ]
 
 
