@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Lab, NODE_IP, lab_available, sample};
+use common::{Lab, NODE_IP, finish, lab_available, sample};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
@@ -114,12 +114,8 @@ fn reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints() {
     else {
         return;
     };
-    let tcp = lab.client_command("client", &["stream", NODE_IP, "30080", "4"]).stdout(Stdio::piped()).spawn().unwrap();
-    let udp = lab
-        .client_command("client2", &["udpstream", NODE_IP, "30053", "4", "5555"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tcp = lab.spawn_client("client", &["stream", NODE_IP, "30080", "4"]);
+    let udp = lab.spawn_client("client2", &["udpstream", NODE_IP, "30053", "4", "5555"]);
     sleep(Duration::from_secs(1));
 
     // Endpoint 10.77.0.11 leaves, 10.77.0.13 arrives.
@@ -132,12 +128,10 @@ fn reload_keeps_running_streams_and_sends_new_flows_to_the_new_endpoints() {
         "{said}"
     );
 
-    let tcp = tcp.wait_with_output().unwrap();
-    let tcp_said = String::from_utf8_lossy(&tcp.stdout);
-    assert!(tcp.status.success() && tcp_said.contains("blocks intact"), "TCP stream across the reload: {tcp_said}");
-    let udp = udp.wait_with_output().unwrap();
-    let udp_said = String::from_utf8_lossy(&udp.stdout);
-    assert!(udp.status.success(), "UDP stream across the reload lost datagrams: {udp_said}");
+    let (ok, said) = finish(tcp);
+    assert!(ok && said.contains("blocks intact"), "TCP stream across the reload: {said}");
+    let (ok, said) = finish(udp);
+    assert!(ok, "UDP stream across the reload lost datagrams: {said}");
 
     let after = lab.backends("client", NODE_IP, 30080, 30);
     assert!(after.contains(&"web-frontend-3".to_string()), "new flows reach the new endpoint: {after:?}");

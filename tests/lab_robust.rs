@@ -3,8 +3,16 @@
 
 mod common;
 
-use common::{Lab, NODE_IP, lab_available, sample};
+use common::{Lab, NODE_IP, finish, lab_available, sample};
+use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+/// A service on TCP 30080 and UDP 30053, two endpoints, metrics on 9100.
+const WEB: &str = r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                                 "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
+     "services": [{ "name": "web", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
+                                             { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
+                    "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#;
 
 #[test]
 fn pmtu_discovery_works_through_the_gateway() {
@@ -30,13 +38,7 @@ fn pmtu_discovery_works_through_the_gateway() {
 
 #[test]
 fn fragmented_udp_reaches_the_backend_and_comes_back_whole() {
-    let Some(lab) = Lab::started(
-        "fragmented_udp_reaches_the_backend_and_comes_back_whole",
-        "frag",
-        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
-             "services": [{ "name": "dns", "ports": [{ "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
-                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
-    ) else {
+    let Some(lab) = Lab::started("fragmented_udp_reaches_the_backend_and_comes_back_whole", "frag", WEB) else {
         return;
     };
     // 4000 bytes: three fragments each way at MTU 1500.
@@ -80,58 +82,42 @@ fn wait_for(lab: &Lab, series: &str, value: u64) -> u64 {
         if seen >= value || Instant::now() > deadline {
             return seen;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        sleep(Duration::from_millis(200));
     }
 }
 
 #[test]
 fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
-    let Some(lab) = tiny_lab(
-        "a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients",
-        "syn",
-        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
-                         "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
-             "services": [{ "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
-                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
-    ) else {
+    let Some(lab) = tiny_lab("a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients", "syn", WEB)
+    else {
         return;
     };
-    let stream = lab
-        .client_command("client2", &["stream", NODE_IP, "30080", "7"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stream = lab.spawn_client("client2", &["stream", NODE_IP, "30080", "7"]);
+    sleep(Duration::from_millis(500));
     // Spoofed sources from 10.80.0.0/16, a block only this lab uses: the SYN-ACKs the backends
     // send them go back to the client namespace's MAC, where nothing answers.
-    let flood = lab
-        .client_command("client", &["synflood", NODE_IP, "30080", "5", "10.80"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let flood = lab.spawn_client("client", &["synflood", NODE_IP, "30080", "5", "10.80"]);
     let mut most = 0;
     for _ in 0..8 {
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        sleep(Duration::from_millis(500));
         most = most.max(sample(&lab.scrape("client2"), "nodegate_conntrack_entries"));
     }
-    let flood = flood.wait_with_output().unwrap();
-    let flooded = String::from_utf8_lossy(&flood.stdout).into_owned();
+    let (_, flooded) = finish(flood);
     let sent: u64 =
         flooded.trim().strip_prefix("synflood: ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
     assert!(sent > 4096 * 2, "the flood must outnumber the table: {flooded}");
     println!("{}: the table held at most {most} flows of 4096", flooded.trim());
     assert!(most <= 4096, "the table never holds more than its capacity: {most}");
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let after = lab.backends("client", NODE_IP, 30080, 1);
     assert!(
-        after[0].starts_with("web-frontend-") && started.elapsed() < std::time::Duration::from_secs(2),
+        after[0].starts_with("web-frontend-") && started.elapsed() < Duration::from_secs(2),
         "a new client after the flood: {after:?}\n{}",
         lab.gateway_log()
     );
-    let stream = stream.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&stream.stdout);
-    assert!(stream.status.success() && said.contains("blocks intact"), "the stream through the flood: {said}");
+    let (ok, said) = finish(stream);
+    assert!(ok && said.contains("blocks intact"), "the stream through the flood: {said}");
 }
 
 const ENTRIES: &str = "nodegate_conntrack_entries";
@@ -154,23 +140,15 @@ fn a_table_full_of_unreplied_flows_gives_way_to_real_clients() {
     // Local keeps the client's address, and the backend has no route to the spoofed block: the
     // flood's flows never see a reply.
     lab.ip("be1", &["route", "add", "blackhole", "10.80.0.0/16"]);
-    let flood = lab
-        .client_command("client", &["synflood", NODE_IP, "30081", "8", "10.80", "20000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let flood = lab.spawn_client("client", &["synflood", NODE_IP, "30081", "8", "10.80", "20000"]);
     let entries = wait_for(&lab, ENTRIES, 4096);
     assert_eq!(entries, 4096, "the flood fills the table");
     // Real clients, from another subnet and routed through the node so that replies come back
     // through it, while the flood keeps the table full.
     let served = lab.backends("remote", "10.78.0.1", 30081, 20);
     let metrics = lab.scrape("client2");
-    let flood = flood.wait_with_output().unwrap();
-    println!(
-        "{}: {} evictions, {served:?}",
-        String::from_utf8_lossy(&flood.stdout).trim(),
-        sample(&metrics, EVICTIONS)
-    );
+    let (_, flooded) = finish(flood);
+    println!("{}: {} evictions, {served:?}", flooded.trim(), sample(&metrics, EVICTIONS));
     assert!(served.iter().all(|b| b == "web-frontend-1"), "{served:?}\n{}", lab.gateway_log());
     assert_eq!(sample(&metrics, FULL), 0, "a table of unreplied flows always has room");
     assert!(sample(&metrics, EVICTIONS) >= 4096, "the new flows took the place of unreplied ones");
@@ -178,28 +156,12 @@ fn a_table_full_of_unreplied_flows_gives_way_to_real_clients() {
 
 #[test]
 fn a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old() {
-    let Some(lab) = tiny_lab(
-        "a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old",
-        "est",
-        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
-                         "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
-             "services": [{ "name": "web", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
-                                                     { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
-                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
-    ) else {
+    let Some(lab) = tiny_lab("a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old", "est", WEB) else {
         return;
     };
     // One TCP stream and 4,095 answered UDP flows: 4,096, the table's capacity, all established.
-    let stream = lab
-        .client_command("client2", &["stream", NODE_IP, "30080", "16"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let udp = lab
-        .client_command("client", &["udpflows", NODE_IP, "30053", "4095", "10"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stream = lab.spawn_client("client2", &["stream", NODE_IP, "30080", "16"]);
+    let udp = lab.spawn_client("client", &["udpflows", NODE_IP, "30053", "4095", "10"]);
     assert_eq!(wait_for(&lab, ENTRIES, 4096), 4096, "the flows fill the table");
     let before = lab.scrape("client2");
 
@@ -215,12 +177,10 @@ fn a_table_full_of_established_flows_drops_new_ones_and_keeps_the_old() {
     assert_eq!(sample(&after, EVICTIONS), 0, "no established flow was evicted");
     assert_eq!(sample(&after, ENTRIES), 4096);
 
-    let udp = udp.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&udp.stdout);
-    assert!(udp.status.success(), "the UDP flows, answered again after the drops: {said}");
-    let stream = stream.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&stream.stdout);
-    assert!(stream.status.success() && said.contains("blocks intact"), "the stream through it all: {said}");
+    let (ok, said) = finish(udp);
+    assert!(ok, "the UDP flows, answered again after the drops: {said}");
+    let (ok, said) = finish(stream);
+    assert!(ok && said.contains("blocks intact"), "the stream through it all: {said}");
 }
 
 const GATEWAY_MAC: &str = "02:00:00:00:00:01";
@@ -264,30 +224,18 @@ fn assert_every_frame_accounted(metrics: &str) {
 
 #[test]
 fn hostile_frames_are_dropped_and_counted_while_a_client_is_served() {
-    let Some(lab) = Lab::started(
-        "hostile_frames_are_dropped_and_counted_while_a_client_is_served",
-        "bad",
-        r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
-                         "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
-             "services": [{ "name": "web", "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
-                                                     { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
-                            "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }] }"#,
-    ) else {
+    let Some(lab) = Lab::started("hostile_frames_are_dropped_and_counted_while_a_client_is_served", "bad", WEB) else {
         return;
     };
     // Room to send one frame longer than the link's MTU allows.
     lab.ip("client", &["link", "set", "eth0", "mtu", "1504"]);
-    let stream = lab
-        .client_command("client2", &["stream", NODE_IP, "30080", "6"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stream = lab.spawn_client("client2", &["stream", NODE_IP, "30080", "6"]);
+    sleep(Duration::from_millis(500));
 
     // The scapy set: each drop reason rises by exactly the frames sent for it, no other one moves.
     let before = lab.scrape("client2");
     let said = frames(&lab, "client", &["hostile", "eth0", GATEWAY_MAC, NODE_IP, "30080", "30053"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    sleep(Duration::from_millis(300));
     let after = lab.scrape("client2");
     let expected: std::collections::BTreeMap<&str, u64> = said
         .lines()
@@ -314,16 +262,15 @@ fn hostile_frames_are_dropped_and_counted_while_a_client_is_served() {
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/engine_frames");
     let said = frames(&lab, "client", &["replay", "eth0", GATEWAY_MAC, corpus.to_str().unwrap()]);
     let replayed: u64 = said.trim().strip_prefix("replayed ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    sleep(Duration::from_millis(300));
     let end = lab.scrape("client2");
     let received = |m: &str| sample(m, "nodegate_frames_received_total");
     println!("replayed {replayed} corpus frames; the gateway received {}", received(&end) - received(&after));
     assert!(replayed > 1000 && received(&end) - received(&after) >= replayed, "every corpus frame arrived");
     assert_every_frame_accounted(&end);
 
-    let stream = stream.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&stream.stdout);
-    assert!(stream.status.success() && said.contains("blocks intact"), "the stream meanwhile: {said}");
+    let (ok, said) = finish(stream);
+    assert!(ok && said.contains("blocks intact"), "the stream meanwhile: {said}");
     let after = lab.backends("client", NODE_IP, 30080, 3);
     assert!(after.iter().all(|b| b.starts_with("web-frontend-")), "served after: {after:?}\n{}", lab.gateway_log());
 }

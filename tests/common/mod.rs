@@ -148,7 +148,12 @@ impl Lab {
         self.client_command(host, args).output().expect("lab client runs")
     }
 
-    /// The command of [`Lab::client`], to spawn it in the background.
+    /// [`Lab::client`] in the background; [`finish`] waits for it.
+    pub fn spawn_client(&self, host: &str, args: &[&str]) -> Child {
+        self.client_command(host, args).stdout(Stdio::piped()).spawn().expect("lab client runs")
+    }
+
+    /// The command of [`Lab::client`].
     pub fn client_command(&self, host: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(host), "python3"])
@@ -249,4 +254,10 @@ pub fn sample(metrics: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+/// Waits for a client from [`Lab::spawn_client`]: whether it succeeded, and what it printed.
+pub fn finish(client: Child) -> (bool, String) {
+    let out = client.wait_with_output().expect("lab client ends");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
