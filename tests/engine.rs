@@ -725,30 +725,33 @@ fn reassembled(frames: &[Vec<u8>], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> 
     data.to_vec()
 }
 
+/// Passes `frames` through the engine, each to be forwarded; returns them as translated.
+fn forwarded(e: &mut Engine, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut out = [0u8; 1514];
+    frames
+        .into_iter()
+        .map(|mut f| {
+            assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
+            f
+        })
+        .collect()
+}
+
 #[test]
 fn fragmented_udp_is_translated_both_ways() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
-    let mut out = [0u8; 1514];
     let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
     let cli = (CLIENT, 5000);
     let request = frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, &data);
-    let mut sent = Vec::new();
-    for mut f in fragments((CLIENT_MAC, NODE_MAC), &request[14..], 1500) {
-        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
-        assert_eq!(&f[0..6], &EP_MAC);
-        sent.push(f);
-    }
+    let sent = forwarded(&mut e, fragments((CLIENT_MAC, NODE_MAC), &request[14..], 1500));
     assert_eq!(sent.len(), 3);
+    assert!(sent.iter().all(|f| f[0..6] == EP_MAC));
     assert_eq!(reassembled(&sent, (NODE, 5000), (EP, 5353)), data, "the endpoint gets the whole datagram");
 
     let answer = frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, &data);
-    let mut back = Vec::new();
-    for mut f in fragments((EP_MAC, NODE_MAC), &answer[14..], 1500) {
-        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
-        assert_eq!(&f[0..6], &CLIENT_MAC);
-        back.push(f);
-    }
+    let back = forwarded(&mut e, fragments((EP_MAC, NODE_MAC), &answer[14..], 1500));
+    assert!(back.iter().all(|f| f[0..6] == CLIENT_MAC));
     assert_eq!(reassembled(&back, (NODE, 30053), cli), data, "the client gets the whole answer");
     assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
 }
@@ -757,25 +760,16 @@ fn fragmented_udp_is_translated_both_ways() {
 fn fragmented_tcp_is_translated_both_ways() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
-    let mut out = [0u8; 1514];
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
     // A SYN with data, cut in three: rare, but legal.
     let syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, &data);
-    let mut sent = Vec::new();
-    for mut f in fragments((CLIENT_MAC, NODE_MAC), &syn[14..], 1100) {
-        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
-        sent.push(f);
-    }
+    let sent = forwarded(&mut e, fragments((CLIENT_MAC, NODE_MAC), &syn[14..], 1100));
     assert_eq!(sent.len(), 3);
     let snat = (NODE, CLI.1);
     assert_eq!(reassembled(&sent, snat, (EP, 3000)), data, "the endpoint gets the whole segment");
 
     let answer = frame((EP_MAC, NODE_MAC), (EP, 3000), snat, 64, L4::SynAck { seq: 9, ack: 3002 }, &data);
-    let mut back = Vec::new();
-    for mut f in fragments((EP_MAC, NODE_MAC), &answer[14..], 1500) {
-        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
-        back.push(f);
-    }
+    let back = forwarded(&mut e, fragments((EP_MAC, NODE_MAC), &answer[14..], 1500));
     assert_eq!(reassembled(&back, SVC, CLI), data, "the client gets the whole answer");
     assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
 }
