@@ -62,6 +62,11 @@ fn tiny_gateway() -> std::path::PathBuf {
     target.join("debug/nodegate")
 }
 
+/// Held by each flood test for its whole run: two floods at once would share the machine's
+/// two cores with the gateways under test, and their real clients would time out for want of
+/// CPU, not because of the gateway.
+static ONE_FLOOD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A lab with the edge-tiny gateway running `config`, or `None` where lab tests cannot run.
 fn tiny_lab(test: &str, tag: &str, config: &str) -> Option<Lab> {
     if !lab_available(test) {
@@ -88,6 +93,7 @@ fn wait_for(lab: &Lab, series: &str, value: u64) -> u64 {
 
 #[test]
 fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(lab) = tiny_lab("a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients", "syn", WEB)
     else {
         return;
@@ -126,6 +132,7 @@ const EVICTIONS: &str = "nodegate_conntrack_evictions_total";
 
 #[test]
 fn a_table_full_of_unreplied_flows_gives_way_to_real_clients() {
+    let _flood = ONE_FLOOD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(lab) = tiny_lab(
         "a_table_full_of_unreplied_flows_gives_way_to_real_clients",
         "unr",
