@@ -3,7 +3,7 @@
 
 use nodegate::config;
 use nodegate::conntrack::{Storage, Table, buckets_for};
-use nodegate::engine::Engine;
+use nodegate::engine::{Engine, Offload};
 use nodegate::time::Millis;
 
 const CONFIG: &str = r#"{
@@ -18,21 +18,25 @@ const CONFIG: &str = r#"{
 }"#;
 
 /// Arbitrary bytes as a sequence of frames, each `[length: u16 big-endian][bytes]`, through one
-/// engine with a small table, with time moving on and the engine's own output drained.
+/// engine with a small table, with time moving on and the engine's own output drained. The two
+/// top bits of a length give the frame an offload: a partial checksum, a super-frame.
 pub fn engine_frames(data: &[u8]) {
     let cfg = config::parse(CONFIG.as_bytes()).expect("the harness config is valid");
     let mut storage = Storage::<16, { buckets_for(16) }>::new();
     let mut engine = Engine::new(&cfg, None, Table::from_storage(&mut storage, [1, 2], nodegate::board::TIMEOUTS), 3)
         .expect("the harness node exists");
-    let (mut buf, mut out) = ([0u8; 1514], [0u8; 1514]);
+    let (mut buf, mut out) = ([0u8; 4096], [0u8; 1514]);
     let mut rest = data;
     let mut now = 0u64;
     while rest.len() >= 2 {
-        let len = (u16::from_be_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2).min(buf.len());
+        let head = u16::from_be_bytes([rest[0], rest[1]]);
+        let offload =
+            Offload { partial_checksum: head & 0x8000 != 0, segment_size: if head & 0x4000 != 0 { 536 } else { 0 } };
+        let len = ((head & 0x3fff) as usize).min(rest.len() - 2).min(buf.len());
         buf[..len].copy_from_slice(&rest[2..2 + len]);
         rest = &rest[2 + len..];
         now += 700;
-        let _ = engine.process(&mut buf[..len], Millis(now), &mut out);
+        let _ = engine.process_offloaded(&mut buf[..len], offload, Millis(now), &mut out);
         engine.housekeeping(Millis(now));
         for _ in 0..64 {
             if engine.next_output(Millis(now), &mut out).is_none() {

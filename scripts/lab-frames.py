@@ -99,7 +99,8 @@ def corpus_frames(directory, src_mac, dst_mac, src_ip):
         with open(os.path.join(directory, name), "rb") as f:
             data = f.read()
         while len(data) >= 2:
-            length = min(int.from_bytes(data[:2], "big"), len(data) - 2)
+            # The length's two top bits are the fuzz harness's offload flags, not length.
+            length = min(int.from_bytes(data[:2], "big") & 0x3FFF, len(data) - 2)
             frame, data = bytearray(data[2:2 + length]), data[2 + length:]
             if not 14 <= len(frame) <= 1514:
                 continue

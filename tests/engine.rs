@@ -5,7 +5,7 @@
 use etherparse::{Icmpv4Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use nodegate::config;
 use nodegate::conntrack::{Storage, Table, buckets_for};
-use nodegate::engine::{DropReason, Engine, Verdict};
+use nodegate::engine::{DropReason, Engine, Offload, Verdict};
 use nodegate::time::Millis;
 
 const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -772,4 +772,137 @@ fn fragmented_tcp_is_translated_both_ways() {
     let back = forwarded(&mut e, fragments((EP_MAC, NODE_MAC), &answer[14..], 1500));
     assert_eq!(reassembled(&back, SVC, CLI), data, "the client gets the whole answer");
     assert_eq!(e.counters().dropped(DropReason::Fragment), 0);
+}
+
+/// The TCP/UDP checksum field of `f` and the span it covers, from the IPv4 header.
+fn transport(f: &[u8]) -> (usize, std::ops::Range<usize>) {
+    let l4 = 14 + (f[14] & 0x0f) as usize * 4;
+    let end = 14 + u16::from_be_bytes([f[16], f[17]]) as usize;
+    (l4 + if f[23] == 6 { 16 } else { 6 }, l4..end)
+}
+
+/// One's-complement sum of 16-bit words, folded.
+fn fold(words: impl Iterator<Item = u16>) -> u16 {
+    let mut acc: u32 = words.map(u32::from).sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+fn words(b: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+}
+
+/// Leaves the transport checksum of `f` as a local sender with checksum offload does: the sum of
+/// the pseudo-header only, not complemented.
+fn make_partial(f: &mut [u8]) {
+    let (at, span) = transport(f);
+    let pseudo = [&f[26..34], &[0, f[23]], &(span.len() as u16).to_be_bytes()].concat();
+    f[at..at + 2].copy_from_slice(&fold(words(&pseudo)).to_be_bytes());
+}
+
+/// Finishes a partial checksum as the kernel does when the frame leaves: the segment summed
+/// over the field that holds the pseudo-header's sum.
+fn finish_partial(f: &mut [u8]) {
+    let (at, span) = transport(f);
+    let check = !fold(words(&f[span]));
+    f[at..at + 2].copy_from_slice(&check.to_be_bytes());
+}
+
+const PARTIAL: Offload = Offload { partial_checksum: true, segment_size: 0 };
+
+#[test]
+fn partial_checksums_follow_the_addresses_both_ways() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let rows = [
+        (
+            "TCP SYN to the nodePort",
+            frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"hello"),
+            Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 },
+        ),
+        (
+            "its SYN-ACK back",
+            frame((EP_MAC, NODE_MAC), BACKEND, SNAT, 64, L4::SynAck { seq: 9, ack: 7 }, b"hello"),
+            Want { macs: (NODE_MAC, CLIENT_MAC), src: SVC, dst: CLI, ttl: 63 },
+        ),
+        (
+            "UDP to the nodePort",
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"hello"),
+            Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 },
+        ),
+    ];
+    for (what, mut f, want) in rows {
+        make_partial(&mut f);
+        assert_eq!(e.process_offloaded(&mut f, PARTIAL, Millis(0), &mut out), Verdict::Forward, "{what}");
+        finish_partial(&mut f);
+        check_frame(&f, &want, b"hello", what);
+    }
+}
+
+#[test]
+fn super_frames_pass_whole_when_their_segments_fit_the_mtu() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
+    assert_eq!(e.process(&mut syn, Millis(0), &mut out), Verdict::Forward);
+    let data = vec![7u8; 10_000];
+    let data_frame = || {
+        let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Ack { seq: 2, ack: 10 }, &data);
+        make_partial(&mut f);
+        f
+    };
+    let gso = |segment_size| Offload { partial_checksum: true, segment_size };
+
+    let mut f = data_frame();
+    assert_eq!(e.process_offloaded(&mut f, gso(1448), Millis(0), &mut out), Verdict::Forward);
+    finish_partial(&mut f);
+    check_frame(&f, &Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 }, &data, "super-frame");
+    assert_eq!(e.service_counters(0).ports[0].packets[0], 1 + 7, "the SYN, then 10,000 bytes in 7 segments");
+
+    let rows = [
+        ("the same frame without offload", Offload::NONE, DropReason::Oversized),
+        ("segments of 1461 bytes: 1501-byte packets", gso(1461), DropReason::Oversized),
+    ];
+    for (what, offload, reason) in rows {
+        assert_eq!(
+            e.process_offloaded(&mut data_frame(), offload, Millis(0), &mut out),
+            Verdict::Drop(reason),
+            "{what}"
+        );
+    }
+    let mut udp = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, &data);
+    let udp_segmented = e.process_offloaded(&mut udp, gso(1400), Millis(0), &mut out);
+    assert_eq!(udp_segmented, Verdict::Drop(DropReason::Malformed), "the TAP offers TCP segmentation only");
+}
+
+#[test]
+fn frames_that_leave_without_their_offload_get_a_whole_checksum() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    // For the node's own stack (smoltcp checks checksums and takes MTU-sized packets).
+    let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 22), 64, L4::Syn { seq: 1 }, b"hello");
+    let whole = f.clone();
+    make_partial(&mut f);
+    assert_eq!(e.process_offloaded(&mut f, PARTIAL, Millis(0), &mut out), Verdict::Stack);
+    assert_eq!(f, whole, "the node's stack gets the finished checksum");
+    let mut big = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 22), 64, L4::Ack { seq: 2, ack: 1 }, &[1; 5000]);
+    let offload = Offload { partial_checksum: true, segment_size: 1448 };
+    assert_eq!(e.process_offloaded(&mut big, offload, Millis(0), &mut out), Verdict::Drop(DropReason::Oversized));
+
+    // Parked for ARP: it leaves later with an empty virtio-net header.
+    let cfg = config::parse(CONFIG.as_bytes()).unwrap();
+    let mut s = Small::new();
+    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"hello");
+    make_partial(&mut syn);
+    assert!(matches!(e.process_offloaded(&mut syn, PARTIAL, Millis(0), &mut out), Verdict::Parked(_)));
+    assert_eq!(e.process(&mut arp_reply(EP_MAC, EP), Millis(10), &mut out), Verdict::Stack);
+    let len = e.next_output(Millis(10), &mut out).expect("the parked frame goes out");
+    let want = Want { macs: (NODE_MAC, EP_MAC), src: SNAT, dst: BACKEND, ttl: 63 };
+    check_frame(&out[..len], &want, b"hello", "released frame");
 }

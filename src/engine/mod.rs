@@ -24,6 +24,7 @@ use crate::neighbor::Neighbors;
 use crate::time::Millis;
 pub use counters::{Counters, DropReason};
 use fragments::{Fragments, Key as FragmentKey, Translation};
+pub use packet::Offload;
 use packet::{Ipv4Frame, PROTO_TCP, PROTO_UDP, Rewrite};
 use parked::Parked;
 
@@ -40,6 +41,17 @@ pub enum Verdict {
     Parked(usize),
     /// The frame was dropped, for this reason (already counted).
     Drop(DropReason),
+}
+
+/// A frame for smoltcp, which takes whole packets with their checksums.
+fn to_stack(frame: &mut [u8], f: &Ipv4Frame) -> Verdict {
+    if f.offload.segment_size > 0 {
+        return Verdict::Drop(DropReason::Oversized);
+    }
+    if f.offload.partial_checksum {
+        packet::complete_checksum(frame, f);
+    }
+    Verdict::Stack
 }
 
 /// ICMP types and codes the engine sends.
@@ -324,8 +336,14 @@ impl<'a> Engine<'a> {
     /// Decides what happens to `frame`, rewriting it in place or writing a reply into `out`
     /// (which must hold a full frame).
     pub fn process(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
+        self.process_offloaded(frame, Offload::NONE, now, out)
+    }
+
+    /// [`Engine::process`] for a frame the kernel left work on (see [`Offload`]); a forwarded
+    /// frame leaves with the same offload.
+    pub fn process_offloaded(&mut self, frame: &mut [u8], offload: Offload, now: Millis, out: &mut [u8]) -> Verdict {
         self.counters.received += 1;
-        let verdict = self.classify(frame, now, out);
+        let verdict = self.classify(frame, offload, now, out);
         match verdict {
             Verdict::Forward => self.counters.forwarded += 1,
             Verdict::Stack => self.counters.to_stack += 1,
@@ -359,7 +377,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn classify(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
+    fn classify(&mut self, frame: &mut [u8], offload: Offload, now: Millis, out: &mut [u8]) -> Verdict {
         if frame.len() < packet::ETH_HEADER {
             return Verdict::Drop(DropReason::Truncated);
         }
@@ -372,8 +390,11 @@ impl<'a> Engine<'a> {
         }
         match u16::from_be_bytes([frame[12], frame[13]]) {
             0x0806 => self.arp(frame, now, out),
-            0x0800 => match Ipv4Frame::parse(frame) {
-                Ok(f) => self.ipv4(frame, &f, now, out),
+            0x0800 => match Ipv4Frame::parse(frame, offload) {
+                Ok(f) => match self.ipv4(frame, &f, now, out) {
+                    Verdict::Stack => to_stack(frame, &f),
+                    verdict => verdict,
+                },
                 Err(reason) => Verdict::Drop(reason),
             },
             _ => Verdict::Drop(DropReason::UnsupportedEthertype),
@@ -511,7 +532,7 @@ impl<'a> Engine<'a> {
                     dst_port: flow.source_port,
                 };
                 packet::rewrite_icmp_error(frame, f, &q, outer_src, flow.endpoint, inner);
-                self.send_to(frame, None, flow.endpoint, now, out)
+                self.send_to(frame, f, None, flow.endpoint, now, out)
             }
             // About a packet on its way to the endpoint: tell the client, about what it sent.
             Direction::Reply => {
@@ -522,7 +543,7 @@ impl<'a> Engine<'a> {
                     dst_port: flow.service_port,
                 };
                 packet::rewrite_icmp_error(frame, f, &q, flow.service_ip, flow.client, inner);
-                self.send_to(frame, Some(flow.client_mac), flow.client, now, out)
+                self.send_to(frame, f, Some(flow.client_mac), flow.client, now, out)
             }
         })
     }
@@ -672,7 +693,7 @@ impl<'a> Engine<'a> {
             return;
         };
         let d = usize::from(dir == Direction::Reply);
-        t.packets[d] += 1;
+        t.packets[d] += f.packets as u64;
         t.bytes[d] += (f.end - packet::ETH_HEADER) as u64;
     }
 
@@ -735,7 +756,7 @@ impl<'a> Engine<'a> {
             let secs = now.secs();
             self.fragments.record(key, translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
         }
-        self.send_to(frame, dst_mac, to_ip, now, out)
+        self.send_to(frame, f, dst_mac, to_ip, now, out)
     }
 
     /// A fragment after the first: it goes where the first fragment of its datagram went.
@@ -746,7 +767,7 @@ impl<'a> Engine<'a> {
             return v;
         }
         packet::rewrite_addresses(frame, t.src, t.dst);
-        self.send_to(frame, t.dst_mac, t.to_ip, now, out)
+        self.send_to(frame, f, t.dst_mac, t.to_ip, now, out)
     }
 
     /// Addresses a translated `frame` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held
@@ -754,6 +775,7 @@ impl<'a> Engine<'a> {
     fn send_to(
         &mut self,
         frame: &mut [u8],
+        f: &Ipv4Frame,
         dst_mac: Option<[u8; 6]>,
         to_ip: Ipv4Addr,
         now: Millis,
@@ -766,7 +788,7 @@ impl<'a> Engine<'a> {
                 let Some(hop) = self.next_hop(to_ip) else { return Verdict::Drop(DropReason::NoRoute) };
                 match self.neighbors.lookup(hop, now) {
                     Some(mac) => mac,
-                    None => return self.park(frame, hop, now, out),
+                    None => return self.park(frame, f, hop, now, out),
                 }
             }
         };
@@ -774,7 +796,12 @@ impl<'a> Engine<'a> {
         Verdict::Forward
     }
 
-    fn park(&mut self, frame: &[u8], hop: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+    /// Holds `frame` until `hop` answers ARP. It leaves later without its offload, so a partial
+    /// checksum is finished now (a super-frame is too large to hold and is dropped).
+    fn park(&mut self, frame: &mut [u8], f: &Ipv4Frame, hop: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+        if f.offload.partial_checksum {
+            packet::complete_checksum(frame, f);
+        }
         let ask = self.arp_request(hop, now, out);
         if self.parked.park(hop, frame, now) {
             Verdict::Parked(ask)

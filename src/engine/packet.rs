@@ -17,6 +17,24 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// What the kernel left undone on a frame read from a TAP with offloads (its virtio-net
+/// header), to finish once nodegate sends the frame on: a frame from a local sender, whether a
+/// VM, a container or the host itself, comes this way, unsegmented and without its checksum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// The TCP/UDP checksum field holds only the sum of the pseudo-header, not complemented
+    /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`): the data is summed in when the frame leaves.
+    pub partial_checksum: bool,
+    /// A TCP super-frame that the kernel cuts into segments of this many bytes of payload when
+    /// it leaves (GSO); 0 for a single packet.
+    pub segment_size: u16,
+}
+
+impl Offload {
+    /// A frame as it is on the wire.
+    pub const NONE: Offload = Offload { partial_checksum: false, segment_size: 0 };
+}
+
 /// Offsets and fields of a checked IPv4 frame.
 #[derive(Debug, Clone, Copy)]
 pub struct Ipv4Frame {
@@ -38,12 +56,16 @@ pub struct Ipv4Frame {
     pub ports: Option<(u16, u16)>,
     /// TCP flags, for TCP.
     pub tcp: Option<tcp::Flags>,
+    pub offload: Offload,
+    /// The packets this frame leaves as: 1, or the segments of a super-frame.
+    pub packets: u16,
 }
 
 impl Ipv4Frame {
     /// Checks an Ethernet frame that carries IPv4: version, header and total lengths, header
-    /// checksum, and the transport header's length.
-    pub fn parse(frame: &[u8]) -> Result<Ipv4Frame, DropReason> {
+    /// checksum, and the transport header's length; a super-frame (`offload`) must be TCP
+    /// whose segments fit the MTU.
+    pub fn parse(frame: &[u8], offload: Offload) -> Result<Ipv4Frame, DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         debug_assert_eq!(eth.ethertype(), EthernetProtocol::Ipv4);
         let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
@@ -53,7 +75,8 @@ impl Ipv4Frame {
         if !ip.verify_checksum() {
             return Err(DropReason::BadChecksum);
         }
-        if ip.total_len() as usize > MTU {
+        let super_frame = offload.segment_size > 0;
+        if ip.total_len() as usize > MTU && !super_frame {
             return Err(DropReason::Oversized);
         }
         let l4 = ETH_HEADER + ip.header_len() as usize;
@@ -62,6 +85,7 @@ impl Ipv4Frame {
         let later_fragment = ip.frag_offset() != 0;
         let proto = u8::from(ip.next_header());
         let seg = &frame[l4..end];
+        let mut packets = 1;
         let (ports, tcp) = match proto {
             _ if later_fragment => (None, None),
             PROTO_TCP
@@ -70,6 +94,13 @@ impl Ipv4Frame {
                 let f = seg[13];
                 if !TCP_VALID_FLAGS.contains(&(f & TCP_FLAGS_CHECKED)) {
                     return Err(DropReason::BadTcpFlags);
+                }
+                let tcp_header = (seg[12] >> 4) as usize * 4;
+                if ip.header_len() as usize + tcp_header + offload.segment_size as usize > MTU {
+                    return Err(DropReason::Oversized);
+                }
+                if super_frame {
+                    packets = (seg.len() - tcp_header).div_ceil(offload.segment_size as usize).max(1) as u16;
                 }
                 let flags =
                     tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
@@ -85,6 +116,9 @@ impl Ipv4Frame {
             PROTO_TCP | PROTO_UDP => return Err(DropReason::Truncated),
             _ => (None, None),
         };
+        if super_frame && tcp.is_none() {
+            return Err(DropReason::Malformed); // the TAP offers the kernel TCP segmentation only
+        }
         if ports.is_some_and(|(src, dst)| src == 0 || dst == 0) {
             return Err(DropReason::ZeroPort);
         }
@@ -100,6 +134,8 @@ impl Ipv4Frame {
             ident: ip.ident(),
             ports,
             tcp,
+            offload,
+            packets,
         })
     }
 }
@@ -163,7 +199,8 @@ fn rewrite_ip(frame: &mut [u8], ip: usize, src: Ipv4Addr, dst: Ipv4Addr, forward
 /// Sets the ports of the TCP/UDP header at `l4` (of the IPv4 header at `ip`, whose addresses
 /// are still the old ones), and updates its checksum for the new addresses and ports, when the
 /// checksum field lies before `end` (an ICMP error quotes only the first 8 bytes of a segment).
-fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, to: Rewrite) {
+/// A `partial` checksum covers the pseudo-header only: it follows the addresses alone.
+fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, to: Rewrite, partial: bool) {
     let (old_src, old_dst) = (get_ip(frame, ip + IP_SRC), get_ip(frame, ip + IP_DST));
     let (old_sport, old_dport) = (get16(frame, l4), get16(frame, l4 + 2));
     put16(frame, l4, to.src_port);
@@ -173,6 +210,12 @@ fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, 
         return;
     }
     let old_check = get16(frame, check_at);
+    if partial {
+        // The field is the (uncomplemented) sum itself: update its complement.
+        let check = checksum::update32(!old_check, old_src, to.src.octets());
+        put16(frame, check_at, !checksum::update32(check, old_dst, to.dst.octets()));
+        return;
+    }
     if proto == PROTO_UDP && old_check == 0 {
         return; // UDP without a checksum stays without one.
     }
@@ -196,8 +239,20 @@ pub fn rewrite_addresses(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
 /// transport checksums, each updated for just the words that changed. For a first fragment the
 /// transport checksum (of the whole datagram) is updated just the same.
 pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
-    rewrite_ports(frame, ETH_HEADER, f.l4, f.end, f.proto, to);
+    rewrite_ports(frame, ETH_HEADER, f.l4, f.end, f.proto, to, f.offload.partial_checksum);
     rewrite_ip(frame, ETH_HEADER, to.src, to.dst, true);
+}
+
+/// Finishes the partial TCP/UDP checksum of a checked frame (see [`Offload`]): for a frame
+/// that leaves without its offload (parked, or for the node's own stack).
+pub fn complete_checksum(frame: &mut [u8], f: &Ipv4Frame) {
+    let check_at = f.l4 + if f.proto == PROTO_TCP { 16 } else { 6 };
+    if f.ports.is_none() || check_at + 2 > f.end {
+        return;
+    }
+    // The field holds the pseudo-header's sum: summing the segment over it adds in the rest.
+    let check = checksum::finish(checksum::sum(&frame[f.l4..f.end]));
+    put16(frame, check_at, if f.proto == PROTO_UDP && check == 0 { 0xffff } else { check });
 }
 
 /// The packet an ICMP error quotes (its IP header and at least the first 8 bytes of its TCP or
@@ -250,7 +305,7 @@ pub fn rewrite_icmp_error(
     outer_dst: Ipv4Addr,
     inner: Rewrite,
 ) {
-    rewrite_ports(frame, q.ip, q.l4, f.end, q.proto, inner);
+    rewrite_ports(frame, q.ip, q.l4, f.end, q.proto, inner, false);
     rewrite_ip(frame, q.ip, inner.src, inner.dst, false);
     rewrite_ip(frame, ETH_HEADER, outer_src, outer_dst, true);
     put16(frame, f.l4 + 2, 0);

@@ -2,7 +2,10 @@
 //!
 //! `receive` reads frames from the TAP and gives each to the engine first: translated frames
 //! and the engine's replies go straight back out, and only frames for the node itself reach
-//! smoltcp. Frame buffers are fixed; nothing is allocated per frame.
+//! smoltcp. Every frame on the TAP has a virtio-net header in front: a translated frame leaves
+//! with the header it came with (the kernel then finishes its checksum and cuts a super-frame
+//! into segments), the engine's and smoltcp's own frames with an empty one. Frame buffers are
+//! fixed; nothing is allocated per frame.
 
 use std::io;
 
@@ -10,20 +13,26 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::tap::Tap;
-use crate::engine::{DropReason, Engine, Verdict};
+use crate::engine::{DropReason, Engine, Offload, Verdict};
 use crate::time::Millis;
 
-/// Room for one frame: Ethernet header, MTU 1500, and a VLAN tag to spare.
+/// The virtio-net header (`struct virtio_net_hdr`): flags, GSO type, header length, GSO size,
+/// checksum start and offset.
+const VNET_HEADER: usize = 10;
+const VNET_NEEDS_CSUM: u8 = 1;
+/// Room for a frame nodegate sends on its own: Ethernet header, MTU 1500, a VLAN tag to spare.
 pub const FRAME: usize = 1518;
+/// Room for a frame the TAP hands over: a 64 KiB IPv4 super-frame with its Ethernet header.
+const RX_FRAME: usize = 14 + 4 + 65535;
 /// Frames one `receive` call looks at before it yields to the rest of the loop.
 const BUDGET: usize = 64;
 
 pub struct NatDevice<'e, 't> {
     pub tap: Tap,
     pub engine: &'e mut Engine<'t>,
-    rx: [u8; FRAME],
-    tx: [u8; FRAME],
-    out: [u8; FRAME],
+    rx: [u8; VNET_HEADER + RX_FRAME],
+    tx: [u8; VNET_HEADER + FRAME],
+    out: [u8; VNET_HEADER + FRAME],
     now: Millis,
     /// A read error other than "nothing waiting" (the TAP vanished): the loop stops on it.
     pub fatal: Option<io::Error>,
@@ -31,7 +40,15 @@ pub struct NatDevice<'e, 't> {
 
 impl<'e, 't> NatDevice<'e, 't> {
     pub fn new(tap: Tap, engine: &'e mut Engine<'t>) -> Self {
-        NatDevice { tap, engine, rx: [0; FRAME], tx: [0; FRAME], out: [0; FRAME], now: Millis(0), fatal: None }
+        NatDevice {
+            tap,
+            engine,
+            rx: [0; VNET_HEADER + RX_FRAME],
+            tx: [0; VNET_HEADER + FRAME],
+            out: [0; VNET_HEADER + FRAME],
+            now: Millis(0),
+            fatal: None,
+        }
     }
 
     /// Sets the time the engine sees until the next call.
@@ -42,14 +59,25 @@ impl<'e, 't> NatDevice<'e, 't> {
     /// Sends the engine's own frames: released parked frames and ARP refreshes.
     pub fn flush_engine_output(&mut self) {
         for _ in 0..BUDGET {
-            let Some(len) = self.engine.next_output(self.now, &mut self.out) else { break };
-            send(&self.tap, &self.out[..len], self.engine);
+            let Some(len) = self.engine.next_output(self.now, &mut self.out[VNET_HEADER..]) else { break };
+            send(&self.tap, &self.out[..VNET_HEADER + len], self.engine);
         }
     }
 }
 
+/// What the kernel left undone on a frame, from its virtio-net header.
+fn offload(header: &[u8]) -> Offload {
+    let gso_type = header[1];
+    let segment_size = u16::from_ne_bytes([header[4], header[5]]);
+    Offload {
+        partial_checksum: header[0] & VNET_NEEDS_CSUM != 0,
+        segment_size: if gso_type == 0 { 0 } else { segment_size.max(1) },
+    }
+}
+
+/// Sends `frame`, virtio-net header included; nothing when it holds no frame.
 fn send(tap: &Tap, frame: &[u8], engine: &mut Engine) {
-    if frame.is_empty() {
+    if frame.len() <= VNET_HEADER {
         return;
     }
     if tap.send(frame).is_err() {
@@ -70,7 +98,8 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
     fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_, 't>)> {
         for _ in 0..BUDGET {
             let n = match self.tap.recv(&mut self.rx) {
-                Ok(n) => n,
+                Ok(n) if n > VNET_HEADER => n,
+                Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
                     return None;
                 }
@@ -79,12 +108,16 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
                     return None;
                 }
             };
-            match self.engine.process(&mut self.rx[..n], self.now, &mut self.out) {
+            let (header, frame) = self.rx[..n].split_at_mut(VNET_HEADER);
+            let out = &mut self.out[VNET_HEADER..];
+            match self.engine.process_offloaded(frame, offload(header), self.now, out) {
                 Verdict::Forward => send(&self.tap, &self.rx[..n], self.engine),
-                Verdict::Reply(len) | Verdict::Parked(len) => send(&self.tap, &self.out[..len], self.engine),
+                Verdict::Reply(len) | Verdict::Parked(len) => {
+                    send(&self.tap, &self.out[..VNET_HEADER + len], self.engine)
+                }
                 Verdict::Drop(_) => {}
                 Verdict::Stack => {
-                    let rx = RxToken { frame: &self.rx[..n] };
+                    let rx = RxToken { frame: &self.rx[VNET_HEADER..n] };
                     let tx = TxToken { tap: &self.tap, buf: &mut self.tx, engine: self.engine };
                     return Some((rx, tx));
                 }
@@ -117,15 +150,16 @@ impl phy::RxToken for RxToken<'_> {
 
 pub struct TxToken<'a, 't> {
     tap: &'a Tap,
-    buf: &'a mut [u8; FRAME],
+    buf: &'a mut [u8; VNET_HEADER + FRAME],
     engine: &'a mut Engine<'t>,
 }
 
 impl phy::TxToken for TxToken<'_, '_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(FRAME);
-        let r = f(&mut self.buf[..len]);
-        send(self.tap, &self.buf[..len], self.engine);
+        // The header stays empty: smoltcp sends whole packets with their checksums.
+        let r = f(&mut self.buf[VNET_HEADER..VNET_HEADER + len]);
+        send(self.tap, &self.buf[..VNET_HEADER + len], self.engine);
         r
     }
 }

@@ -1,52 +1,52 @@
-//! The TAP device: opened through tun-tap (no packet-info header, non-blocking), set up, and
-//! optionally made a bridge port. A TAP that nodegate created disappears when its descriptor
-//! closes; a persistent one created beforehand stays.
+//! The TAP device: opened with a virtio-net header and offloads (see [`sys::open_tap`]),
+//! non-blocking, set up, and optionally made a bridge port. A TAP that nodegate created
+//! disappears when its descriptor closes; a persistent one created beforehand stays.
 
 use std::format;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::string::String;
-
-use tun_tap::{Iface, Mode};
+use std::string::{String, ToString};
 
 use super::sys;
 
 pub struct Tap {
-    iface: Iface,
+    file: File,
+    name: String,
 }
 
 impl Tap {
     /// Opens (or creates) TAP `name` and sets it up; with `bridge`, makes it a port of that bridge
     /// and sets the bridge up too.
     pub fn open(name: &str, bridge: Option<&str>) -> Result<Tap, String> {
-        let iface = Iface::without_packet_info(name, Mode::Tap).map_err(|e| open_error(name, &e))?;
-        iface.set_non_blocking().map_err(|e| format!("TAP {name}: cannot make it non-blocking: {e}"))?;
+        let file = sys::open_tap(name).map_err(|e| open_error(name, &e))?;
         sys::set_link_up(name).map_err(|e| format!("TAP {name}: cannot set it up: {e}"))?;
         if let Some(bridge) = bridge {
             sys::add_to_bridge(bridge, name)
                 .map_err(|e| format!("TAP {name}: cannot add it to bridge {bridge}: {e}"))?;
             sys::set_link_up(bridge).map_err(|e| format!("bridge {bridge}: cannot set it up: {e}"))?;
         }
-        Ok(Tap { iface })
+        Ok(Tap { file, name: name.to_string() })
     }
 
     pub fn name(&self) -> &str {
-        self.iface.name()
+        &self.name
     }
 
-    /// One frame into `buf`; `WouldBlock` when none is waiting.
+    /// One frame, behind its virtio-net header, into `buf`; `WouldBlock` when none is waiting.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.iface.recv(buf)
+        (&self.file).read(buf)
     }
 
+    /// Sends one frame behind its virtio-net header.
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        self.iface.send(frame)
+        (&self.file).write(frame)
     }
 }
 
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
-        self.iface.as_raw_fd()
+        self.file.as_raw_fd()
     }
 }
 
