@@ -21,7 +21,7 @@ use crate::time::Millis;
 const VNET_HEADER: usize = 10;
 const VNET_NEEDS_CSUM: u8 = 1;
 /// Room for a frame nodegate sends on its own: Ethernet header, MTU 1500, a VLAN tag to spare.
-pub const FRAME: usize = 1518;
+const FRAME: usize = 1518;
 /// Room for a frame the TAP hands over: a 64 KiB IPv4 super-frame with its Ethernet header.
 const RX_FRAME: usize = 14 + 4 + 65535;
 /// Frames one `receive` call looks at before it yields to the rest of the loop.
