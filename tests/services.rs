@@ -171,6 +171,7 @@ fn cluster_ip_and_external_ips_forward_like_the_node_port_and_answer_arp() {
     assert_eq!(reply.target_protocol_addr(), &CLIENT_A[..]);
     let mut who_has_other = arp(1, CLIENT_MAC, CLIENT_A, [10, 77, 0, 51]);
     assert_eq!(e.process(&mut who_has_other, Millis(0), &mut out), Verdict::Stack, "not ours: smoltcp ignores it");
+    assert_eq!(e.counters().answered, 1, "the VIP's ARP request, answered by the engine");
 }
 
 #[test]
