@@ -314,6 +314,21 @@ fn ttl_expiry_drops_and_answers_time_exceeded() {
     assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(h.payload.slice()));
     assert_eq!(e.counters().dropped(DropReason::TtlExceeded), 1);
     assert!(e.conntrack().is_empty(), "no flow for a packet that never left");
+
+    // On a tracked flow, both ways: dropped and answered, not counted as the flow's traffic.
+    assert_eq!(
+        e.process(&mut frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""), Millis(0), &mut out),
+        Verdict::Forward
+    );
+    let rows = [
+        frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 1, L4::Ack { seq: 2, ack: 1 }, b"x"),
+        frame((EP_MAC, NODE_MAC), BACKEND, SNAT, 1, L4::SynAck { seq: 1, ack: 2 }, b""),
+    ];
+    for mut f in rows {
+        assert!(matches!(e.process(&mut f, Millis(0), &mut out), Verdict::Reply(_)));
+    }
+    assert_eq!(e.counters().dropped(DropReason::TtlExceeded), 3);
+    assert_eq!(e.service_counters(0).ports[0].packets, [1, 0], "only the SYN went through");
 }
 
 #[test]

@@ -467,10 +467,10 @@ impl<'a> Engine<'a> {
                         return self.new_flow(frame, f, listener, src_port, dst_port, now, out);
                     }
                 }
-                self.account(&flow, Direction::Original, f);
                 if let Some(v) = self.ttl_expired(frame, f, out) {
                     return v;
                 }
+                self.account(&flow, Direction::Original, f);
                 if reopens {
                     self.conntrack.restart(slot, State::SynSent, secs);
                 } else {
