@@ -306,3 +306,28 @@ fn the_node_answers_ping_for_its_virtual_ips() {
     assert_eq!(icmp.icmp_type, etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 7, seq: 1 }));
     assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(h.payload.slice()));
 }
+
+#[test]
+fn a_reload_keeps_each_ports_counters_with_that_port() {
+    let mut s = Small::new();
+    let mut e = engine(&service("", THREE), &mut s);
+    send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap();
+    for p in 5000..5003 {
+        send(&mut e, udp(CLIENT_A, p, NODE, 30053), 0).unwrap();
+    }
+    let before = e.service_counters(0);
+    assert_eq!((before.ports[0].connections, before.ports[1].connections), (1, 3));
+    // The same ports, listed the other way round: a Prometheus series must not jump.
+    let swapped = service("", THREE).replace(
+        r#"[{"name":"t","port":80,"targetPort":3000,"nodePort":30080},
+                                                     {"name":"u","protocol":"UDP","port":53,"targetPort":5353,"nodePort":30053}]"#,
+        r#"[{"name":"u","protocol":"UDP","port":53,"targetPort":5353,"nodePort":30053},
+                                                     {"name":"t","port":80,"targetPort":3000,"nodePort":30080}]"#,
+    );
+    let cfg = config::parse(swapped.as_bytes()).unwrap();
+    assert_eq!(cfg.services[0].ports[0].port, 53, "the swap took");
+    e.reconfigure(&cfg, Some("edge-1")).unwrap();
+    let after = e.service_counters(0);
+    assert_eq!((after.ports[0].connections, after.ports[1].connections), (3, 1));
+    assert_eq!((after.ports[0].packets, after.ports[1].packets), (before.ports[1].packets, before.ports[0].packets));
+}

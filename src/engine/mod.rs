@@ -43,6 +43,12 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// Where port `p` of `before` is in `after`: the port with the same name, protocol and port.
+fn same_port(before: &Service, p: usize, after: &Service) -> Option<usize> {
+    let was = before.ports.get(p)?;
+    after.ports.iter().position(|n| n.name == was.name && n.protocol == was.protocol && n.port == was.port)
+}
+
 /// A frame for smoltcp, which takes whole packets with their checksums.
 fn to_stack(frame: &mut [u8], f: &Ipv4Frame) -> Verdict {
     if f.offload.segment_size > 0 {
@@ -222,7 +228,13 @@ impl<'a> Engine<'a> {
         for s in 0..self.services.len() {
             let svc = &mut self.services[s];
             let Some(before) = old.iter().find(|o| o.config.name == svc.config.name) else { continue };
-            svc.counters = before.counters;
+            // Counted per port, by the port (a reordered list keeps each series with its port).
+            svc.counters = ServiceCounters { ports: Default::default(), ..before.counters };
+            for (p, traffic) in before.counters.ports.iter().enumerate() {
+                if let Some(now) = same_port(&before.config, p, &svc.config) {
+                    svc.counters.ports[now] = *traffic;
+                }
+            }
             for (e, ep) in svc.config.endpoints.iter().enumerate() {
                 if let Some(i) = before.config.endpoints.iter().position(|o| o.ip == ep.ip) {
                     svc.healthy[e] = before.healthy[i];
@@ -241,9 +253,7 @@ impl<'a> Engine<'a> {
             if f.proto == PROTO_UDP && !svc.endpoints.iter().any(|e| e.ip == f.endpoint) {
                 return None;
             }
-            let port = before.config.ports.get(f.port as usize).and_then(|p| {
-                svc.ports.iter().position(|n| n.name == p.name && n.protocol == p.protocol && n.port == p.port)
-            });
+            let port = same_port(&before.config, f.port as usize, svc);
             Some((s as u8, port.map_or(NO_INDEX, |p| p as u8)))
         });
         self.affinity.clear();
