@@ -359,7 +359,7 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     assert!((nodegate::board::SNAT_PORT_MIN..=nodegate::board::SNAT_PORT_MAX).contains(&t.source_port));
     assert_eq!(e.conntrack().len(), 2, "the TIME_WAIT flow stays until it expires");
     let web = e.service_counters(0);
-    assert_eq!((web.new_flows, web.ports[0].connections), (2, 2));
+    assert_eq!((e.counters().new_flows, web.ports[0].connections), (2, 2));
     assert_eq!(web.ports[0].packets, [5, 2], "each packet counted once, the reopening SYN included");
 
     // A late segment of the old connection still reaches the client through the old flow.

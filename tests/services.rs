@@ -246,7 +246,7 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     }
     assert_eq!((udp_of.len(), tcp_of.len()), (3, 3));
     let before = e.conntrack().len();
-    let flows_before = e.service_counters(0).new_flows;
+    let flows_before = e.service_counters(0).new_flows();
     // 10.77.0.13 leaves, 10.77.0.14 arrives.
     let new = config::parse(service("", r#"{"ip":"10.77.0.11"},{"ip":"10.77.0.12"},{"ip":"10.77.0.14"}"#).as_bytes())
         .unwrap();
@@ -278,7 +278,7 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
         (60000..60100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 1000).unwrap().0 == [10, 77, 0, 14]),
         "new flows use the new table"
     );
-    assert!(e.service_counters(0).new_flows > flows_before, "counters carry over the reload");
+    assert!(e.service_counters(0).new_flows() > flows_before, "counters carry over the reload");
 
     let moved = config::parse(service("", THREE).replace("10.77.0.1/24", "10.77.0.9/24").as_bytes()).unwrap();
     let err = e.reconfigure(&moved, Some("edge-1")).unwrap_err();

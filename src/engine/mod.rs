@@ -94,11 +94,17 @@ pub struct PortTraffic {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceCounters {
     pub ports: [PortTraffic; board::MAX_PORTS_PER_SERVICE],
-    pub new_flows: u64,
     /// Dropped: client outside loadBalancerSourceRanges.
     pub source_range_drops: u64,
     /// Dropped or refused: no endpoint to send to.
     pub no_endpoint_drops: u64,
+}
+
+impl ServiceCounters {
+    /// Flows created, all ports together.
+    pub fn new_flows(&self) -> u64 {
+        self.ports.iter().map(|p| p.connections).sum()
+    }
 }
 
 /// What listens where: `(protocol, port, address)` to the service and port that own it. The
@@ -662,7 +668,6 @@ impl<'a> Engine<'a> {
             self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
         }
         self.counters.new_flows += 1;
-        self.services[s].counters.new_flows += 1;
         self.services[s].counters.ports[listener.port_index as usize].connections += 1;
         self.account(&flow, Direction::Original, f);
         let to = Rewrite { src: source, src_port: source_port, dst: endpoint, dst_port: endpoint_port };

@@ -222,7 +222,7 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
             svc.kind.as_str(),
             svc.external_traffic_policy.as_str(),
             ports.join(" "),
-            c.new_flows,
+            c.new_flows(),
             c.source_range_drops
         );
         let target = svc.ports.first().map_or(0, |p| p.target_port);
