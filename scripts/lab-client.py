@@ -143,8 +143,8 @@ elif mode == "synflood":
     start = time.monotonic()
     deadline = start + seconds
     while time.monotonic() < deadline:
-        # At most PER_SECOND: each batch of 256 waits for its turn.
-        time.sleep(max(0.0, start + n / 256 * batch_every - time.monotonic()))
+        if batch_every:  # at most PER_SECOND: each batch of 256 waits for its turn
+            time.sleep(max(0.0, start + n / 256 * batch_every - time.monotonic()))
         for _ in range(256):
             n += 1
             src = bytes(prefix + [(n >> 8) & 0xFF, n & 0xFF])

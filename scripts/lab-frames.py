@@ -20,25 +20,16 @@ import sys
 import time
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # it warns about interfaces it will not use
-from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, IPv6, Raw
+from scapy.all import ARP, IP, TCP, UDP, Dot1Q, Ether, IPv6, Raw, get_if_addr, get_if_hwaddr
 
 # Client ports the hostile frames use, away from the kernel's ephemeral range.
 CLIENT_PORT = 20000
 
 
-def own_mac(iface):
-    with open(f"/sys/class/net/{iface}/address") as f:
-        return f.read().strip()
-
-
-def own_ip(iface):
-    return os.popen(f"ip -4 -o addr show dev {iface}").read().split()[3].split("/")[0]
-
-
 def hostile(iface, gw_mac, node, tcp_port, udp_port):
     """(expected verdict, description, frame) for every frame of the set."""
-    me = own_ip(iface)
-    eth = Ether(src=own_mac(iface), dst=gw_mac)
+    me = get_if_addr(iface)
+    eth = Ether(src=get_if_hwaddr(iface), dst=gw_mac)
     ip = IP(src=me, dst=node)
     syn = TCP(sport=CLIENT_PORT, dport=tcp_port, flags="S")
     udp = UDP(sport=CLIENT_PORT, dport=udp_port) / b"hostile"
@@ -121,9 +112,9 @@ if mode == "hostile":
     for reason, what, _ in rows:
         print(f"# {reason}: {what}")
 elif mode == "replay":
-    src = bytes.fromhex(own_mac(iface).replace(":", ""))
+    src = bytes.fromhex(get_if_hwaddr(iface).replace(":", ""))
     dst = bytes.fromhex(sys.argv[3].replace(":", ""))
-    sent = paced(sock, corpus_frames(sys.argv[4], src, dst, socket.inet_aton(own_ip(iface))))
+    sent = paced(sock, corpus_frames(sys.argv[4], src, dst, socket.inet_aton(get_if_addr(iface))))
     print(f"replayed {sent} frames")
 else:
     sys.exit(f"unknown mode {mode}")
