@@ -285,8 +285,8 @@ impl<'a> Table<'a> {
         self.lookup(tuple, now).is_none()
     }
 
-    /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must be free. A full table
-    /// first evicts a flow that never saw a reply, then one that is closing; never a live one.
+    /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must
+    /// be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<usize, Full> {
         if self.len == self.capacity() {
             let victim = self.victim().ok_or(Full)?;
@@ -335,7 +335,7 @@ impl<'a> Table<'a> {
     }
 
     /// Removes up to `budget` expired flows, looking at no more than `budget` slots, and returns
-    /// how many went. Called once a loop turn, so expiry never stalls the datapath.
+    /// how many went. Called every few milliseconds, so expiry never stalls the datapath.
     pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
         let mut removed = 0;
         for _ in 0..budget {
