@@ -24,6 +24,9 @@ const MAX_REQUEST: usize = 1024;
 /// Send buffers: a metrics answer streams through 16 KiB; a health answer fits in one.
 const METRICS_SEND_BUFFER: usize = 16 * 1024;
 const HEALTH_SEND_BUFFER: usize = 512;
+/// Largest answers: the metrics text with its status line and headers; a health answer.
+const METRICS_RESPONSE: usize = metrics::MAX_TEXT + 256;
+const HEALTH_RESPONSE: usize = 512;
 
 #[derive(Clone, Copy)]
 enum Site {
@@ -49,8 +52,8 @@ struct Conn {
 /// healthCheckNodePort for every service the board holds.
 pub const fn static_bytes() -> usize {
     let request = 2 * MAX_REQUEST;
-    let metrics = SOCKETS_PER_PORT * (request + METRICS_SEND_BUFFER + metrics::MAX_TEXT + 256);
-    let health = crate::board::MAX_SERVICES * SOCKETS_PER_PORT * (request + HEALTH_SEND_BUFFER + 512);
+    let metrics = SOCKETS_PER_PORT * (request + METRICS_SEND_BUFFER + METRICS_RESPONSE);
+    let health = crate::board::MAX_SERVICES * SOCKETS_PER_PORT * (request + HEALTH_SEND_BUFFER + HEALTH_RESPONSE);
     metrics + health
 }
 
@@ -63,11 +66,11 @@ impl HttpServer {
         let mut sites: Vec<(Site, u16, usize, usize)> = Vec::new();
         for (s, svc) in config.services.iter().enumerate() {
             if let Some(port) = svc.health_check_node_port {
-                sites.push((Site::Health(s), port, 512, HEALTH_SEND_BUFFER));
+                sites.push((Site::Health(s), port, HEALTH_RESPONSE, HEALTH_SEND_BUFFER));
             }
         }
         if let Some(port) = node.metrics_port {
-            sites.push((Site::Metrics, port, metrics::MAX_TEXT + 256, METRICS_SEND_BUFFER));
+            sites.push((Site::Metrics, port, METRICS_RESPONSE, METRICS_SEND_BUFFER));
         }
         let mut conns = Vec::new();
         for (site, port, response_size, send_buffer) in sites {
