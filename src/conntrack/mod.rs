@@ -287,17 +287,24 @@ impl<'a> Table<'a> {
 
     /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must
     /// be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
+    ///
+    /// The new flow takes the evicted one's slot, and the cursor moves past it: the search goes
+    /// round the table like a clock hand, so the flows it gives up are the ones it has passed
+    /// least recently, and a new flow (a real client's among a flood's) lives a whole turn.
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<usize, Full> {
-        if self.len == self.capacity() {
+        let slot = if self.len == self.capacity() {
             let victim = self.victim().ok_or(Full)?;
-            self.remove(victim);
+            self.unlink(victim);
             self.evictions += 1;
-        }
-        let slot = self.len;
+            self.cursor = victim + 1;
+            victim
+        } else {
+            self.len += 1;
+            self.len - 1
+        };
         // Pressure counts the flow being added.
-        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(self.len + 1), &self.timeouts));
+        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(self.len), &self.timeouts));
         self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
-        self.len += 1;
         self.snat += usize::from(flow.is_snat());
         self.index(&flow.original(), encode(slot, Direction::Original));
         self.index(&flow.reply(), encode(slot, Direction::Reply));
@@ -316,12 +323,7 @@ impl<'a> Table<'a> {
 
     /// Removes the flow in `slot`. The last flow moves into the slot.
     pub fn remove(&mut self, slot: usize) {
-        let flow = self.flows[slot];
-        self.snat -= usize::from(flow.is_snat());
-        if flow.flags & ORIGINAL_INDEXED != 0 {
-            self.unindex(&flow.original(), encode(slot, Direction::Original));
-        }
-        self.unindex(&flow.reply(), encode(slot, Direction::Reply));
+        self.unlink(slot);
         let last = self.len - 1;
         if slot != last {
             let moved = self.flows[last];
@@ -332,6 +334,17 @@ impl<'a> Table<'a> {
             self.repoint(&moved.reply(), encode(last, Direction::Reply), encode(slot, Direction::Reply));
         }
         self.len = last;
+    }
+
+    /// Takes the flow in `slot` out of the index and the SNAT count; the slot keeps its bytes
+    /// until it is filled or the last flow moves in.
+    fn unlink(&mut self, slot: usize) {
+        let flow = self.flows[slot];
+        self.snat -= usize::from(flow.is_snat());
+        if flow.flags & ORIGINAL_INDEXED != 0 {
+            self.unindex(&flow.original(), encode(slot, Direction::Original));
+        }
+        self.unindex(&flow.reply(), encode(slot, Direction::Reply));
     }
 
     /// Removes up to `budget` expired flows, looking at no more than `budget` slots, and returns

@@ -144,6 +144,29 @@ fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
 }
 
 #[test]
+fn a_full_table_of_unreplied_flows_evicts_the_oldest_first() {
+    // A SYN flood keeps the table full of flows that never see a reply. A real client's flow
+    // among them must live as long as any: evicting the newest would drop it before its
+    // endpoint can answer.
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    for i in 0..8u16 {
+        t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+    }
+    let real = flow(5000, 5000);
+    t.insert(real, 0).unwrap();
+    for i in 0..7u16 {
+        t.insert(flow(2000 + i, 2000 + i), 0).unwrap();
+        assert!(t.lookup(&real.reply(), 0).is_some(), "the real flow survives flood flow {i}");
+    }
+    assert!((0..7).all(|i| t.lookup(&flow(2000 + i, 2000 + i).original(), 0).is_some()));
+    assert!((0..8).all(|i| t.lookup(&flow(1000 + i, 1000 + i).original(), 0).is_none()), "the oldest went");
+    t.insert(flow(3000, 3000), 0).unwrap();
+    assert!(t.lookup(&real.reply(), 0).is_none(), "now the real flow is the oldest");
+    assert_eq!(t.evictions(), 9);
+}
+
+#[test]
 fn detached_original_keeps_reply_reserved() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
