@@ -288,12 +288,17 @@ impl<'a> Table<'a> {
     /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must
     /// be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
     ///
-    /// The new flow takes the evicted one's slot, and the cursor moves past it: the search goes
-    /// round the table like a clock hand, so the flows it gives up are the ones it has passed
-    /// least recently, and a new flow (a real client's among a flood's) lives a whole turn.
+    /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
+    /// window when nothing in it could go): the search goes round the table like a clock hand, so
+    /// the flows it gives up are the ones it has passed least recently, and a new flow (a real
+    /// client's among a flood's) lives a whole turn.
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<usize, Full> {
         let slot = if self.len == self.capacity() {
-            let victim = self.victim().ok_or(Full)?;
+            let Some(victim) = self.victim() else {
+                // The next search looks at the next window.
+                self.cursor = (self.cursor + EVICTION_WINDOW) % self.len;
+                return Err(Full);
+            };
             self.unlink(victim);
             self.evictions += 1;
             self.cursor = victim + 1;

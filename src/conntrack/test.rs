@@ -167,6 +167,27 @@ fn a_full_table_of_unreplied_flows_evicts_the_oldest_first() {
 }
 
 #[test]
+fn a_search_that_finds_nothing_to_evict_moves_on() {
+    // The search looks at a window of flows from its cursor; when the window holds only
+    // established flows, the next search must look elsewhere, not at the same window again.
+    let mut s = Storage::<128, { buckets_for(128) }>::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let ack = tcp::Flags { ack: true, ..Default::default() };
+    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
+    for i in 0..128u16 {
+        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        if i != 100 {
+            t.seen(slot, Direction::Reply, Some(synack), 0);
+            t.seen(slot, Direction::Original, Some(ack), 0);
+        }
+    }
+    assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "the first window holds only established flows");
+    t.insert(flow(2001, 2001), 0).expect("the next window holds the unreplied flow");
+    assert!(t.lookup(&flow(1100, 1100).original(), 0).is_none());
+    assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 127);
+}
+
+#[test]
 fn detached_original_keeps_reply_reserved() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
