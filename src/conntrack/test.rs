@@ -188,6 +188,62 @@ fn a_search_that_finds_nothing_to_evict_moves_on() {
 }
 
 #[test]
+fn the_index_matches_the_flows_through_any_sequence_of_changes() {
+    // Random inserts (evicting when full), answers, detaches, removals, sweeps and lookups of
+    // expired flows: after each, the index holds exactly the live flows' tuples, each pointing
+    // at its flow's slot, and the SNAT count is the live SNAT flows'.
+    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
+    let ack = tcp::Flags { ack: true, ..Default::default() };
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut evictions = 0;
+    for key in 0..20u64 {
+        let mut s = Small::new();
+        let mut t = Table::from_storage(&mut s, [key, !key], T);
+        let mut now = 0;
+        for step in 0..2_000 {
+            let pick = |t: &Table, r: u64| (r as usize) % t.len().max(1);
+            match next(8) {
+                0..=2 => {
+                    let mut f = flow(1000 + next(40) as u16, 2000 + next(40) as u16);
+                    f.source = if next(2) == 0 { f.client } else { ip(1) };
+                    if t.is_free(&f.original(), now) && t.is_free(&f.reply(), now) {
+                        let _ = t.insert(f, now);
+                    }
+                }
+                3 if !t.is_empty() => {
+                    let slot = pick(&t, next(64));
+                    t.seen(slot, Direction::Reply, Some(synack), now);
+                    t.seen(slot, Direction::Original, Some(ack), now);
+                }
+                4 if !t.is_empty() => t.detach_original(pick(&t, next(64))),
+                5 if !t.is_empty() => t.remove(pick(&t, next(64))),
+                6 => {
+                    t.sweep(now, 1 + next(8) as usize);
+                }
+                _ => now += next(3) as u32 * T.tcp_syn_sent_under_pressure,
+            }
+            let indexed: usize = t.flows().iter().map(|f| 1 + usize::from(f.flags & ORIGINAL_INDEXED != 0)).sum();
+            assert_eq!(t.buckets.iter().filter(|&&b| b != 0).count(), indexed, "key {key} step {step}");
+            for (slot, f) in t.flows().iter().enumerate() {
+                assert_eq!(t.find(&f.reply()).map(|(_, s, d)| (s, d)), Some((slot, Direction::Reply)));
+                if f.flags & ORIGINAL_INDEXED != 0 {
+                    assert_eq!(t.find(&f.original()).map(|(_, s, d)| (s, d)), Some((slot, Direction::Original)));
+                }
+            }
+            assert_eq!(t.snat_ports_in_use(), t.flows().iter().filter(|f| f.is_snat()).count());
+        }
+        evictions += t.evictions();
+    }
+    assert!(evictions > 100, "the sequences must fill the table and evict: {evictions}");
+}
+
+#[test]
 fn detached_original_keeps_reply_reserved() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
