@@ -36,6 +36,22 @@ fn flow(client_port: u16, source_port: u16) -> Flow {
 
 type Small = Storage<8, { buckets_for(8) }>;
 
+const SYN_ACK: tcp::Flags = tcp::Flags { syn: true, ack: true, fin: false, rst: false };
+const ACK: tcp::Flags = tcp::Flags { syn: false, ack: true, fin: false, rst: false };
+
+/// Takes the flow in `slot` through its handshake's answer and last ACK.
+fn establish(t: &mut Table, slot: usize, now: u32) {
+    t.seen(slot, Direction::Reply, Some(SYN_ACK), now);
+    t.seen(slot, Direction::Original, Some(ACK), now);
+}
+
+/// Adds an unreplied flow for each client port in `ports`.
+fn insert_syns(t: &mut Table, ports: core::ops::Range<u16>) {
+    for p in ports {
+        t.insert(flow(p, p), 0).unwrap();
+    }
+}
+
 #[test]
 fn finds_a_flow_from_both_directions() {
     let mut s = Small::new();
@@ -97,8 +113,7 @@ fn sweep_removes_only_expired_flows_within_its_budget() {
     for i in 0..6 {
         let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
         if i % 2 == 0 {
-            t.seen(slot, Direction::Reply, Some(tcp::Flags { syn: true, ack: true, ..Default::default() }), 0);
-            t.seen(slot, Direction::Original, Some(tcp::Flags { ack: true, ..Default::default() }), 0);
+            establish(&mut t, slot, 0);
         }
     }
     let now = T.tcp_syn_sent + 1;
@@ -114,25 +129,21 @@ fn sweep_removes_only_expired_flows_within_its_budget() {
 fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
-    let ack = tcp::Flags { ack: true, ..Default::default() };
-    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
     for i in 0..8u16 {
         let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
-        t.seen(slot, Direction::Reply, Some(synack), 0);
-        t.seen(slot, Direction::Original, Some(ack), 0);
+        establish(&mut t, slot, 0);
     }
     assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "every flow is established");
     // A flow answered by its endpoint but never acknowledged by its client (a spoofed SYN).
     let (slot, _) = t.lookup(&flow(1005, 1005).original(), 0).unwrap();
     t.remove(slot);
     let half_open = t.insert(flow(1005, 1005), 0).unwrap();
-    t.seen(half_open, Direction::Reply, Some(synack), 0);
+    t.seen(half_open, Direction::Reply, Some(SYN_ACK), 0);
     t.insert(flow(3000, 3000), 0).expect("the half-open flow makes room");
     assert!(t.lookup(&flow(1005, 1005).original(), 0).is_none());
     assert_eq!(t.evictions(), 1);
     let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).unwrap();
-    t.seen(slot, Direction::Reply, Some(synack), 0);
-    t.seen(slot, Direction::Original, Some(ack), 0);
+    establish(&mut t, slot, 0);
     let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
     t.seen(slot, Direction::Reply, Some(tcp::Flags { rst: true, ..Default::default() }), 0);
     t.insert(flow(2000, 2000), 0).expect("the reset flow makes room");
@@ -150,9 +161,7 @@ fn a_full_table_of_unreplied_flows_evicts_the_oldest_first() {
     // endpoint can answer.
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
-    for i in 0..8u16 {
-        t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
-    }
+    insert_syns(&mut t, 1000..1008);
     let real = flow(5000, 5000);
     t.insert(real, 0).unwrap();
     for i in 0..7u16 {
@@ -172,13 +181,10 @@ fn a_search_that_finds_nothing_to_evict_moves_on() {
     // established flows, the next search must look elsewhere, not at the same window again.
     let mut s = Storage::<128, { buckets_for(128) }>::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
-    let ack = tcp::Flags { ack: true, ..Default::default() };
-    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
     for i in 0..128u16 {
         let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
         if i != 100 {
-            t.seen(slot, Direction::Reply, Some(synack), 0);
-            t.seen(slot, Direction::Original, Some(ack), 0);
+            establish(&mut t, slot, 0);
         }
     }
     assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "the first window holds only established flows");
@@ -192,8 +198,6 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
     // Random inserts (evicting when full), answers, detaches, removals, sweeps and lookups of
     // expired flows: after each, the index holds exactly the live flows' tuples, each pointing
     // at its flow's slot, and the SNAT count is the live SNAT flows'.
-    let synack = tcp::Flags { syn: true, ack: true, ..Default::default() };
-    let ack = tcp::Flags { ack: true, ..Default::default() };
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |below: u64| {
         state ^= state << 13;
@@ -218,8 +222,7 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
                 }
                 3 if !t.is_empty() => {
                     let slot = pick(&t, next(64));
-                    t.seen(slot, Direction::Reply, Some(synack), now);
-                    t.seen(slot, Direction::Original, Some(ack), now);
+                    establish(&mut t, slot, now);
                 }
                 4 if !t.is_empty() => t.detach_original(pick(&t, next(64))),
                 5 if !t.is_empty() => t.remove(pick(&t, next(64))),
@@ -290,18 +293,16 @@ impl OwnedArray for [Flow] {
 fn syn_only_flows_expire_quickly_once_the_table_is_half_full() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
-    for i in 0..4u16 {
-        t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
-    }
+    insert_syns(&mut t, 1000..1004);
     assert!(t.flows().iter().all(|f| f.expires == T.tcp_syn_sent), "half full: the normal timeout");
     let late = t.insert(flow(2000, 2000), 0).unwrap();
     assert_eq!(t.flow(late).expires, T.tcp_syn_sent_under_pressure, "more than half full");
     // A retransmitted SYN does not buy it more time; an answer does.
     t.seen(late, Direction::Original, Some(tcp::Flags { syn: true, ..Default::default() }), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure);
-    t.seen(late, Direction::Reply, Some(tcp::Flags { syn: true, ack: true, ..Default::default() }), 1);
+    t.seen(late, Direction::Reply, Some(SYN_ACK), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure, "still in the handshake");
-    t.seen(late, Direction::Original, Some(tcp::Flags { ack: true, ..Default::default() }), 1);
+    t.seen(late, Direction::Original, Some(ACK), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_established, "established");
     assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 0, "nothing else expired yet");
 }
