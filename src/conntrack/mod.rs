@@ -189,6 +189,7 @@ pub struct Table<'a> {
     len: usize,
     key: [u64; 2],
     timeouts: Timeouts,
+    /// The slot the sweep and the eviction search go on from: one hand round the table.
     cursor: usize,
     evictions: u64,
     /// Live flows whose source is translated: the SNAT ports in use.
