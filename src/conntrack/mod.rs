@@ -50,6 +50,13 @@ pub struct Tuple {
     pub proto: u8,
 }
 
+impl Tuple {
+    /// The tuple of a packet going the other way.
+    pub const fn reversed(self) -> Tuple {
+        Tuple { src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, proto: self.proto }
+    }
+}
+
 /// The flow has seen a packet in the reply direction.
 const REPLIED: u8 = 1 << 2;
 /// The original tuple is in the index. It is taken out when a new SYN reuses the tuple of a

@@ -492,12 +492,8 @@ impl<'a> Engine<'a> {
                 } else {
                     self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
                 }
-                let to = Rewrite {
-                    src: flow.source,
-                    src_port: flow.source_port,
-                    dst: flow.endpoint,
-                    dst_port: flow.endpoint_port,
-                };
+                // To the endpoint, as the tuple its replies come back with, reversed.
+                let to = Rewrite::from(flow.reply().reversed());
                 self.forward(frame, f, to, None, flow.endpoint, now, out)
             }
             Some((slot, Direction::Reply)) => {
@@ -507,12 +503,7 @@ impl<'a> Engine<'a> {
                 self.conntrack.seen(slot, Direction::Reply, f.tcp, secs);
                 let flow = *self.conntrack.flow(slot);
                 self.account(&flow, Direction::Reply, f);
-                let to = Rewrite {
-                    src: flow.service_ip,
-                    src_port: flow.service_port,
-                    dst: flow.client,
-                    dst_port: flow.client_port,
-                };
+                let to = Rewrite::from(flow.original().reversed());
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
             }
             None if for_node => match self.listener(f.proto, f.dst, dst_port) {
@@ -531,8 +522,7 @@ impl<'a> Engine<'a> {
         let q = packet::quoted(frame, f)?;
         // The quoted packet left the gateway translated; the reverse of what it says is one of
         // its flow's tuples.
-        let reverse = Tuple { src: q.dst, dst: q.src, src_port: q.dst_port, dst_port: q.src_port, proto: q.proto };
-        let (slot, dir) = self.conntrack.lookup(&reverse, now.secs())?;
+        let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
         let flow = *self.conntrack.flow(slot);
         if let Some(v) = self.ttl_expired(frame, f, out) {
             return Some(v);
@@ -541,23 +531,13 @@ impl<'a> Engine<'a> {
             // About a reply on its way to the client: tell the endpoint, about what it sent.
             Direction::Original => {
                 let outer_src = if flow.is_snat() { flow.source } else { f.src };
-                let inner = Rewrite {
-                    src: flow.endpoint,
-                    src_port: flow.endpoint_port,
-                    dst: flow.source,
-                    dst_port: flow.source_port,
-                };
+                let inner = Rewrite::from(flow.reply());
                 packet::rewrite_icmp_error(frame, f, &q, outer_src, flow.endpoint, inner);
                 self.send_to(frame, f, None, flow.endpoint, now, out)
             }
             // About a packet on its way to the endpoint: tell the client, about what it sent.
             Direction::Reply => {
-                let inner = Rewrite {
-                    src: flow.client,
-                    src_port: flow.client_port,
-                    dst: flow.service_ip,
-                    dst_port: flow.service_port,
-                };
+                let inner = Rewrite::from(flow.original());
                 packet::rewrite_icmp_error(frame, f, &q, flow.service_ip, flow.client, inner);
                 self.send_to(frame, f, Some(flow.client_mac), flow.client, now, out)
             }
@@ -670,8 +650,7 @@ impl<'a> Engine<'a> {
         self.counters.new_flows += 1;
         self.services[s].counters.ports[listener.port_index as usize].connections += 1;
         self.account(&flow, Direction::Original, f);
-        let to = Rewrite { src: source, src_port: source_port, dst: endpoint, dst_port: endpoint_port };
-        self.forward(frame, f, to, None, endpoint, now, out)
+        self.forward(frame, f, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
     }
 
     /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses

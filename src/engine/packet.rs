@@ -8,7 +8,7 @@ use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet};
 
 use super::checksum;
 use super::counters::DropReason;
-use crate::conntrack::tcp;
+use crate::conntrack::{Tuple, tcp};
 
 pub const ETH_HEADER: usize = 14;
 /// The link's MTU: the largest IPv4 packet the node takes or sends.
@@ -160,6 +160,13 @@ pub struct Rewrite {
     pub dst_port: u16,
 }
 
+impl From<Tuple> for Rewrite {
+    /// The addresses and ports of a packet with tuple `t`.
+    fn from(t: Tuple) -> Rewrite {
+        Rewrite { src: t.src, src_port: t.src_port, dst: t.dst, dst_port: t.dst_port }
+    }
+}
+
 // Offsets within an IPv4 header.
 const IP_TTL: usize = 8;
 const IP_CHECKSUM: usize = 10;
@@ -261,11 +268,7 @@ pub fn complete_checksum(frame: &mut [u8], f: &Ipv4Frame) {
 pub struct Quoted {
     ip: usize,
     l4: usize,
-    pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub src_port: u16,
-    pub dst_port: u16,
+    pub tuple: Tuple,
 }
 
 /// ICMP types whose message quotes the packet that caused it.
@@ -284,15 +287,14 @@ pub fn quoted(frame: &[u8], f: &Ipv4Frame) -> Option<Quoted> {
         return None;
     }
     let l4 = ip + ihl;
-    Some(Quoted {
-        ip,
-        l4,
-        proto,
+    let tuple = Tuple {
         src: Ipv4Addr::from(get_ip(frame, ip + IP_SRC)),
         dst: Ipv4Addr::from(get_ip(frame, ip + IP_DST)),
         src_port: get16(frame, l4),
         dst_port: get16(frame, l4 + 2),
-    })
+        proto,
+    };
+    Some(Quoted { ip, l4, tuple })
 }
 
 /// Translates an ICMP error in place: the outer header to `outer_src` -> `outer_dst` (TTL - 1),
@@ -305,7 +307,7 @@ pub fn rewrite_icmp_error(
     outer_dst: Ipv4Addr,
     inner: Rewrite,
 ) {
-    rewrite_ports(frame, q.ip, q.l4, f.end, q.proto, inner, false);
+    rewrite_ports(frame, q.ip, q.l4, f.end, q.tuple.proto, inner, false);
     rewrite_ip(frame, q.ip, inner.src, inner.dst, false);
     rewrite_ip(frame, ETH_HEADER, outer_src, outer_dst, true);
     put16(frame, f.l4 + 2, 0);
