@@ -6,12 +6,22 @@
 
 use core::net::Ipv4Addr;
 
+use super::packet::Ipv4Frame;
+
+/// What ties the fragments of one datagram together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub proto: u8,
     pub ident: u16,
+}
+
+impl Key {
+    /// The datagram fragment `f` belongs to.
+    pub fn of(f: &Ipv4Frame) -> Key {
+        Key { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident }
+    }
 }
 
 /// Where the fragments of one datagram go.

@@ -745,18 +745,18 @@ impl<'a> Engine<'a> {
         packet::rewrite(frame, f, to);
         if f.fragment {
             // The first fragment: the ones after it will need the same addresses.
-            let key = FragmentKey { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident };
             let translation = Translation { src: to.src, dst: to.dst, dst_mac, to_ip };
             let secs = now.secs();
-            self.fragments.record(key, translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
+            self.fragments.record(FragmentKey::of(f), translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
         }
         self.send_to(frame, f, dst_mac, to_ip, now, out)
     }
 
     /// A fragment after the first: it goes where the first fragment of its datagram went.
     fn later_fragment(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
-        let key = FragmentKey { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident };
-        let Some(t) = self.fragments.lookup(&key, now.secs()) else { return Verdict::Drop(DropReason::Fragment) };
+        let Some(t) = self.fragments.lookup(&FragmentKey::of(f), now.secs()) else {
+            return Verdict::Drop(DropReason::Fragment);
+        };
         if let Some(v) = self.ttl_expired(frame, f, out) {
             return v;
         }
