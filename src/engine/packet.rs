@@ -85,17 +85,16 @@ impl Ipv4Frame {
         let later_fragment = ip.frag_offset() != 0;
         let proto = u8::from(ip.next_header());
         let seg = &frame[l4..end];
+        // The TCP header's length, from its data offset (0 when the segment is too short).
+        let tcp_header = seg.get(12).map_or(0, |offset| (offset >> 4) as usize * 4);
         let mut packets = 1;
         let (ports, tcp) = match proto {
             _ if later_fragment => (None, None),
-            PROTO_TCP
-                if seg.len() >= 20 && (seg[12] >> 4) as usize * 4 >= 20 && (seg[12] >> 4) as usize * 4 <= seg.len() =>
-            {
+            PROTO_TCP if (20..=seg.len()).contains(&tcp_header) => {
                 let f = seg[13];
                 if !TCP_VALID_FLAGS.contains(&(f & TCP_FLAGS_CHECKED)) {
                     return Err(DropReason::BadTcpFlags);
                 }
-                let tcp_header = (seg[12] >> 4) as usize * 4;
                 if ip.header_len() as usize + tcp_header + offload.segment_size as usize > MTU {
                     return Err(DropReason::Oversized);
                 }
@@ -146,6 +145,11 @@ const TCP_FLAGS_CHECKED: u8 = 0x37;
 /// `tcp_valid_flags` lists them: SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, FIN+ACK+URG, ACK,
 /// ACK+URG.
 const TCP_VALID_FLAGS: [u8; 9] = [0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30];
+
+/// Where the checksum of a TCP or UDP header at `l4` is.
+fn checksum_at(l4: usize, proto: u8) -> usize {
+    l4 + if proto == PROTO_TCP { 16 } else { 6 }
+}
 
 fn ports_of(seg: &[u8]) -> (u16, u16) {
     (u16::from_be_bytes([seg[0], seg[1]]), u16::from_be_bytes([seg[2], seg[3]]))
@@ -212,7 +216,7 @@ fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, 
     let (old_sport, old_dport) = (get16(frame, l4), get16(frame, l4 + 2));
     put16(frame, l4, to.src_port);
     put16(frame, l4 + 2, to.dst_port);
-    let check_at = l4 + if proto == PROTO_TCP { 16 } else { 6 };
+    let check_at = checksum_at(l4, proto);
     if check_at + 2 > end {
         return;
     }
@@ -253,7 +257,7 @@ pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
 /// Finishes the partial TCP/UDP checksum of a checked frame (see [`Offload`]): for a frame
 /// that leaves without its offload (parked, or for the node's own stack).
 pub fn complete_checksum(frame: &mut [u8], f: &Ipv4Frame) {
-    let check_at = f.l4 + if f.proto == PROTO_TCP { 16 } else { 6 };
+    let check_at = checksum_at(f.l4, f.proto);
     if f.ports.is_none() || check_at + 2 > f.end {
         return;
     }
