@@ -257,24 +257,23 @@ impl<'a> Table<'a> {
 
     /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on.
     pub fn seen(&mut self, slot: usize, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32) {
-        let (t, pressure) = (self.timeouts, self.under_pressure(self.len));
+        let (t, pressure) = (self.timeouts, self.under_pressure());
         self.flows[slot].seen(dir, tcp_flags, now, &t, pressure);
     }
 
     /// Starts the flow in `slot` over as a new one, keeping its tuples: a SYN that reuses the
     /// tuple of a closing flow whose endpoint sees the client's own address.
     pub fn restart(&mut self, slot: usize, state: State, now: u32) {
-        let timeout = state.timeout(false, self.under_pressure(self.len), &self.timeouts);
+        let timeout = state.timeout(false, self.under_pressure(), &self.timeouts);
         let f = &mut self.flows[slot];
         f.state = state;
         f.flags &= ORIGINAL_INDEXED;
         f.expires = now.saturating_add(timeout);
     }
 
-    /// More than half full with `flows` flows: flows still in their handshake get the short
-    /// timeout.
-    fn under_pressure(&self, flows: usize) -> bool {
-        flows * 2 > self.capacity()
+    /// More than half full: flows still in their handshake get the short timeout.
+    fn under_pressure(&self) -> bool {
+        self.len * 2 > self.capacity()
     }
 
     /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
@@ -316,7 +315,7 @@ impl<'a> Table<'a> {
             self.len - 1
         };
         // Pressure counts the flow being added.
-        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(self.len), &self.timeouts));
+        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(), &self.timeouts));
         self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
         self.snat += usize::from(flow.is_snat());
         self.index(&flow.original(), encode(slot, Direction::Original));
