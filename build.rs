@@ -92,8 +92,15 @@ fn main() {
     if !b.affinity_capacity.is_power_of_two() || b.affinity_capacity < 8 {
         fail("affinityCapacity", "must be a power of two, at least 8");
     }
-    if b.neighbor_capacity == 0 || b.parked_frames == 0 || b.conntrack_sweep_per_turn == 0 || b.fragment_tracks == 0 {
-        fail("neighborCapacity/parkedFrames/conntrackSweepPerTurn", "must be positive");
+    for (field, value) in [
+        ("neighborCapacity", b.neighbor_capacity),
+        ("parkedFrames", b.parked_frames),
+        ("conntrackSweepPerTurn", b.conntrack_sweep_per_turn),
+        ("fragmentTracks", b.fragment_tracks),
+    ] {
+        if value == 0 {
+            fail(field, "must be positive");
+        }
     }
 
     let t = &b.timeouts;
