@@ -110,4 +110,27 @@ mod test {
         assert_eq!(t.lookup(0, B, 1), Some(9));
         assert_eq!(t.lookup(0, Ipv4Addr::new(10, 0, 1, 7), 1), Some(7));
     }
+
+    #[test]
+    fn a_secret_key_keeps_crafted_clients_from_pushing_out_a_pin() {
+        // Clients crafted to share a victim's set under a key the attacker knows push the
+        // victim's pin out; under a secret key they spread over the table and the pin stays.
+        let known = [0, 0];
+        let probe = Affinity::<1024>::new(known);
+        let crafted: heapless::Vec<Ipv4Addr, 16> = (1u32..)
+            .map(|i| Ipv4Addr::from(0x0a01_0000 + i))
+            .filter(|&c| probe.set(0, c) == probe.set(0, A))
+            .take(16)
+            .collect();
+        let pin_survives = |key: [u64; 2]| {
+            let mut t = Affinity::<1024>::new(key);
+            t.pin(0, A, 3, 0, 100);
+            for &c in &crafted {
+                t.pin(0, c, 1, 0, 200);
+            }
+            t.lookup(0, A, 1) == Some(3)
+        };
+        assert!(!pin_survives(known), "the crafted clients fill the victim's set");
+        assert!(pin_survives([0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321]));
+    }
 }
