@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Lab, NODE_IP, finish, lab_available, sample};
+use common::{Lab, NODE_IP, finish, sample};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -69,13 +69,7 @@ static ONE_FLOOD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A lab with the edge-tiny gateway running `config`, or `None` where lab tests cannot run.
 fn tiny_lab(test: &str, tag: &str, config: &str) -> Option<Lab> {
-    if !lab_available(test) {
-        return None;
-    }
-    let gateway = tiny_gateway();
-    let mut lab = Lab::up(tag);
-    lab.start_gateway_bin(&gateway, config, &[]);
-    Some(lab)
+    Lab::started_bin(test, tag, config, tiny_gateway)
 }
 
 /// Polls the gateway's metrics (from client2) until `series` reaches `value`, for at most 10 s;

@@ -62,11 +62,17 @@ impl Lab {
     /// A lab with nodegate running `config`, or `None` where lab tests cannot run here (see
     /// [`lab_available`]; the test then returns).
     pub fn started(test: &str, tag: &str, config: &str) -> Option<Lab> {
+        Lab::started_bin(test, tag, config, || std::path::PathBuf::from(env!("CARGO_BIN_EXE_nodegate")))
+    }
+
+    /// [`Lab::started`] with another build of nodegate (another board), which `build` makes
+    /// only where the lab can run.
+    pub fn started_bin(test: &str, tag: &str, config: &str, build: impl FnOnce() -> std::path::PathBuf) -> Option<Lab> {
         if !lab_available(test) {
             return None;
         }
         let mut lab = Lab::up(tag);
-        lab.start_gateway(config);
+        lab.start_gateway_bin(&build(), config, &[]);
         Some(lab)
     }
 
@@ -74,19 +80,14 @@ impl Lab {
         format!("{}-{}", self.prefix, host)
     }
 
-    /// Starts nodegate with `config` in the gateway namespace and waits until the node answers
-    /// ping from the client.
-    pub fn start_gateway(&mut self, config: &str) {
-        self.start_gateway_as(config, None)
-    }
-
-    /// [`Lab::start_gateway`] as node `node` of the config.
+    /// [`Lab::start_gateway_with`] as node `node` of the config.
     pub fn start_gateway_as(&mut self, config: &str, node: Option<&str>) {
         let args: Vec<&str> = node.map(|n| vec!["--node", n]).unwrap_or_default();
         self.start_gateway_with(config, &args)
     }
 
-    /// [`Lab::start_gateway`] with more arguments to `nodegate run`.
+    /// Starts nodegate with `config` and more arguments to `nodegate run` in the gateway
+    /// namespace, and waits until the node answers ping from the client.
     pub fn start_gateway_with(&mut self, config: &str, args: &[&str]) {
         self.start_gateway_bin(std::path::Path::new(env!("CARGO_BIN_EXE_nodegate")), config, args)
     }
