@@ -97,6 +97,13 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     writeln!(w, "nodegate_frames_to_node_total {}", c.to_stack)?;
     header(w, "nodegate_frames_answered_total", "counter", "ARP requests for virtual IPs answered.")?;
     writeln!(w, "nodegate_frames_answered_total {}", c.answered)?;
+    header(
+        w,
+        "nodegate_tcp_resets_not_exact_total",
+        "counter",
+        "RSTs near but not at their sender's sequence: passed on, the flow kept (RFC 5961).",
+    )?;
+    writeln!(w, "nodegate_tcp_resets_not_exact_total {}", c.resets_not_exact)?;
     header(w, "nodegate_frames_waiting", "gauge", "Frames waiting for their next hop's ARP answer.")?;
     writeln!(w, "nodegate_frames_waiting {}", engine.frames_waiting())?;
     Ok(())

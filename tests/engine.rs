@@ -377,6 +377,114 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     );
 }
 
+/// Takes `cli` through a three-way handshake with the endpoint (client at 101, endpoint at 901).
+fn handshake(
+    e: &mut Engine,
+    cli: ([u8; 4], u16),
+    svc: ([u8; 4], u16),
+    seen_as: ([u8; 4], u16),
+    backend: ([u8; 4], u16),
+) {
+    let steps = [
+        frame((CLIENT_MAC, NODE_MAC), cli, svc, 64, L4::Syn { seq: 100 }, b""),
+        frame((EP_MAC, NODE_MAC), backend, seen_as, 64, L4::SynAck { seq: 900, ack: 101 }, b""),
+        frame((CLIENT_MAC, NODE_MAC), cli, svc, 64, L4::Ack { seq: 101, ack: 901 }, b""),
+    ];
+    for mut f in steps {
+        assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    }
+}
+
+/// A TCP segment with flags `RST`, `RST_ACK` or `FIN_ACK` (acknowledging 901) at `seq`.
+fn tcp_with(src: ([u8; 4], u16), dst: ([u8; 4], u16), macs: ([u8; 6], [u8; 6]), seq: u32, flags: u8) -> Vec<u8> {
+    let tcp = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, seq, 64240);
+    let tcp = match flags {
+        RST => tcp.rst(),
+        RST_ACK => tcp.rst().ack(901),
+        _ => tcp.fin().ack(901),
+    };
+    let mut out = Vec::new();
+    tcp.write(&mut out, b"").unwrap();
+    out
+}
+
+const RST: u8 = 0x04;
+const RST_ACK: u8 = 0x14;
+const FIN_ACK: u8 = 0x11;
+
+#[test]
+fn blind_resets_and_fins_do_not_end_an_established_flow() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    handshake(&mut e, CLI, SVC, SNAT, BACKEND);
+    let to_node = (CLIENT_MAC, NODE_MAC);
+    let from_ep = (EP_MAC, NODE_MAC);
+    let state = |e: &Engine| e.conntrack().flows()[0].state.as_str();
+    let mut out = [0u8; 1514];
+    let rows: &[(&str, Vec<u8>, Verdict)] = &[
+        (
+            "an RST far from the client's sequence",
+            tcp_with(CLI, SVC, to_node, 0x8000_0000, RST),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+        ),
+        (
+            "an RST+ACK far from the endpoint's",
+            tcp_with(BACKEND, SNAT, from_ep, 901 + (1 << 21), RST_ACK),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+        ),
+        (
+            "a FIN far ahead of the client's",
+            tcp_with(CLI, SVC, to_node, 101 + (1 << 21), FIN_ACK),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+        ),
+        (
+            "a FIN behind what the endpoint sent",
+            tcp_with(BACKEND, SNAT, from_ep, 500, FIN_ACK),
+            Verdict::Drop(DropReason::TcpOutOfWindow),
+        ),
+        (
+            "an RST near the client's sequence: passed on for a challenge ACK",
+            tcp_with(CLI, SVC, to_node, 101 + 5000, RST),
+            Verdict::Forward,
+        ),
+    ];
+    for (what, f, verdict) in rows {
+        let mut f = f.clone();
+        assert_eq!(e.process(&mut f, Millis(1000), &mut out), *verdict, "{what}");
+        assert_eq!(state(&e), "ESTABLISHED", "{what}");
+    }
+    assert_eq!(e.counters().dropped(DropReason::TcpOutOfWindow), 4);
+    assert_eq!(e.counters().resets_not_exact, 1);
+    assert_eq!(e.service_counters(0).ports[0].packets, [3, 1], "refused segments are not the flow's traffic");
+    // The endpoint's own RST, at its exact sequence, ends the flow.
+    let mut rst = tcp_with(BACKEND, SNAT, from_ep, 901, RST);
+    assert_eq!(e.process(&mut rst, Millis(1000), &mut out), Verdict::Forward);
+    assert_eq!(state(&e), "CLOSE");
+}
+
+#[test]
+fn a_syn_reopening_a_closed_local_flow_passes_the_new_flow_checks() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let local = (NODE, 30081);
+    let backend = (EP, 3001);
+    handshake(&mut e, CLI, local, CLI, backend);
+    let mut rst = tcp_with(CLI, local, (CLIENT_MAC, NODE_MAC), 101, RST);
+    assert_eq!(e.process(&mut rst, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    assert_eq!(e.conntrack().flows()[0].state.as_str(), "CLOSE");
+    // The service's only local endpoint goes down: a new SYN on the old tuple has nowhere to go.
+    e.set_endpoint_health(3, 0, false);
+    let mut again = frame((CLIENT_MAC, NODE_MAC), CLI, local, 64, L4::Syn { seq: 7000 }, b"");
+    assert_eq!(e.process(&mut again, Millis(1000), &mut [0; 1514]), Verdict::Drop(DropReason::NoLocalEndpoint));
+    assert!(e.conntrack().is_empty(), "the closed flow is gone, no new one");
+    // Back up: the SYN makes a new flow, tracked from its own sequence.
+    e.set_endpoint_health(3, 0, true);
+    let mut again = frame((CLIENT_MAC, NODE_MAC), CLI, local, 64, L4::Syn { seq: 7000 }, b"");
+    assert_eq!(e.process(&mut again, Millis(1000), &mut [0; 1514]), Verdict::Forward);
+    assert_eq!(e.conntrack().flows()[0].state.as_str(), "SYN_SENT");
+    assert_eq!(e.service_counters(3).ports[0].connections, 2);
+}
+
 #[test]
 fn unresolved_endpoint_parks_the_frame_and_asks_arp() {
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();

@@ -11,7 +11,7 @@ pub mod tcp;
 use core::net::Ipv4Addr;
 
 use crate::hash::sip13;
-pub use tcp::State;
+pub use tcp::{Check, State};
 
 /// Seconds each kind of flow may stay idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,8 @@ const REPLIED: u8 = 1 << 2;
 /// The original tuple is in the index. It is taken out when a new SYN reuses the tuple of a
 /// flow in TIME_WAIT: the old flow keeps its reply tuple reserved until it expires.
 const ORIGINAL_INDEXED: u8 = 1 << 3;
+/// `tcp_end[0]` (original) and `tcp_end[1]` (reply) hold a sequence number.
+const TCP_END_KNOWN: [u8; 2] = [1 << 4, 1 << 5];
 
 /// One tracked flow: both directions, the translation, the state and the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +86,13 @@ pub struct Flow {
     pub service: u8,
     /// Index of the port in the service's ports.
     pub port: u8,
-    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED.
+    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED, TCP_END_KNOWN.
     pub(crate) flags: u8,
     /// Deadline in seconds since start.
     pub expires: u32,
+    /// TCP, per direction (original, reply): the sequence number after what its sender sent,
+    /// against which its FINs and RSTs are judged.
+    pub(crate) tcp_end: [u32; 2],
 }
 
 impl Flow {
@@ -107,6 +112,7 @@ impl Flow {
         port: 0,
         flags: 0,
         expires: 0,
+        tcp_end: [0; 2],
     };
 
     pub const fn original(&self) -> Tuple {
@@ -139,17 +145,28 @@ impl Flow {
     }
 
     /// Records a packet in `dir` and moves the deadline (`pressure`: the table is more than half
-    /// full).
-    fn seen(&mut self, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32, t: &Timeouts, pressure: bool) {
+    /// full). A TCP segment outside its sender's window changes nothing (see [`tcp::check`]).
+    fn seen(&mut self, dir: Direction, segment: Option<tcp::Segment>, now: u32, t: &Timeouts, pressure: bool) -> Check {
+        if let Some(seg) = segment {
+            let d = usize::from(dir == Direction::Reply);
+            let end = (self.flags & TCP_END_KNOWN[d] != 0).then_some(self.tcp_end[d]);
+            let check = tcp::check(&seg, end);
+            if check != Check::InWindow {
+                return check;
+            }
+            if let Some(e) = tcp::advance_end(&seg, end) {
+                self.tcp_end[d] = e;
+                self.flags |= TCP_END_KNOWN[d];
+            }
+            let mut fins = self.flags & (tcp::FIN_ORIGINAL | tcp::FIN_REPLY);
+            self.state = tcp::advance(self.state, &mut fins, dir, seg.flags);
+            self.flags = (self.flags & !(tcp::FIN_ORIGINAL | tcp::FIN_REPLY)) | fins;
+        }
         if dir == Direction::Reply {
             self.flags |= REPLIED;
         }
-        if let Some(f) = tcp_flags {
-            let mut fins = self.flags & (tcp::FIN_ORIGINAL | tcp::FIN_REPLY);
-            self.state = tcp::advance(self.state, &mut fins, dir, f);
-            self.flags = (self.flags & !(tcp::FIN_ORIGINAL | tcp::FIN_REPLY)) | fins;
-        }
         self.expires = now.saturating_add(self.state.timeout(self.replied(), pressure, t));
+        Check::InWindow
     }
 
     /// Seconds until the flow expires.
@@ -255,20 +272,11 @@ impl<'a> Table<'a> {
         &self.flows[slot]
     }
 
-    /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on.
-    pub fn seen(&mut self, slot: usize, dir: Direction, tcp_flags: Option<tcp::Flags>, now: u32) {
+    /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on,
+    /// unless it is a TCP segment outside its sender's window (the answer says which).
+    pub fn seen(&mut self, slot: usize, dir: Direction, segment: Option<tcp::Segment>, now: u32) -> Check {
         let (t, pressure) = (self.timeouts, self.under_pressure());
-        self.flows[slot].seen(dir, tcp_flags, now, &t, pressure);
-    }
-
-    /// Starts the flow in `slot` over as a new one, keeping its tuples: a SYN that reuses the
-    /// tuple of a closing flow whose endpoint sees the client's own address.
-    pub fn restart(&mut self, slot: usize, state: State, now: u32) {
-        let timeout = state.timeout(false, self.under_pressure(), &self.timeouts);
-        let f = &mut self.flows[slot];
-        f.state = state;
-        f.flags &= ORIGINAL_INDEXED;
-        f.expires = now.saturating_add(timeout);
+        self.flows[slot].seen(dir, segment, now, &t, pressure)
     }
 
     /// More than half full: flows still in their handshake get the short timeout.

@@ -36,8 +36,16 @@ fn flow(client_port: u16, source_port: u16) -> Flow {
 
 type Small = Storage<8, { buckets_for(8) }>;
 
-const SYN_ACK: tcp::Flags = tcp::Flags { syn: true, ack: true, fin: false, rst: false };
-const ACK: tcp::Flags = tcp::Flags { syn: false, ack: true, fin: false, rst: false };
+const fn segment(syn: bool, ack: bool, fin: bool, rst: bool, seq: u32, len: u32) -> tcp::Segment {
+    tcp::Segment { flags: tcp::Flags { syn, ack, fin, rst }, seq, len }
+}
+
+/// A handshake: the client starts at 100, the endpoint at 900.
+const SYN: tcp::Segment = segment(true, false, false, false, 100, 1);
+const SYN_ACK: tcp::Segment = segment(true, true, false, false, 900, 1);
+const ACK: tcp::Segment = segment(false, true, false, false, 101, 0);
+/// The endpoint's RST at its exact sequence.
+const RST: tcp::Segment = segment(false, false, false, true, 901, 0);
 
 /// Takes the flow in `slot` through its handshake's answer and last ACK.
 fn establish(t: &mut Table, slot: usize, now: u32) {
@@ -145,7 +153,7 @@ fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).unwrap();
     establish(&mut t, slot, 0);
     let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
-    t.seen(slot, Direction::Reply, Some(tcp::Flags { rst: true, ..Default::default() }), 0);
+    t.seen(slot, Direction::Reply, Some(RST), 0);
     t.insert(flow(2000, 2000), 0).expect("the reset flow makes room");
     assert_eq!(t.evictions(), 2);
     assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
@@ -298,7 +306,7 @@ fn syn_only_flows_expire_quickly_once_the_table_is_half_full() {
     let late = t.insert(flow(2000, 2000), 0).unwrap();
     assert_eq!(t.flow(late).expires, T.tcp_syn_sent_under_pressure, "more than half full");
     // A retransmitted SYN does not buy it more time; an answer does.
-    t.seen(late, Direction::Original, Some(tcp::Flags { syn: true, ..Default::default() }), 1);
+    t.seen(late, Direction::Original, Some(SYN), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure);
     t.seen(late, Direction::Reply, Some(SYN_ACK), 1);
     assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure, "still in the handshake");
@@ -341,4 +349,26 @@ fn keyed_hashing_defeats_crafted_collisions() {
     std::println!("32 crafted tuples: longest probe {unkeyed} slots under the known key, {keyed} under a secret one");
     assert!(unkeyed >= 32, "{unkeyed}");
     assert!(keyed <= 8, "{keyed}");
+}
+
+#[test]
+fn only_a_reset_at_the_senders_sequence_ends_an_established_flow() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let slot = t.insert(flow(40000, 40000), 0).unwrap();
+    t.seen(slot, Direction::Original, Some(SYN), 0);
+    establish(&mut t, slot, 0);
+    let data = segment(false, true, false, false, 901, 500);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(data), 1), Check::InWindow);
+    let blind = segment(false, false, false, true, 901, 0);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(blind), 2), Check::ResetNotExact, "behind the data sent");
+    let far = segment(false, false, false, true, 901 + 2 * tcp::WINDOW, 0);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(far), 2), Check::OutOfWindow);
+    let far_fin = segment(false, true, true, false, 0x8000_0000, 1);
+    assert_eq!(t.seen(slot, Direction::Original, Some(far_fin), 2), Check::OutOfWindow);
+    assert_eq!(t.flow(slot).state, State::Established);
+    assert_eq!(t.flow(slot).expires, 1 + T.tcp_established, "refused segments do not move the deadline");
+    let exact = segment(false, false, false, true, 1401, 0);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(exact), 3), Check::InWindow);
+    assert_eq!(t.flow(slot).state, State::Close);
 }

@@ -50,6 +50,8 @@ drop_reasons! {
     Fragment => "fragment",
     /// TCP segment other than a SYN to a service port, for no tracked flow.
     TcpNoFlow => "tcp_no_flow",
+    /// A FIN or RST of a tracked flow far from its sender's sequence: a blind attempt to end it.
+    TcpOutOfWindow => "tcp_out_of_window",
     /// A service with no ready endpoint: answered with TCP RST or ICMP port unreachable.
     NoEndpoint => "no_endpoint",
     /// externalTrafficPolicy Local and no ready endpoint on this node.
@@ -88,6 +90,9 @@ pub struct Counters {
     pub answered: u64,
     /// Flows created.
     pub new_flows: u64,
+    /// RSTs of tracked flows near their sender's sequence but not at it: passed on, the flow
+    /// kept (the endpoint answers with a challenge ACK, RFC 5961).
+    pub resets_not_exact: u64,
 }
 
 impl Counters {

@@ -19,7 +19,7 @@ use crate::affinity::Affinity;
 use crate::balance::{Maglev, maglev::flow_hash};
 use crate::board;
 use crate::config::{Config, ConfigError, Node, Service, ServiceType, SessionAffinity, TrafficPolicy};
-use crate::conntrack::{Direction, Flow, State, Table, Tuple};
+use crate::conntrack::{Check, Direction, Flow, State, Table, Tuple};
 use crate::neighbor::Neighbors;
 use crate::time::Millis;
 pub use counters::{Counters, DropReason};
@@ -473,25 +473,28 @@ impl<'a> Engine<'a> {
         match self.conntrack.lookup(&tuple, secs) {
             Some((slot, Direction::Original)) => {
                 let flow = *self.conntrack.flow(slot);
-                let reopens = f.tcp.is_some_and(|t| t.syn && !t.ack) && flow.state.is_closing();
-                if reopens && flow.is_snat() {
-                    // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new SYN gets
-                    // a flow and a source port of its own, so the endpoint never sees a reused
-                    // tuple it may still hold in TIME_WAIT (PAWS drops).
-                    if let Some(listener) = self.listener(f.proto, f.dst, dst_port) {
+                if f.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
+                    // A new connection on the tuple of a closing one is a new flow, and passes
+                    // every check a first packet passes (the service, its source ranges and
+                    // endpoints as they are now).
+                    if flow.is_snat() {
+                        // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new flow
+                        // gets a source port of its own, so the endpoint never sees a reused
+                        // tuple it may still hold in TIME_WAIT (PAWS drops).
                         self.conntrack.detach_original(slot);
-                        return self.new_flow(frame, f, listener, src_port, dst_port, now, out);
+                    } else {
+                        // Without SNAT the new flow's reply tuple is the old one's.
+                        self.conntrack.remove(slot);
                     }
+                    return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
                 }
                 if let Some(v) = self.ttl_expired(frame, f, out) {
                     return v;
                 }
-                self.account(&flow, Direction::Original, f);
-                if reopens {
-                    self.conntrack.restart(slot, State::SynSent, secs);
-                } else {
-                    self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
+                if let Some(v) = self.judge(slot, Direction::Original, f, secs) {
+                    return v;
                 }
+                self.account(&flow, Direction::Original, f);
                 // To the endpoint, as the tuple its replies come back with, reversed.
                 let to = Rewrite::from(flow.reply().reversed());
                 self.forward(frame, f, to, None, flow.endpoint, now, out)
@@ -500,18 +503,46 @@ impl<'a> Engine<'a> {
                 if let Some(v) = self.ttl_expired(frame, f, out) {
                     return v;
                 }
-                self.conntrack.seen(slot, Direction::Reply, f.tcp, secs);
+                if let Some(v) = self.judge(slot, Direction::Reply, f, secs) {
+                    return v;
+                }
                 let flow = *self.conntrack.flow(slot);
                 self.account(&flow, Direction::Reply, f);
                 let to = Rewrite::from(flow.original().reversed());
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None if for_node => match self.listener(f.proto, f.dst, dst_port) {
-                Some(listener) => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
-                None => Verdict::Stack,
-            },
-            None if f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
-            None => Verdict::Drop(DropReason::OtherAddress),
+            None => self.untracked(frame, f, for_node, (src_port, dst_port), now, out),
+        }
+    }
+
+    /// A TCP or UDP packet of no tracked flow: the first of a new flow when it is for a service.
+    fn untracked(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        for_node: bool,
+        (src_port, dst_port): (u16, u16),
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        match self.listener(f.proto, f.dst, dst_port) {
+            Some(listener) if for_node => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
+            _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+            _ => Verdict::Drop(DropReason::OtherAddress),
+        }
+    }
+
+    /// Records a packet of the flow in `slot`; `Some` when the flow refuses it: a FIN or RST
+    /// outside its sender's window is dropped, and an RST that is not at the sender's sequence
+    /// passes unrecorded (see [`crate::conntrack::tcp::check`]).
+    fn judge(&mut self, slot: usize, dir: Direction, f: &Ipv4Frame, secs: u32) -> Option<Verdict> {
+        match self.conntrack.seen(slot, dir, f.tcp, secs) {
+            Check::InWindow => None,
+            Check::ResetNotExact => {
+                self.counters.resets_not_exact += 1;
+                None
+            }
+            Check::OutOfWindow => Some(Verdict::Drop(DropReason::TcpOutOfWindow)),
         }
     }
 
@@ -573,7 +604,7 @@ impl<'a> Engine<'a> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        if let Some(t) = f.tcp
+        if let Some(t) = f.tcp.map(|t| t.flags)
             && !(t.syn && !t.ack && !t.rst && !t.fin)
         {
             return Verdict::Drop(DropReason::TcpNoFlow);
@@ -640,9 +671,9 @@ impl<'a> Engine<'a> {
         if policy == TrafficPolicy::Local && !self.conntrack.is_free(&flow.reply(), secs) {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
-        if self.conntrack.insert(flow, secs).is_err() {
-            return Verdict::Drop(DropReason::ConntrackFull);
-        }
+        let Ok(slot) = self.conntrack.insert(flow, secs) else { return Verdict::Drop(DropReason::ConntrackFull) };
+        // The SYN starts the client's sequence.
+        self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);

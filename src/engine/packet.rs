@@ -54,8 +54,8 @@ pub struct Ipv4Frame {
     pub ident: u16,
     /// Ports, for a TCP or UDP packet (or first fragment) long enough to hold its header.
     pub ports: Option<(u16, u16)>,
-    /// TCP flags, for TCP.
-    pub tcp: Option<tcp::Flags>,
+    /// TCP flags and sequence, for TCP.
+    pub tcp: Option<tcp::Segment>,
     pub offload: Offload,
     /// The packets this frame leaves as: 1, or the segments of a super-frame.
     pub packets: u16,
@@ -103,7 +103,9 @@ impl Ipv4Frame {
                 }
                 let flags =
                     tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
-                (Some(ports_of(seg)), Some(flags))
+                let seq = u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]);
+                let len = (seg.len() - tcp_header) as u32 + u32::from(flags.syn) + u32::from(flags.fin);
+                (Some(ports_of(seg)), Some(tcp::Segment { flags, seq, len }))
             }
             // A first fragment holds only the start of the datagram its UDP length counts.
             PROTO_UDP

@@ -30,14 +30,12 @@ fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_
 /// A RST answering the TCP segment in `frame`, as from its destination (RFC 9293 3.10.7.1).
 pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) -> usize {
     let len = ETH_HEADER + 20 + 20;
-    let (Some((sport, dport)), Some(flags)) = (f.ports, f.tcp) else { return 0 };
+    let (Some((sport, dport)), Some(segment)) = (f.ports, f.tcp) else { return 0 };
     if out.len() < len {
         return 0;
     }
     let seg = &frame[f.l4..f.end];
-    let seq = u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]);
     let ack = u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]);
-    let data_len = seg.len() - (seg[12] >> 4) as usize * 4;
     set_macs(out, our_mac, src_mac(frame));
     out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     ipv4_header(out, f.dst, f.src, PROTO_TCP, 20);
@@ -45,14 +43,13 @@ pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) 
     t.fill(0);
     t[0..2].copy_from_slice(&dport.to_be_bytes());
     t[2..4].copy_from_slice(&sport.to_be_bytes());
-    if flags.ack {
+    if segment.flags.ack {
         // <SEQ=SEG.ACK><CTL=RST>
         t[4..8].copy_from_slice(&ack.to_be_bytes());
         t[13] = 0x04;
     } else {
         // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
-        let seg_len = data_len as u32 + flags.syn as u32 + flags.fin as u32;
-        t[8..12].copy_from_slice(&seq.wrapping_add(seg_len).to_be_bytes());
+        t[8..12].copy_from_slice(&segment.end().to_be_bytes());
         t[13] = 0x14;
     }
     t[12] = 5 << 4;
