@@ -37,6 +37,7 @@ pub mod hash;
 pub mod health;
 pub mod metrics;
 pub mod neighbor;
+pub mod random;
 pub mod text;
 pub mod time;
 

@@ -5,6 +5,7 @@ use core::fmt::{self, Write};
 
 use crate::board;
 use crate::config::ServicePort;
+use crate::conntrack::POOL_PORTS;
 use crate::engine::{DropReason, Engine, PortTraffic};
 
 /// A port's label: its name, or its number when it has none.
@@ -75,6 +76,32 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     }
 
     let ct = engine.conntrack();
+    header(
+        w,
+        "nodegate_endpoint_snat_ports_in_use",
+        "gauge",
+        "SNAT source ports held towards the endpoint, all service ports together (each port's pool holds nodegate_snat_pool_ports).",
+    )?;
+    for (s, (svc, _)) in engine.services().enumerate() {
+        let target = svc.ports.first().map_or(0, |p| p.target_port);
+        for (e, ep) in svc.endpoints.iter().enumerate() {
+            let n: usize = (0..svc.ports.len()).map(|p| ct.pool_use(s, e, p)).sum();
+            writeln!(
+                w,
+                "nodegate_endpoint_snat_ports_in_use{{service=\"{}\",endpoint=\"{}:{target}\"}} {n}",
+                svc.name, ep.ip
+            )?;
+        }
+    }
+    header(w, "nodegate_snat_pool_ports", "gauge", "SNAT source ports per endpoint and service port (board).")?;
+    writeln!(w, "nodegate_snat_pool_ports {}", POOL_PORTS)?;
+    header(
+        w,
+        "nodegate_snat_port_evictions_total",
+        "counter",
+        "Flows not yet established that gave their SNAT port to a new flow in a full pool.",
+    )?;
+    writeln!(w, "nodegate_snat_port_evictions_total {}", ct.port_evictions())?;
     header(w, "nodegate_conntrack_entries", "gauge", "Flows tracked now.")?;
     writeln!(w, "nodegate_conntrack_entries {}", ct.len())?;
     header(w, "nodegate_conntrack_capacity", "gauge", "Flows the connection table holds (board).")?;
@@ -112,5 +139,5 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
 /// A buffer that holds the metrics of the largest config the board allows.
 pub const MAX_TEXT: usize = 4096
     + board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * 5 * 192
-    + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 160
+    + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 2 * 160
     + DropReason::ALL.len() * 80;

@@ -206,7 +206,7 @@ fn tcp_flow_is_dnated_snated_and_translated_back() {
 fn udp_both_ways() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
-    let cli = (CLIENT, 5000);
+    let cli = (CLIENT, 50000);
     run(
         &mut e,
         vec![
@@ -214,12 +214,12 @@ fn udp_both_ways() {
                 what: "UDP to the nodePort → endpoint:targetPort, from the node",
                 input: frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, b"query"),
                 verdict: Verdict::Forward,
-                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 }),
+                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 50000), dst: (EP, 5353), ttl: 63 }),
                 payload: b"query",
             },
             Row {
                 what: "the answer goes back from NodeIP:nodePort",
-                input: frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, b"answer!"),
+                input: frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 50000), 64, L4::Udp, b"answer!"),
                 verdict: Verdict::Forward,
                 want: Some(Want { macs: (NODE_MAC, CLIENT_MAC), src: (NODE, 30053), dst: cli, ttl: 63 }),
                 payload: b"answer!",
@@ -233,7 +233,7 @@ fn udp_both_ways() {
 fn udp_without_checksum_stays_without() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
-    let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"q");
+    let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"q");
     f[14 + 20 + 6] = 0;
     f[14 + 20 + 7] = 0;
     assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Forward);
@@ -284,7 +284,7 @@ fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
     assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, &[]).unwrap());
     assert_eq!(h.link.unwrap().ethernet2().unwrap().destination, CLIENT_MAC);
 
-    let mut dgram = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30090), 64, L4::Udp, b"hello?");
+    let mut dgram = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30090), 64, L4::Udp, b"hello?");
     let Verdict::Reply(len) = e.process(&mut dgram, Millis(0), &mut out) else { panic!("UDP: no reply") };
     let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
@@ -531,25 +531,57 @@ fn endpoint_off_link_goes_via_the_gateway() {
 }
 
 #[test]
-fn snat_ports_run_out_per_endpoint_and_are_never_reused() {
+fn a_full_snat_pool_takes_ports_back_from_unanswered_flows_never_from_answered_ones() {
     use nodegate::board::{SNAT_PORT_MAX, SNAT_PORT_MIN};
     type Large = Storage<65536, { buckets_for(65536) }>;
     let mut s = Box::new(Large::new());
     let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
     // Every SNAT port towards 10.77.0.11:5353: each client port is free, so each is kept.
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, port), (NODE, 30053), 64, L4::Udp, b"q");
-        assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Forward, "client port {port}");
+        assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward, "client port {port}");
     }
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as usize + 1;
     assert_eq!(e.conntrack().snat_ports_in_use(), span);
-    // Another client: no port is free towards that endpoint, and none is taken twice.
+    assert_eq!(e.conntrack().pool_use(1, 0, 0), span);
+    // Another client: none is free, so an unanswered flow gives its port up, counted.
     let mut f = frame((CLIENT_MAC, NODE_MAC), ([10, 77, 0, 101], 40000), (NODE, 30053), 64, L4::Udp, b"q");
-    assert_eq!(e.process(&mut f, Millis(0), &mut [0; 1514]), Verdict::Drop(DropReason::SnatExhausted));
-    assert_eq!(e.conntrack().len(), span);
+    assert_eq!(e.process(&mut f, Millis(1000), &mut out), Verdict::Forward);
+    let port = u16::from_be_bytes([f[14 + 20], f[14 + 21]]);
+    assert_eq!((e.conntrack().len(), e.conntrack().port_evictions()), (span, 1));
+    let holders = e.conntrack().flows().iter().filter(|f| f.source_port == port && f.proto == 17).count();
+    assert_eq!(holders, 1, "port {port} is held by the new flow alone");
+    // Every flow is answered: now nothing gives way, and no port is taken twice.
+    for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
+        let mut f = frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, port), 64, L4::Udp, b"a");
+        assert_eq!(e.process(&mut f, Millis(1000), &mut out), Verdict::Forward, "answer to {port}");
+    }
+    let mut f = frame((CLIENT_MAC, NODE_MAC), ([10, 77, 0, 102], 40000), (NODE, 30053), 64, L4::Udp, b"q");
+    assert_eq!(e.process(&mut f, Millis(1000), &mut out), Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!((e.conntrack().len(), e.conntrack().port_evictions()), (span, 1));
     // Another endpoint port has its own pool: TCP to 10.77.0.11:3000 still gets one.
     let mut syn = frame((CLIENT_MAC, NODE_MAC), ([10, 77, 0, 101], 40000), SVC, 64, L4::Syn { seq: 1 }, b"");
-    assert_eq!(e.process(&mut syn, Millis(0), &mut [0; 1514]), Verdict::Forward);
+    assert_eq!(e.process(&mut syn, Millis(1000), &mut out), Verdict::Forward);
+}
+
+#[test]
+fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
+    use nodegate::board::{SNAT_PORT_MIN, TIMEOUTS};
+    use nodegate::conntrack::POOL_PORTS;
+    // A table four times the pool: it stays below half full while the pool passes half.
+    type Large = Storage<{ 4 * POOL_PORTS }, { buckets_for(4 * POOL_PORTS) }>;
+    let mut s = Box::new(Large::new());
+    let mut e = engine(&mut s);
+    let syn = |port: u16| frame((CLIENT_MAC, NODE_MAC), (CLIENT, port), SVC, 64, L4::Syn { seq: 1 }, b"");
+    let expires_of_last = |e: &Engine| e.conntrack().flows().last().unwrap().expires;
+    assert_eq!(e.process(&mut syn(SNAT_PORT_MIN), Millis(0), &mut [0; 1514]), Verdict::Forward);
+    assert_eq!(expires_of_last(&e), TIMEOUTS.tcp_syn_sent);
+    for port in SNAT_PORT_MIN + 1..SNAT_PORT_MIN + (POOL_PORTS / 2) as u16 + 1 {
+        assert_eq!(e.process(&mut syn(port), Millis(0), &mut [0; 1514]), Verdict::Forward);
+    }
+    assert!(e.conntrack().len() * 2 < e.conntrack().capacity());
+    assert_eq!(expires_of_last(&e), TIMEOUTS.tcp_syn_sent_under_pressure);
 }
 
 #[test]
@@ -576,7 +608,7 @@ fn frames_not_for_the_node() {
         ),
         (
             "an IPv4 packet of 1504 bytes",
-            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, &[7; 1504 - 28]),
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, &[7; 1504 - 28]),
             Verdict::Drop(DropReason::Oversized),
         ),
         (
@@ -661,7 +693,7 @@ fn frames_not_for_the_node() {
         (
             "a later fragment whose first fragment never passed",
             {
-                let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"x");
+                let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"x");
                 f[21] = 0x10;
                 fix_ip_checksum(&mut f);
                 f
@@ -743,7 +775,7 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
     for mut f in [
         frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b""),
         frame((EP_MAC, NODE_MAC), BACKEND, SNAT, 64, L4::SynAck { seq: 9, ack: 2 }, b""),
-        frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"query"),
+        frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"query"),
     ] {
         assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
     }
@@ -773,7 +805,7 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
 
     // The endpoint's UDP port is closed: port unreachable, quoting the datagram as the node
     // forwarded it. The client must hear it, about its own datagram, with its checksum intact.
-    let forwarded = frame((NODE_MAC, EP_MAC), (NODE, 5000), (EP, 5353), 63, L4::Udp, b"query");
+    let forwarded = frame((NODE_MAC, EP_MAC), (NODE, 50000), (EP, 5353), 63, L4::Udp, b"query");
     let unreachable = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
     let mut err = icmp_error(EP_MAC, EP, NODE, unreachable.clone(), &forwarded[14..14 + 28]);
     assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Forward);
@@ -783,7 +815,7 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
     assert_eq!(h.link.clone().unwrap().ethernet2().unwrap().destination, CLIENT_MAC);
     let (inner, l4) = quoted_headers(&err);
     assert_eq!((inner.source, inner.destination), (CLIENT, NODE));
-    let as_sent = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"query");
+    let as_sent = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"query");
     assert_eq!(&l4[..8], &as_sent[14 + 20..14 + 28], "ports, length and checksum as the client sent them");
 
     // An error about nothing we track goes to the node itself.
@@ -865,14 +897,14 @@ fn fragmented_udp_is_translated_both_ways() {
     let mut s = Small::new();
     let mut e = engine(&mut s);
     let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
-    let cli = (CLIENT, 5000);
+    let cli = (CLIENT, 50000);
     let request = frame((CLIENT_MAC, NODE_MAC), cli, (NODE, 30053), 64, L4::Udp, &data);
     let sent = forwarded(&mut e, fragments((CLIENT_MAC, NODE_MAC), &request[14..], 1500));
     assert_eq!(sent.len(), 3);
     assert!(sent.iter().all(|f| f[0..6] == EP_MAC));
-    assert_eq!(reassembled(&sent, (NODE, 5000), (EP, 5353)), data, "the endpoint gets the whole datagram");
+    assert_eq!(reassembled(&sent, (NODE, 50000), (EP, 5353)), data, "the endpoint gets the whole datagram");
 
-    let answer = frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 5000), 64, L4::Udp, &data);
+    let answer = frame((EP_MAC, NODE_MAC), (EP, 5353), (NODE, 50000), 64, L4::Udp, &data);
     let back = forwarded(&mut e, fragments((EP_MAC, NODE_MAC), &answer[14..], 1500));
     assert!(back.iter().all(|f| f[0..6] == CLIENT_MAC));
     assert_eq!(reassembled(&back, (NODE, 30053), cli), data, "the client gets the whole answer");
@@ -953,8 +985,8 @@ fn partial_checksums_follow_the_addresses_both_ways() {
         ),
         (
             "UDP to the nodePort",
-            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, b"hello"),
-            Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 5000), dst: (EP, 5353), ttl: 63 },
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"hello"),
+            Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 50000), dst: (EP, 5353), ttl: 63 },
         ),
     ];
     for (what, mut f, want) in rows {
@@ -997,7 +1029,7 @@ fn super_frames_pass_whole_when_their_segments_fit_the_mtu() {
             "{what}"
         );
     }
-    let mut udp = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 5000), (NODE, 30053), 64, L4::Udp, &data);
+    let mut udp = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, &data);
     let udp_segmented = e.process_offloaded(&mut udp, gso(1400), Millis(0), &mut out);
     assert_eq!(udp_segmented, Verdict::Drop(DropReason::Malformed), "the TAP offers TCP segmentation only");
 }

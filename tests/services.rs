@@ -182,13 +182,13 @@ fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
     for port in 40000..40010 {
         assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 12]);
     }
-    assert_eq!(e.serving_endpoints(0), 1);
+    assert_eq!(e.ready_endpoints(0), 1);
 
     let mut s = Small::new();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"}"#;
     let mut e = engine(&service(r#""externalTrafficPolicy":"Local","#, eps), &mut s);
     assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0), Err(Verdict::Drop(DropReason::NoLocalEndpoint)));
-    assert_eq!(e.serving_endpoints(0), 0);
+    assert_eq!(e.ready_endpoints(0), 0);
 }
 
 #[test]
@@ -205,6 +205,31 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
     for port in 41000..41020 {
         assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 11]);
     }
+}
+
+#[test]
+fn the_health_check_node_port_counts_only_ready_local_endpoints() {
+    // Local: this node's one endpoint is terminating. It still takes traffic (nothing else can),
+    // but the node reports 0 ready so that the external load balancer drains it, as kube-proxy.
+    let mut s = Small::new();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1","ready":false,"terminating":true},{"ip":"10.77.0.12","nodeName":"edge-2"}"#;
+    let mut e = engine(&service(r#""externalTrafficPolicy":"Local","healthCheckNodePort":30100,"#, eps), &mut s);
+    assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap().0, [10, 77, 0, 11]);
+    assert!(e.endpoint_serving(0, 0));
+    assert_eq!(e.ready_endpoints(0), 0);
+}
+
+#[test]
+fn the_nodes_own_addresses_are_refused_as_sources() {
+    let mut s = Small::new();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1"}"#;
+    let extra = r#""externalTrafficPolicy":"Local","clusterIP":"10.96.0.10","#;
+    let mut e = engine(&service(extra, eps), &mut s);
+    // From NodeIP to NodePort, the reply tuple would be a health probe's.
+    for src in [NODE, [10, 96, 0, 10]] {
+        assert_eq!(send(&mut e, syn(src, 61005, NODE, 30080), 0), Err(Verdict::Drop(DropReason::MartianSource)));
+    }
+    assert!(e.conntrack().is_empty());
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod tcp;
 
 use core::net::Ipv4Addr;
 
+use crate::board;
 use crate::hash::sip13;
 pub use tcp::{Check, State};
 
@@ -86,6 +87,8 @@ pub struct Flow {
     pub service: u8,
     /// Index of the port in the service's ports.
     pub port: u8,
+    /// Index of the endpoint in the service's endpoints.
+    pub endpoint_index: u8,
     /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED, TCP_END_KNOWN.
     pub(crate) flags: u8,
     /// Deadline in seconds since start.
@@ -110,6 +113,7 @@ impl Flow {
         state: State::None,
         service: 0,
         port: 0,
+        endpoint_index: 0,
         flags: 0,
         expires: 0,
         tcp_end: [0; 2],
@@ -173,6 +177,43 @@ impl Flow {
     pub const fn remaining(&self, now: u32) -> u32 {
         self.expires.saturating_sub(now)
     }
+
+    /// The SNAT pool its source port comes from: one per service, endpoint and port (the
+    /// endpoint's address and target port, from the node's address). `None` without SNAT, or
+    /// once its service or port left the config.
+    fn pool(&self) -> Option<usize> {
+        let (s, e, p) = (self.service as usize, self.endpoint_index as usize, self.port as usize);
+        let known = s < board::MAX_SERVICES && e < board::MAX_ENDPOINTS_PER_SERVICE && p < board::MAX_PORTS_PER_SERVICE;
+        (self.is_snat() && known).then_some(pool_index(s, e, p))
+    }
+
+    /// How readily a full SNAT pool takes its port back for a new flow: `None` never (an
+    /// established flow), else lower first.
+    fn port_eviction_rank(&self) -> Option<u8> {
+        match self.state {
+            _ if !self.replied() => Some(0),
+            s if s.in_handshake() => Some(1),
+            s if s.is_closing() => Some(2),
+            _ => None,
+        }
+    }
+}
+
+const fn pool_index(service: usize, endpoint: usize, port: usize) -> usize {
+    (service * board::MAX_ENDPOINTS_PER_SERVICE + endpoint) * board::MAX_PORTS_PER_SERVICE + port
+}
+
+/// SNAT pools: one per service, endpoint and port.
+const POOLS: usize = board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * board::MAX_PORTS_PER_SERVICE;
+/// Source ports in each pool.
+pub const POOL_PORTS: usize = (board::SNAT_PORT_MAX - board::SNAT_PORT_MIN) as usize + 1;
+
+/// Where a flow belongs in the config: what a reload gives it anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub service: u8,
+    pub port: u8,
+    pub endpoint_index: u8,
 }
 
 /// Index slots needed for `capacity` flows: two tuples a flow, at most half full.
@@ -218,6 +259,10 @@ pub struct Table<'a> {
     evictions: u64,
     /// Live flows whose source is translated: the SNAT ports in use.
     snat: usize,
+    /// SNAT ports in use per pool ([`Flow::pool`]).
+    pool_use: [u16; POOLS],
+    /// Flows that gave up their SNAT port to a new flow.
+    port_evictions: u64,
 }
 
 impl<'a> Table<'a> {
@@ -227,7 +272,18 @@ impl<'a> Table<'a> {
         // A sizing mistake of the caller, found at start-up; no packet can reach it.
         assert!(!flows.is_empty() && buckets.len() == buckets_for(flows.len()), "conntrack storage mis-sized");
         buckets.fill(0);
-        Table { flows, buckets, len: 0, key, timeouts, cursor: 0, evictions: 0, snat: 0 }
+        Table {
+            flows,
+            buckets,
+            len: 0,
+            key,
+            timeouts,
+            cursor: 0,
+            evictions: 0,
+            snat: 0,
+            pool_use: [0; POOLS],
+            port_evictions: 0,
+        }
     }
 
     pub fn from_storage<const N: usize, const B: usize>(
@@ -259,6 +315,19 @@ impl<'a> Table<'a> {
         self.snat
     }
 
+    /// SNAT ports held towards endpoint `endpoint` of service `service`, on port `port`.
+    pub fn pool_use(&self, service: usize, endpoint: usize, port: usize) -> usize {
+        let known = service < board::MAX_SERVICES
+            && endpoint < board::MAX_ENDPOINTS_PER_SERVICE
+            && port < board::MAX_PORTS_PER_SERVICE;
+        if known { usize::from(self.pool_use[pool_index(service, endpoint, port)]) } else { 0 }
+    }
+
+    /// Flows that gave up their SNAT port to a new flow ([`Table::take_port`]).
+    pub fn port_evictions(&self) -> u64 {
+        self.port_evictions
+    }
+
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
     }
@@ -275,13 +344,14 @@ impl<'a> Table<'a> {
     /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on,
     /// unless it is a TCP segment outside its sender's window (the answer says which).
     pub fn seen(&mut self, slot: usize, dir: Direction, segment: Option<tcp::Segment>, now: u32) -> Check {
-        let (t, pressure) = (self.timeouts, self.under_pressure());
+        let (t, pressure) = (self.timeouts, self.under_pressure(&self.flows[slot]));
         self.flows[slot].seen(dir, segment, now, &t, pressure)
     }
 
-    /// More than half full: flows still in their handshake get the short timeout.
-    fn under_pressure(&self) -> bool {
-        self.len * 2 > self.capacity()
+    /// The table, or the SNAT pool of `flow`, is more than half full: flows still in their
+    /// handshake get the short timeout.
+    fn under_pressure(&self, flow: &Flow) -> bool {
+        self.len * 2 > self.capacity() || flow.pool().is_some_and(|p| usize::from(self.pool_use[p]) * 2 > POOL_PORTS)
     }
 
     /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
@@ -322,10 +392,13 @@ impl<'a> Table<'a> {
             self.len += 1;
             self.len - 1
         };
-        // Pressure counts the flow being added.
-        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(), &self.timeouts));
-        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
         self.snat += usize::from(flow.is_snat());
+        if let Some(p) = flow.pool() {
+            self.pool_use[p] = self.pool_use[p].saturating_add(1);
+        }
+        // Pressure counts the flow being added.
+        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(&flow), &self.timeouts));
+        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
         self.index(&flow.original(), encode(slot, Direction::Original));
         self.index(&flow.reply(), encode(slot, Direction::Reply));
         Ok(slot)
@@ -361,6 +434,9 @@ impl<'a> Table<'a> {
     fn unlink(&mut self, slot: usize) {
         let flow = self.flows[slot];
         self.snat -= usize::from(flow.is_snat());
+        if let Some(p) = flow.pool() {
+            self.pool_use[p] = self.pool_use[p].saturating_sub(1);
+        }
         if flow.flags & ORIGINAL_INDEXED != 0 {
             self.unindex(&flow.original(), encode(slot, Direction::Original));
         }
@@ -389,16 +465,24 @@ impl<'a> Table<'a> {
         removed
     }
 
-    /// Gives every flow new `(service, port)` indices, or removes it where `f` says `None`
-    /// (a reload, an endpoint that left). Returns how many flows were removed.
-    pub fn remap(&mut self, mut f: impl FnMut(&Flow) -> Option<(u8, u8)>) -> usize {
+    /// Gives every flow a new [`Owner`], or removes it where `f` says `None` (a reload, an
+    /// endpoint that left). Returns how many flows were removed.
+    pub fn remap(&mut self, mut f: impl FnMut(&Flow) -> Option<Owner>) -> usize {
         let mut removed = 0;
         let mut slot = 0;
         while slot < self.len {
             match f(&self.flows[slot]) {
-                Some((service, port)) => {
-                    self.flows[slot].service = service;
-                    self.flows[slot].port = port;
+                Some(owner) => {
+                    let flow = &mut self.flows[slot];
+                    if let Some(p) = flow.pool() {
+                        self.pool_use[p] = self.pool_use[p].saturating_sub(1);
+                    }
+                    flow.service = owner.service;
+                    flow.port = owner.port;
+                    flow.endpoint_index = owner.endpoint_index;
+                    if let Some(p) = flow.pool() {
+                        self.pool_use[p] = self.pool_use[p].saturating_add(1);
+                    }
                     slot += 1;
                 }
                 None => {
@@ -408,6 +492,30 @@ impl<'a> Table<'a> {
             }
         }
         removed
+    }
+
+    /// Of the flows holding the SNAT tuples `reply` gives for each of `ports` (a full pool's
+    /// ports, as a new flow tried them), the one that gives its port up: the one that expires
+    /// first among those not established, at equal deadlines the one that never saw a reply,
+    /// then one in its handshake, then one closing. The deadline comes first because a real
+    /// client's new flow has not seen its reply yet for a round trip, while a SYN flood's flows
+    /// were answered: the oldest go first, and a new flow lives until its handshake is through.
+    /// Returns the port, its flow removed and counted; `None` when every one is established.
+    pub fn take_port(&mut self, ports: &[u16], reply: impl Fn(u16) -> Tuple, now: u32) -> Option<u16> {
+        let mut best: Option<(u32, u8, u16)> = None;
+        for &port in ports {
+            let Some((slot, _)) = self.lookup(&reply(port), now) else { continue };
+            let flow = &self.flows[slot];
+            let Some(rank) = flow.port_eviction_rank() else { continue };
+            if best.is_none_or(|(expires, r, _)| (flow.expires, rank) < (expires, r)) {
+                best = Some((flow.expires, rank, port));
+            }
+        }
+        let (_, _, port) = best?;
+        let (slot, _) = self.lookup(&reply(port), now)?;
+        self.remove(slot);
+        self.port_evictions += 1;
+        Some(port)
     }
 
     /// The flow a full table gives up: one that never saw a reply, else one still in its

@@ -280,7 +280,7 @@ fn remap_renumbers_and_flushes() {
         f.endpoint = ip(11 + (i % 2) as u8);
         t.insert(f, 0).unwrap();
     }
-    assert_eq!(t.remap(|f| (f.endpoint != ip(12)).then_some((7, 2))), 3);
+    assert_eq!(t.remap(|f| (f.endpoint != ip(12)).then_some(Owner { service: 7, port: 2, endpoint_index: 0 })), 3);
     assert!(t.flows().iter().all(|f| f.endpoint == ip(11) && f.service == 7 && f.port == 2));
     for f in t.flows().to_owned_array() {
         assert!(t.lookup(&f.reply(), 0).is_some());

@@ -44,7 +44,8 @@ drop_reasons! {
     OtherAddress => "other_address",
     /// Neither IPv4 nor ARP.
     UnsupportedEthertype => "unsupported_ethertype",
-    /// Broadcast, multicast or unspecified source address.
+    /// Broadcast, multicast or unspecified source address, or one of the node's own (a node
+    /// address, clusterIP or externalIP) arriving from the wire.
     MartianSource => "martian_source",
     /// A later fragment of a datagram whose first fragment did not pass (or passed too long ago).
     Fragment => "fragment",

@@ -19,8 +19,9 @@ use crate::affinity::Affinity;
 use crate::balance::{Maglev, maglev::flow_hash};
 use crate::board;
 use crate::config::{Config, ConfigError, Node, Service, ServiceType, SessionAffinity, TrafficPolicy};
-use crate::conntrack::{Check, Direction, Flow, State, Table, Tuple};
+use crate::conntrack::{Check, Direction, Flow, Owner, State, Table, Tuple};
 use crate::neighbor::Neighbors;
+use crate::random::Rng;
 use crate::time::Millis;
 pub use counters::{Counters, DropReason};
 use fragments::{Fragments, Key as FragmentKey, Translation};
@@ -78,6 +79,10 @@ struct ServiceState {
     maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
     /// Per endpoint: passing its active health checks (always, without checks).
     healthy: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+    /// Endpoints that are ready, healthy and eligible (on this node, with Local policy): what
+    /// its healthCheckNodePort reports. Terminating ones may still serve when none is ready,
+    /// but are not counted, so that an external load balancer drains the node.
+    ready: usize,
     counters: ServiceCounters,
 }
 
@@ -140,7 +145,8 @@ pub struct Engine<'a> {
     parked: Parked<{ board::PARKED_FRAMES }>,
     fragments: Fragments<{ board::FRAGMENT_TRACKS }>,
     counters: Counters,
-    rng: u64,
+    /// SNAT ports: unpredictable to a client.
+    rng: Rng,
     /// (service, endpoint) the periodic ARP refresh looks at next.
     resolve_cursor: (usize, usize),
     last_resolve: Option<Millis>,
@@ -164,7 +170,7 @@ impl<'a> Engine<'a> {
             parked: Parked::new(),
             fragments: Fragments::new(),
             counters: Counters::default(),
-            rng: seed | 1,
+            rng: Rng::new(seed),
             resolve_cursor: (0, 0),
             last_resolve: None,
         };
@@ -181,6 +187,7 @@ impl<'a> Engine<'a> {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
+                ready: 0,
                 counters: ServiceCounters::default(),
             });
             self.rebuild(s);
@@ -250,17 +257,25 @@ impl<'a> Engine<'a> {
         }
         let services = &self.services;
         let flushed = self.conntrack.remap(|f| {
+            let udp = f.proto == PROTO_UDP;
             let before = old.get(f.service as usize);
             let now = before.and_then(|b| services.iter().position(|n| n.config.name == b.config.name));
-            let (Some(before), Some(s)) = (before, now) else {
-                return (f.proto != PROTO_UDP).then_some((NO_INDEX, NO_INDEX));
-            };
-            let svc = &services[s].config;
-            if f.proto == PROTO_UDP && !svc.endpoints.iter().any(|e| e.ip == f.endpoint) {
+            let gone = Owner { service: NO_INDEX, port: NO_INDEX, endpoint_index: NO_INDEX };
+            let (Some(before), Some(s)) = (before, now) else { return (!udp).then_some(gone) };
+            let svc = &services[s];
+            let endpoint = svc.config.endpoints.iter().position(|e| e.ip == f.endpoint);
+            // UDP has no end: a flow stays only on an endpoint that still takes new flows (not
+            // one made not ready, or moved to another node with Local policy), as kube-proxy
+            // flushes it.
+            if udp && !endpoint.is_some_and(|e| svc.maglev.takes(e)) {
                 return None;
             }
-            let port = same_port(&before.config, f.port as usize, svc);
-            Some((s as u8, port.map_or(NO_INDEX, |p| p as u8)))
+            let port = same_port(&before.config, f.port as usize, &svc.config);
+            Some(Owner {
+                service: s as u8,
+                port: port.map_or(NO_INDEX, |p| p as u8),
+                endpoint_index: endpoint.map_or(NO_INDEX, |e| e as u8),
+            })
         });
         self.affinity.clear();
         Ok(flushed)
@@ -276,7 +291,8 @@ impl<'a> Engine<'a> {
             let e = &cfg.endpoints[i];
             svc.healthy[i] && (cfg.external_traffic_policy == TrafficPolicy::Cluster || e.node == Some(node))
         };
-        let any_ready = (0..cfg.endpoints.len()).any(|i| candidate(i) && cfg.endpoints[i].ready);
+        svc.ready = (0..cfg.endpoints.len()).filter(|&i| candidate(i) && cfg.endpoints[i].ready).count();
+        let any_ready = svc.ready > 0;
         let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
         let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
         for (i, e) in cfg.endpoints.iter().enumerate() {
@@ -303,14 +319,14 @@ impl<'a> Engine<'a> {
         let ip = self.services[s].config.endpoints[e].ip;
         self.conntrack.remap(|f| {
             let gone = f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip;
-            (!gone).then_some((f.service, f.port))
+            (!gone).then_some(Owner { service: f.service, port: f.port, endpoint_index: f.endpoint_index })
         })
     }
 
-    /// Endpoints service `s` sends new flows to (on this node, with Local policy): what its
-    /// healthCheckNodePort reports.
-    pub fn serving_endpoints(&self, s: usize) -> usize {
-        self.services.get(s).map_or(0, |svc| svc.maglev.endpoints())
+    /// Ready endpoints of service `s` (on this node, with Local policy): what its
+    /// healthCheckNodePort reports, as kube-proxy counts them.
+    pub fn ready_endpoints(&self, s: usize) -> usize {
+        self.services.get(s).map_or(0, |svc| svc.ready)
     }
 
     /// The services as the engine runs them, with their counters.
@@ -444,7 +460,9 @@ impl<'a> Engine<'a> {
     }
 
     fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
-        if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() {
+        // The node's own addresses too: a packet from one would share its tuples with the node's
+        // own connections (a health probe's SYN-ACK translated to whoever sent it).
+        if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() || self.is_local(f.src) {
             return Verdict::Drop(DropReason::MartianSource);
         }
         let for_node = self.is_local(f.dst);
@@ -665,6 +683,7 @@ impl<'a> Engine<'a> {
             state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
             service: listener.service,
             port: listener.port_index,
+            endpoint_index: ep as u8,
             ..Flow::EMPTY
         };
         // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
@@ -686,6 +705,8 @@ impl<'a> Engine<'a> {
 
     /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses
     /// (TIME_WAIT included): the client's own port if free, else a random one in the SNAT range.
+    /// When every port tried is taken, a flow that is not established gives its port up
+    /// ([`Table::take_port`]): a flood of half-open flows cannot hold a pool against real clients.
     fn snat_port(
         &mut self,
         endpoint: Ipv4Addr,
@@ -700,14 +721,15 @@ impl<'a> Engine<'a> {
         if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
             return Some(client_port);
         }
-        let span = (board::SNAT_PORT_MAX - board::SNAT_PORT_MIN) as u64 + 1;
-        for _ in 0..SNAT_ATTEMPTS {
-            let port = board::SNAT_PORT_MIN + (self.random() % span) as u16;
+        let mut tried = [0u16; SNAT_ATTEMPTS];
+        for slot in tried.iter_mut() {
+            let port = self.rng.in_range(range.clone());
             if self.conntrack.is_free(&reply(port), now) {
                 return Some(port);
             }
+            *slot = port;
         }
-        None
+        self.conntrack.take_port(&tried, reply, now)
     }
 
     /// Counts a packet of `flow` going `dir`.
@@ -720,14 +742,6 @@ impl<'a> Engine<'a> {
         let d = usize::from(dir == Direction::Reply);
         t.packets[d] += f.packets as u64;
         t.bytes[d] += (f.end - packet::ETH_HEADER) as u64;
-    }
-
-    /// xorshift64*: SNAT ports need to be unpredictable to a client, not cryptographic.
-    fn random(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Where a packet for `ip` goes first: `ip` itself on a node subnet, else the gateway.

@@ -13,6 +13,7 @@ use smoltcp::socket::tcp;
 use crate::config::{Config, HealthCheck};
 use crate::engine::Engine;
 use crate::health::Tracker;
+use crate::random::Rng;
 use crate::time::Millis;
 
 /// Local ports of the node's own connections (health checks). The board's SNAT range ends
@@ -33,11 +34,12 @@ struct Probe {
 /// Active health checks: a TCP connect to each endpoint's `ip:targetPort` every interval.
 pub struct Probes {
     probes: Vec<Probe>,
-    next_port: u16,
+    /// Source ports, random: a peer that cannot predict them cannot aim packets at a probe.
+    ports: Rng,
 }
 
 impl Probes {
-    pub fn new(config: &Config, sockets: &mut SocketSet<'_>) -> Probes {
+    pub fn new(config: &Config, sockets: &mut SocketSet<'_>, seed: u64) -> Probes {
         let mut probes = Vec::new();
         for (s, svc) in config.services.iter().enumerate() {
             let (Some(check), Some(port)) = (svc.health_check, svc.ports.first()) else { continue };
@@ -58,7 +60,7 @@ impl Probes {
                 });
             }
         }
-        Probes { probes, next_port: *PROBE_PORTS.start() }
+        Probes { probes, ports: Rng::new(seed) }
     }
 
     /// Takes the probes' sockets out of the set (before a reload builds new ones).
@@ -81,8 +83,7 @@ impl Probes {
             let socket = sockets.get_mut::<tcp::Socket>(p.socket);
             let result = match p.deadline {
                 None if now >= p.next => {
-                    let local = self.next_port;
-                    self.next_port = if local == *PROBE_PORTS.end() { *PROBE_PORTS.start() } else { local + 1 };
+                    let local = self.ports.in_range(PROBE_PORTS);
                     socket.abort();
                     p.next = Millis(now.0 + p.check.interval_seconds as u64 * 1000);
                     match socket.connect(iface.context(), p.target, local) {

@@ -141,7 +141,7 @@ fn respond(c: &mut Conn, config: &Config, engine: &Engine) {
     let len = match (c.site, path) {
         (Site::Health(s), _) => {
             let name = config.services.get(s).map_or("", |svc| svc.name.as_str());
-            render_response(name, engine.serving_endpoints(s), &mut c.response)
+            render_response(name, engine.ready_endpoints(s), &mut c.response)
         }
         (Site::Metrics, Some("/metrics")) => {
             const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nConnection: close\r\n\r\n";

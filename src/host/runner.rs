@@ -51,9 +51,10 @@ struct NodeSockets {
 }
 
 impl NodeSockets {
-    fn new(config: &Config, sockets: &mut SocketSet<'_>, node: Option<&str>) -> Result<NodeSockets, String> {
+    /// `seed` makes the probes' source ports unpredictable.
+    fn new(config: &Config, sockets: &mut SocketSet<'_>, node: Option<&str>, seed: u64) -> Result<NodeSockets, String> {
         let node = config.node(node).map_err(|e| e.to_string())?;
-        Ok(NodeSockets { probes: Probes::new(config, sockets), http: HttpServer::new(config, node, sockets) })
+        Ok(NodeSockets { probes: Probes::new(config, sockets, seed), http: HttpServer::new(config, node, sockets) })
     }
 
     fn remove(self, sockets: &mut SocketSet<'_>) {
@@ -93,11 +94,11 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
     let fd = tap.as_raw_fd();
     let mut device = NatDevice::new(tap, &mut engine);
     let start = std::time::Instant::now();
-    let mut iface = Interface::new(
-        IfaceConfig::new(HardwareAddress::Ethernet(node.mac)),
-        &mut device,
-        smoltcp::time::Instant::ZERO,
-    );
+    let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(node.mac));
+    // smoltcp draws the node's TCP initial sequence numbers from this: left at 0, they would
+    // repeat at every start.
+    iface_config.random_seed = sys::random_key().map_err(|e| format!("cannot read random bytes: {e}"))?[0];
+    let mut iface = Interface::new(iface_config, &mut device, smoltcp::time::Instant::ZERO);
     iface.update_ip_addrs(|addrs| {
         for a in &node.addresses {
             let _ = addrs.push(IpCidr::Ipv4(*a));
@@ -107,7 +108,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
-    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref())?;
+    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1])?;
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
 
@@ -138,7 +139,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
                         let changes = describe_changes(&config, &new);
                         config = new;
                         own.remove(&mut sockets);
-                        own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref())?;
+                        own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1] ^ now.0)?;
                         Reply::Text(format!(
                             "applied: {changes}; {flushed} UDP flow(s) to endpoints that left flushed\n"
                         ))
@@ -206,12 +207,13 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
     );
     let _ = writeln!(
         out,
-        "conntrack: {} of {} flows ({:.1} %), {} SNAT ports in use, {} evicted",
+        "conntrack: {} of {} flows ({:.1} %), {} SNAT ports in use, {} evicted, {} SNAT ports taken back",
         ct.len(),
         ct.capacity(),
         ct.len() as f64 * 100.0 / ct.capacity() as f64,
         ct.snat_ports_in_use(),
-        ct.evictions()
+        ct.evictions(),
+        ct.port_evictions()
     );
     for (s, (svc, c)) in engine.services().enumerate() {
         let ports: Vec<String> = svc.ports.iter().map(|p| p.to_string()).collect();
@@ -228,7 +230,8 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         for (e, ep) in svc.endpoints.iter().enumerate() {
             let state = if engine.endpoint_serving(s, e) { "serving" } else { "not serving" };
-            let _ = writeln!(out, "  endpoint {}:{target} {state}", ep.ip);
+            let snat: usize = (0..svc.ports.len()).map(|p| ct.pool_use(s, e, p)).sum();
+            let _ = writeln!(out, "  endpoint {}:{target} {state}, {snat} SNAT ports in use", ep.ip);
         }
     }
     let c = engine.counters();
