@@ -26,6 +26,8 @@ struct Board<'a> {
     parked_frames: u32,
     snat_port_min: u16,
     snat_port_max: u16,
+    replies_per_second: u32,
+    reply_burst: u32,
     conntrack_sweep_per_turn: u32,
     timeouts: Timeouts,
 }
@@ -97,6 +99,8 @@ fn main() {
         ("parkedFrames", b.parked_frames),
         ("conntrackSweepPerTurn", b.conntrack_sweep_per_turn),
         ("fragmentTracks", b.fragment_tracks),
+        ("repliesPerSecond", b.replies_per_second),
+        ("replyBurst", b.reply_burst),
     ] {
         if value == 0 {
             fail(field, "must be positive");
@@ -131,6 +135,9 @@ fn main() {
          pub const PARKED_FRAMES: usize = {parked};\n\
          pub const SNAT_PORT_MIN: u16 = {smin};\n\
          pub const SNAT_PORT_MAX: u16 = {smax};\n\
+         /// RSTs and ICMP errors the engine makes up, per second, and at once.\n\
+         pub const REPLIES_PER_SECOND: u32 = {rps};\n\
+         pub const REPLY_BURST: u32 = {burst};\n\
          /// Connection-table slots examined for expiry per sweep (bounded work).\n\
          pub const CONNTRACK_SWEEP_PER_TURN: usize = {sweep};\n\
          /// Timeouts of this board.\n\
@@ -160,6 +167,8 @@ fn main() {
         frag_secs = t.fragment_seconds,
         smin = b.snat_port_min,
         smax = b.snat_port_max,
+        rps = b.replies_per_second,
+        burst = b.reply_burst,
         sweep = b.conntrack_sweep_per_turn,
         a = t.tcp_syn_sent_seconds,
         a2 = t.tcp_syn_sent_under_pressure_seconds,

@@ -131,6 +131,13 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
         "RSTs near but not at their sender's sequence: passed on, the flow kept (RFC 5961).",
     )?;
     writeln!(w, "nodegate_tcp_resets_not_exact_total {}", c.resets_not_exact)?;
+    header(
+        w,
+        "nodegate_replies_suppressed_total",
+        "counter",
+        "RSTs and ICMP errors not sent: over the board's rate limit (the frames count as dropped).",
+    )?;
+    writeln!(w, "nodegate_replies_suppressed_total {}", c.replies_suppressed)?;
     header(w, "nodegate_frames_waiting", "gauge", "Frames waiting for their next hop's ARP answer.")?;
     writeln!(w, "nodegate_frames_waiting {}", engine.frames_waiting())?;
     Ok(())

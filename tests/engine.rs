@@ -824,6 +824,71 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
     assert_eq!(e.process(&mut err, Millis(0), &mut out), Verdict::Stack);
 }
 
+#[test]
+fn icmp_errors_are_checked_before_they_are_translated_and_never_answered() {
+    use etherparse::icmpv4::DestUnreachableHeader;
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let mut udp = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"query");
+    assert_eq!(e.process(&mut udp, Millis(0), &mut out), Verdict::Forward);
+    let forwarded = frame((NODE_MAC, EP_MAC), (NODE, 50000), (EP, 5353), 63, L4::Udp, b"query");
+    let unreachable = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let error = |to: [u8; 4], ttl: u8| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(EP_MAC, NODE_MAC)
+            .ipv4(EP, to, ttl)
+            .icmpv4(unreachable.clone())
+            .write(&mut f, &forwarded[14..14 + 28])
+            .unwrap();
+        f
+    };
+    // To another host than the quoted packet's sender (the node).
+    let mut elsewhere = error([10, 77, 0, 2], 64);
+    assert_eq!(e.process(&mut elsewhere, Millis(0), &mut out), Verdict::Drop(DropReason::BadIcmpError));
+    // Corrupted in flight: one quoted byte flipped, the ICMP checksum left as it was.
+    let mut corrupt = error(NODE, 64);
+    corrupt[14 + 20 + 8 + 20 + 6] ^= 0x40;
+    assert_eq!(e.process(&mut corrupt, Millis(0), &mut out), Verdict::Drop(DropReason::BadIcmpError));
+    // Its TTL runs out here: dropped, and not answered with an error about an error.
+    let mut last_hop = error(NODE, 1);
+    assert_eq!(e.process(&mut last_hop, Millis(0), &mut out), Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(e.counters().replies_suppressed, 0);
+    // Intact and addressed right, it passes.
+    let mut good = error(NODE, 64);
+    assert_eq!(e.process(&mut good, Millis(0), &mut out), Verdict::Forward);
+}
+
+#[test]
+fn made_up_answers_are_rate_limited() {
+    use nodegate::board::{REPLIES_PER_SECOND, REPLY_BURST};
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let mut out = [0u8; 1514];
+    let burst = REPLY_BURST as u64;
+    let mut answered = 0;
+    for port in 0..2 * burst {
+        let mut syn =
+            frame((CLIENT_MAC, NODE_MAC), (CLIENT, 40000 + port as u16), (NODE, 30090), 64, L4::Syn { seq: 1 }, b"");
+        match e.process(&mut syn, Millis(5000), &mut out) {
+            Verdict::Reply(_) => answered += 1,
+            v => assert_eq!(v, Verdict::Drop(DropReason::NoEndpoint)),
+        }
+        let mut ttl = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 40000 + port as u16), SVC, 1, L4::Syn { seq: 1 }, b"");
+        match e.process(&mut ttl, Millis(5000), &mut out) {
+            Verdict::Reply(_) => answered += 1,
+            v => assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded)),
+        }
+    }
+    assert_eq!(answered, burst, "one bucket for RSTs and ICMP errors");
+    assert_eq!(e.counters().replies_suppressed, 3 * burst);
+    assert_eq!(e.counters().dropped(DropReason::NoEndpoint) + e.counters().dropped(DropReason::TtlExceeded), 4 * burst);
+    // The bucket fills at the board's rate.
+    let later = Millis(5000 + 1000 * burst / REPLIES_PER_SECOND as u64 + 1);
+    let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30090), 64, L4::Syn { seq: 1 }, b"");
+    assert!(matches!(e.process(&mut syn, later, &mut out), Verdict::Reply(_)));
+}
+
 /// `datagram` (an IPv4 packet) cut into fragments of at most `mtu` bytes, as Ethernet frames.
 fn fragments(macs: ([u8; 6], [u8; 6]), datagram: &[u8], mtu: usize) -> Vec<Vec<u8>> {
     let (header, payload) = datagram.split_at(20);

@@ -257,6 +257,32 @@ fn an_endpoint_that_fails_gets_no_new_flows_and_its_udp_flows_are_flushed() {
 }
 
 #[test]
+fn a_reload_flushes_udp_flows_to_endpoints_it_makes_not_serving() {
+    let mut s = Small::new();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12","nodeName":"edge-1"}"#;
+    let local = r#""externalTrafficPolicy":"Local","#;
+    let mut e = engine(&service(local, eps), &mut s);
+    let mut udp_of = std::collections::BTreeMap::new();
+    for p in 50000..50100 {
+        let (ep, _) = send(&mut e, udp(CLIENT_A, p, NODE, 30053), 0).unwrap();
+        udp_of.entry(ep).or_insert(p);
+    }
+    assert_eq!(udp_of.len(), 2);
+    let udp_to = |e: &Engine, last: u8| {
+        e.conntrack().flows().iter().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, last]).count()
+    };
+    // .11 stays in the list but is no longer ready; .12 moves to another node (Local policy).
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1","ready":false},{"ip":"10.77.0.12","nodeName":"edge-2"},{"ip":"10.77.0.13","nodeName":"edge-1"}"#;
+    let new = config::parse(service(local, eps).as_bytes()).unwrap();
+    let flushed = e.reconfigure(&new, Some("edge-1")).unwrap();
+    assert_eq!((udp_to(&e, 11), udp_to(&e, 12)), (0, 0), "{flushed} flushed");
+    assert_eq!(flushed, 100);
+    for port in udp_of.values() {
+        assert_eq!(send(&mut e, udp(CLIENT_A, *port, NODE, 30053), 1000).unwrap().0, [10, 77, 0, 13]);
+    }
+}
+
+#[test]
 fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     let mut s = Small::new();
     let mut e = engine(&service("", THREE), &mut s);

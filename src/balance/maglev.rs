@@ -31,8 +31,9 @@ impl<const M: usize> Maglev<M> {
         Maglev { table: [EMPTY; M], endpoints: 0, taking: [false; 255] }
     }
 
-    /// Rebuilds the table for `endpoints` (identified by address; `weights[i]` slots a turn for
-    /// endpoint i, 0 leaves it out). `next` is scratch space, one entry per endpoint.
+    /// Rebuilds the table for `endpoints` (identified by address; endpoint i gets a share of
+    /// the slots proportional to `weights[i]`, 0 leaves it out). `next` is scratch space, one
+    /// entry per endpoint.
     pub fn build(&mut self, endpoints: &[Ipv4Addr], weights: &[u8], next: &mut [u32]) {
         self.table.fill(EMPTY);
         let n = endpoints.len().min(weights.len()).min(next.len()).min(EMPTY as usize);
@@ -44,6 +45,7 @@ impl<const M: usize> Maglev<M> {
         if self.endpoints == 0 || M < 2 {
             return;
         }
+        let quota = quotas::<M>(&weights[..n]);
         next[..n].fill(0);
         let m = M as u64;
         let perm = |i: usize, j: u32| {
@@ -52,24 +54,25 @@ impl<const M: usize> Maglev<M> {
             let skip = sip13(STABLE_KEY, id, 2) % (m - 1) + 1;
             ((offset + skip * j as u64) % m) as usize
         };
+        // Turn by turn, each endpoint with slots still due takes its next preferred free one,
+        // as in Maglev; the quotas (which sum to M) make the shares follow the weights.
+        let mut taken = [0u16; 255];
         let mut filled = 0;
-        'fill: loop {
+        while filled < M {
             for i in 0..n {
-                for _ in 0..weights[i] {
-                    // Each endpoint takes its next slot that nobody has; the permutation visits
-                    // every slot once, so this ends.
-                    let mut c = perm(i, next[i]);
-                    while self.table[c] != EMPTY {
-                        next[i] += 1;
-                        c = perm(i, next[i]);
-                    }
-                    self.table[c] = i as u8;
-                    next[i] += 1;
-                    filled += 1;
-                    if filled == M {
-                        break 'fill;
-                    }
+                if taken[i] >= quota[i] {
+                    continue;
                 }
+                // The permutation visits every slot once, so a free one is found.
+                let mut c = perm(i, next[i]);
+                while self.table[c] != EMPTY {
+                    next[i] += 1;
+                    c = perm(i, next[i]);
+                }
+                self.table[c] = i as u8;
+                next[i] += 1;
+                taken[i] += 1;
+                filled += 1;
             }
         }
     }
@@ -91,6 +94,37 @@ impl<const M: usize> Maglev<M> {
     pub fn takes(&self, i: usize) -> bool {
         self.taking.get(i).copied().unwrap_or(false)
     }
+}
+
+/// Slots per endpoint: one for each endpoint with a weight (so that every endpoint counted as
+/// serving has a share), the rest in proportion to the weights, largest remainders first (ties
+/// to the lower index). The quotas sum to `M`; `M` is at least ten times the endpoints.
+fn quotas<const M: usize>(weights: &[u8]) -> [u16; 255] {
+    let mut quota = [0u16; 255];
+    let mut remainder = [0u64; 255];
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let weighted = weights.iter().filter(|&&w| w > 0).count();
+    let rest = (M - weighted) as u64;
+    let mut given = weighted;
+    for (i, &w) in weights.iter().enumerate() {
+        if w > 0 {
+            let share = rest * u64::from(w);
+            quota[i] = 1 + (share / total) as u16;
+            remainder[i] = share % total;
+            given += (share / total) as usize;
+        }
+    }
+    for _ in given..M {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            if weights[i] > 0 && (weights[best] == 0 || remainder[i] > remainder[best]) {
+                best = i;
+            }
+        }
+        quota[best] += 1;
+        remainder[best] = 0;
+    }
+    quota
 }
 
 /// The balancing hash of a flow: the same on every gateway.
@@ -170,6 +204,41 @@ mod test {
         extern crate std;
         std::println!("weights 3:1 give the first endpoint {:.2} % of the table", ratio * 100.0);
         assert!((ratio - 0.75).abs() < 0.02, "{s:?}");
+    }
+
+    #[test]
+    fn shares_follow_the_weights_for_every_weight_set() {
+        let mut rng = crate::random::Rng::new(99);
+        let mut sets: heapless::Vec<heapless::Vec<u8, 64>, 16> = heapless::Vec::new();
+        for (n, w) in [(10, 255u8), (20, 255), (64, 255), (64, 1), (3, 7)] {
+            let _ = sets.push((0..n).map(|_| w).collect());
+        }
+        let _ = sets.push([1, 255, 128, 2, 200].into_iter().collect());
+        let _ = sets.push((0..64).map(|i| if i == 0 { 1 } else { 255 }).collect());
+        for _ in 0..8 {
+            let n = rng.in_range(1..=64) as usize;
+            let _ = sets.push((0..n).map(|_| rng.in_range(0..=255) as u8).collect());
+        }
+        let addrs: heapless::Vec<Ipv4Addr, 64> = (0..64).map(|i| Ipv4Addr::new(10, 77, 1, i)).collect();
+        for weights in &sets {
+            let n = weights.len();
+            let mut m: Maglev<M> = Maglev::new();
+            m.build(&addrs[..n], weights, &mut [0; 64]);
+            let mut slots = [0usize; 64];
+            for slot in 0..M as u64 {
+                if let Some(i) = m.pick(slot) {
+                    slots[i] += 1;
+                }
+            }
+            let total: u32 = weights.iter().map(|&w| u32::from(w)).sum();
+            for (i, &w) in weights.iter().enumerate() {
+                let want = if total == 0 { 0.0 } else { f64::from(w) / f64::from(total) };
+                let got = slots[i] as f64 / M as f64;
+                assert!((got - want).abs() <= 0.01, "weights {weights:?}: endpoint {i} has {got}, not {want}");
+                assert_eq!(m.takes(i), w > 0);
+                assert_eq!(slots[i] > 0, w > 0, "weights {weights:?}: endpoint {i} serves without slots");
+            }
+        }
     }
 
     #[test]

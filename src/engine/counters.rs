@@ -53,14 +53,19 @@ drop_reasons! {
     TcpNoFlow => "tcp_no_flow",
     /// A FIN or RST of a tracked flow far from its sender's sequence: a blind attempt to end it.
     TcpOutOfWindow => "tcp_out_of_window",
-    /// A service with no ready endpoint: answered with TCP RST or ICMP port unreachable.
+    /// A service with no ready endpoint: answered with TCP RST or ICMP port unreachable (within
+    /// the rate limit).
     NoEndpoint => "no_endpoint",
     /// externalTrafficPolicy Local and no ready endpoint on this node.
     NoLocalEndpoint => "no_local_endpoint",
     /// The client is outside the service's loadBalancerSourceRanges.
     SourceRange => "source_range",
-    /// TTL ran out: answered with ICMP time exceeded.
+    /// TTL ran out: answered with ICMP time exceeded (not an ICMP error, and within the rate
+    /// limit).
     TtlExceeded => "ttl_exceeded",
+    /// An ICMP error about a tracked flow that is not addressed to the host that sent the
+    /// quoted packet, or whose checksum is wrong.
+    BadIcmpError => "bad_icmp_error",
     /// The connection table is full of live flows.
     ConntrackFull => "conntrack_full",
     /// No free SNAT source port towards the endpoint.
@@ -94,6 +99,9 @@ pub struct Counters {
     /// RSTs of tracked flows near their sender's sequence but not at it: passed on, the flow
     /// kept (the endpoint answers with a challenge ACK, RFC 5961).
     pub resets_not_exact: u64,
+    /// RSTs and ICMP errors not sent because of the rate limit (their frames are counted
+    /// dropped under their reason).
+    pub replies_suppressed: u64,
 }
 
 impl Counters {

@@ -10,6 +10,7 @@ pub mod counters;
 mod fragments;
 pub mod packet;
 mod parked;
+mod rate_limit;
 pub mod reply;
 
 use core::net::Ipv4Addr;
@@ -28,6 +29,7 @@ use fragments::{Fragments, Key as FragmentKey, Translation};
 pub use packet::Offload;
 use packet::{Ipv4Frame, PROTO_TCP, PROTO_UDP, Rewrite};
 use parked::Parked;
+use rate_limit::RateLimit;
 
 /// What to do with a frame after [`Engine::process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +147,8 @@ pub struct Engine<'a> {
     parked: Parked<{ board::PARKED_FRAMES }>,
     fragments: Fragments<{ board::FRAGMENT_TRACKS }>,
     counters: Counters,
+    /// The RSTs and ICMP errors the engine makes up.
+    replies: RateLimit,
     /// SNAT ports: unpredictable to a client.
     rng: Rng,
     /// (service, endpoint) the periodic ARP refresh looks at next.
@@ -170,6 +174,7 @@ impl<'a> Engine<'a> {
             parked: Parked::new(),
             fragments: Fragments::new(),
             counters: Counters::default(),
+            replies: RateLimit::new(board::REPLIES_PER_SECOND, board::REPLY_BURST),
             rng: Rng::new(seed),
             resolve_cursor: (0, 0),
             last_resolve: None,
@@ -506,7 +511,7 @@ impl<'a> Engine<'a> {
                     }
                     return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
                 }
-                if let Some(v) = self.ttl_expired(frame, f, out) {
+                if let Some(v) = self.ttl_expired(frame, f, now, out) {
                     return v;
                 }
                 if let Some(v) = self.judge(slot, Direction::Original, f, secs) {
@@ -518,7 +523,7 @@ impl<'a> Engine<'a> {
                 self.forward(frame, f, to, None, flow.endpoint, now, out)
             }
             Some((slot, Direction::Reply)) => {
-                if let Some(v) = self.ttl_expired(frame, f, out) {
+                if let Some(v) = self.ttl_expired(frame, f, now, out) {
                     return v;
                 }
                 if let Some(v) = self.judge(slot, Direction::Reply, f, secs) {
@@ -573,8 +578,14 @@ impl<'a> Engine<'a> {
         // its flow's tuples.
         let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
         let flow = *self.conntrack.flow(slot);
-        if let Some(v) = self.ttl_expired(frame, f, out) {
-            return Some(v);
+        // As nf_conntrack takes an error as related: sent to the host that sent the quoted
+        // packet, and intact (it leaves with a checksum computed anew, so it is checked first).
+        if f.dst != q.tuple.src || !packet::icmp_checksum_ok(frame, f) {
+            return Some(Verdict::Drop(DropReason::BadIcmpError));
+        }
+        if f.ttl <= 1 {
+            // No ICMP error is ever sent about an ICMP error (RFC 1122 3.2.2).
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
         }
         Some(match dir {
             // About a reply on its way to the client: tell the endpoint, about what it sent.
@@ -647,7 +658,7 @@ impl<'a> Engine<'a> {
                     svc.counters.no_endpoint_drops += 1;
                     return match svc.config.external_traffic_policy {
                         TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
-                        TrafficPolicy::Cluster => self.reject(frame, f, out),
+                        TrafficPolicy::Cluster => self.reject(frame, f, now, out),
                     };
                 }
             },
@@ -655,7 +666,7 @@ impl<'a> Engine<'a> {
         let endpoint = svc.config.endpoints[ep].ip;
         let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
         let policy = svc.config.external_traffic_policy;
-        if let Some(v) = self.ttl_expired(frame, f, out) {
+        if let Some(v) = self.ttl_expired(frame, f, now, out) {
             return v;
         }
         let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
@@ -755,7 +766,10 @@ impl<'a> Engine<'a> {
     }
 
     /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
-    fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, out: &mut [u8]) -> Verdict {
+    fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        if !self.may_answer(now) {
+            return Verdict::Drop(DropReason::NoEndpoint);
+        }
         self.counters.drop(DropReason::NoEndpoint);
         let mac = self.node.mac.0;
         let len = match f.proto {
@@ -766,13 +780,23 @@ impl<'a> Engine<'a> {
     }
 
     /// A packet that would leave with TTL 0 is dropped and answered with ICMP time exceeded.
-    fn ttl_expired(&mut self, frame: &[u8], f: &Ipv4Frame, out: &mut [u8]) -> Option<Verdict> {
+    fn ttl_expired(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Option<Verdict> {
         if f.ttl > 1 {
             return None;
+        }
+        if !self.may_answer(now) {
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
         }
         self.counters.drop(DropReason::TtlExceeded);
         let from = self.address_for(f.src);
         Some(Verdict::Reply(reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, self.node.mac.0, out)))
+    }
+
+    /// Whether the rate limit lets an answer (RST, ICMP error) go now; counts it when not.
+    fn may_answer(&mut self, now: Millis) -> bool {
+        let allowed = self.replies.allow(now);
+        self.counters.replies_suppressed += u64::from(!allowed);
+        allowed
     }
 
     /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
@@ -802,7 +826,7 @@ impl<'a> Engine<'a> {
         let Some(t) = self.fragments.lookup(&FragmentKey::of(f), now.secs()) else {
             return Verdict::Drop(DropReason::Fragment);
         };
-        if let Some(v) = self.ttl_expired(frame, f, out) {
+        if let Some(v) = self.ttl_expired(frame, f, now, out) {
             return v;
         }
         packet::rewrite_addresses(frame, t.src, t.dst);

@@ -303,6 +303,11 @@ pub fn quoted(frame: &[u8], f: &Ipv4Frame) -> Option<Quoted> {
     Some(Quoted { ip, l4, tuple })
 }
 
+/// The ICMP message's checksum is right.
+pub fn icmp_checksum_ok(frame: &[u8], f: &Ipv4Frame) -> bool {
+    checksum::finish(checksum::sum(&frame[f.l4..f.end])) == 0
+}
+
 /// Translates an ICMP error in place: the outer header to `outer_src` -> `outer_dst` (TTL - 1),
 /// the quoted packet to `inner` (addresses, ports, its checksums), and the ICMP checksum.
 pub fn rewrite_icmp_error(
