@@ -12,14 +12,13 @@ pub struct Tracker {
     streak: u32,
 }
 
-impl Default for Tracker {
-    /// Endpoints start up: a gateway that starts serves at once and takes out what fails.
-    fn default() -> Self {
-        Tracker { up: true, streak: 0 }
-    }
-}
-
 impl Tracker {
+    /// A tracker that starts where the engine has the endpoint: up at start (a gateway that
+    /// starts serves at once and takes out what fails), as it was across a reload.
+    pub const fn starting(up: bool) -> Tracker {
+        Tracker { up, streak: 0 }
+    }
+
     /// Records one check; returns the new state when it changed.
     pub fn record(&mut self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
         if ok == self.up {
@@ -62,7 +61,7 @@ mod test {
 
     #[test]
     fn thresholds() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::starting(true);
         assert_eq!(t.record(false, 2, 3), None);
         assert_eq!(t.record(false, 2, 3), None);
         assert_eq!(t.record(true, 2, 3), None, "a success breaks the run of failures");
@@ -71,6 +70,8 @@ mod test {
         assert_eq!(t.record(false, 2, 3), Some(false));
         assert_eq!(t.record(true, 2, 3), None);
         assert_eq!(t.record(true, 2, 3), Some(true));
+        let mut down = Tracker::starting(false);
+        assert_eq!(down.record(true, 1, 3), Some(true), "a tracker that starts down comes up on successes");
     }
 
     #[test]

@@ -202,3 +202,32 @@ fn health_checks_take_a_failed_endpoint_out_and_bring_it_back_and_flush_its_udp_
     );
     assert!(log.contains(&format!("endpoint 10.77.0.1{victim}:3000 is up again")), "{log}");
 }
+
+#[test]
+fn an_endpoint_down_at_a_reload_comes_back_when_it_recovers() {
+    let services = r#"{ "name": "web", "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 3, "healthyThreshold": 1 },
+             "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }] }"#;
+    let Some(lab) = start("an_endpoint_down_at_a_reload_comes_back_when_it_recovers", "hcr", services) else {
+        return;
+    };
+    let status = |lab: &Lab| String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).into_owned();
+    let wait_for = |lab: &Lab, what: &str, serving: bool| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let want = format!("endpoint 10.77.0.11:3000 {}", if serving { "serving" } else { "not serving" });
+        while !status(lab).contains(&want) {
+            assert!(Instant::now() < deadline, "{what}: {}\n{}", status(lab), lab.gateway_log());
+            sleep(Duration::from_millis(200));
+        }
+    };
+    lab.backend(1, false);
+    wait_for(&lab, "down", false);
+    // A reload while it is down (the same file), and it recovers at once, before three checks
+    // could fail: the new probes must start from "down" to see it come back.
+    let out = lab.nodegate("reload", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    lab.backend(1, true);
+    wait_for(&lab, "back after its checks pass", true);
+    let answers = lab.backends("client", NODE_IP, 30080, 30);
+    assert!(answers.contains(&"web-frontend-1".to_string()), "{answers:?}");
+}

@@ -339,6 +339,12 @@ impl<'a> Engine<'a> {
         self.services.iter().map(|s| (&s.config, &s.counters))
     }
 
+    /// Whether endpoint `e` of service `s` passes its health checks (as far as the engine knows:
+    /// health carries over a reload by address).
+    pub fn endpoint_healthy(&self, s: usize, e: usize) -> bool {
+        self.services.get(s).and_then(|svc| svc.healthy.get(e)).copied().unwrap_or(true)
+    }
+
     /// Whether endpoint `e` of service `s` takes new flows now.
     pub fn endpoint_serving(&self, s: usize, e: usize) -> bool {
         self.services.get(s).is_some_and(|svc| svc.maglev.takes(e))

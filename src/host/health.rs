@@ -39,7 +39,10 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn new(config: &Config, sockets: &mut SocketSet<'_>, seed: u64) -> Probes {
+    /// Probes for `config`'s checks, each starting in the state `engine` has its endpoint in (so
+    /// that an endpoint down at a reload comes back when its checks pass again). `seed` makes
+    /// their source ports unpredictable.
+    pub fn new(config: &Config, sockets: &mut SocketSet<'_>, seed: u64, engine: &Engine) -> Probes {
         let mut probes = Vec::new();
         for (s, svc) in config.services.iter().enumerate() {
             let (Some(check), Some(port)) = (svc.health_check, svc.ports.first()) else { continue };
@@ -54,7 +57,7 @@ impl Probes {
                     target,
                     check,
                     socket,
-                    tracker: Tracker::default(),
+                    tracker: Tracker::starting(engine.endpoint_healthy(s, e)),
                     next,
                     deadline: None,
                 });

@@ -51,10 +51,16 @@ struct NodeSockets {
 }
 
 impl NodeSockets {
-    /// `seed` makes the probes' source ports unpredictable.
-    fn new(config: &Config, sockets: &mut SocketSet<'_>, node: Option<&str>, seed: u64) -> Result<NodeSockets, String> {
+    fn new(
+        config: &Config,
+        sockets: &mut SocketSet<'_>,
+        node: Option<&str>,
+        seed: u64,
+        engine: &Engine,
+    ) -> Result<NodeSockets, String> {
         let node = config.node(node).map_err(|e| e.to_string())?;
-        Ok(NodeSockets { probes: Probes::new(config, sockets, seed), http: HttpServer::new(config, node, sockets) })
+        let probes = Probes::new(config, sockets, seed, engine);
+        Ok(NodeSockets { probes, http: HttpServer::new(config, node, sockets) })
     }
 
     fn remove(self, sockets: &mut SocketSet<'_>) {
@@ -108,7 +114,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
-    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1])?;
+    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1], device.engine)?;
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
 
@@ -139,7 +145,13 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
                         let changes = describe_changes(&config, &new);
                         config = new;
                         own.remove(&mut sockets);
-                        own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1] ^ now.0)?;
+                        own = NodeSockets::new(
+                            &config,
+                            &mut sockets,
+                            opts.node.as_deref(),
+                            key[1] ^ now.0,
+                            device.engine,
+                        )?;
                         Reply::Text(format!(
                             "applied: {changes}; {flushed} UDP flow(s) to endpoints that left flushed\n"
                         ))
