@@ -7,7 +7,7 @@ mod common;
 use common::{Lab, NODE_IP, finish, lab_available, sample};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn config(endpoints: &[u8]) -> String {
     let eps: Vec<String> = endpoints.iter().map(|i| format!(r#"{{ "ip": "10.77.0.1{i}" }}"#)).collect();
@@ -180,4 +180,56 @@ fn run_as_another_user_after_the_tap_is_open() {
     assert_eq!(uid.split_whitespace().nth(1), Some("65534"), "{uid}");
     assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-1"; 3]);
     assert!(text(&lab.nodegate("status", &[])).contains("endpoint 10.77.0.11:3000 serving"));
+}
+
+#[test]
+fn clients_that_connect_and_vanish_free_the_health_and_metrics_ports_in_time() {
+    let config = r#"{ "nodes": [{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                                  "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }],
+                      "services": [{ "name": "web", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100,
+                                     "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+                                     "endpoints": [{ "ip": "10.77.0.11", "nodeName": "edge-1" }] }] }"#;
+    let Some(lab) =
+        Lab::started("clients_that_connect_and_vanish_free_the_health_and_metrics_ports_in_time", "van", config)
+    else {
+        return;
+    };
+    let answers = |port: &str, path: &str| {
+        let out = lab.client("client", &["get", NODE_IP, port, path]);
+        String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 200 OK\n")
+    };
+    assert!(answers("9100", "/healthz") && answers("30100", "/"), "both answer before the burst");
+    // Clients that connect and then say nothing, more than each port has sockets for, and a
+    // burst of SYNs from spoofed sources that never complete their handshake.
+    let mut vanished: Vec<_> = ["9100", "30100"]
+        .iter()
+        .flat_map(|port| (0..8).map(move |_| *port))
+        .map(|port| {
+            lab.client_command("client2", &["hold", NODE_IP, port, "30"]).stdout(Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    sleep(Duration::from_millis(500));
+    for port in ["9100", "30100"] {
+        vanished
+            .push(lab.client_command("client2", &["synflood", NODE_IP, port, "1", "10.80", "200"]).spawn().unwrap());
+    }
+    sleep(Duration::from_millis(1500));
+    assert!(!answers("9100", "/healthz"), "every metrics socket is held: the burst must reach them all");
+    // Each held socket is taken back after its request deadline (5 s): both ports answer again
+    // while the silent clients are still there.
+    let burst = Instant::now();
+    while !(answers("9100", "/healthz") && answers("30100", "/")) {
+        assert!(
+            burst.elapsed() < Duration::from_secs(8),
+            "still held after {:?}: {}",
+            burst.elapsed(),
+            lab.gateway_log()
+        );
+        sleep(Duration::from_millis(250));
+    }
+    println!("both ports answered again {:?} after the burst", burst.elapsed());
+    for mut child in vanished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! smoltcp has no listen backlog, so each port listens with a few sockets, each serving one
 //! connection at a time. A response is rendered once into the connection's fixed buffer and
-//! sent as the socket drains, so a slow client holds one socket and never the loop.
+//! sent as the socket drains, so a slow client holds one socket and never the loop. Every
+//! connection has deadlines (its handshake, its request, the whole exchange), so that clients
+//! that connect and vanish, or spoofed SYNs, hold a socket for seconds, never for good.
 
 use std::vec;
 use std::vec::Vec;
@@ -16,6 +18,7 @@ use crate::engine::Engine;
 use crate::health::render_response;
 use crate::metrics;
 use crate::text::SliceWriter;
+use crate::time::Millis;
 
 /// Sockets per port: concurrent clients (scrapers, load-balancer health checks).
 const SOCKETS_PER_PORT: usize = 4;
@@ -27,6 +30,12 @@ const HEALTH_SEND_BUFFER: usize = 512;
 /// Largest answers: the metrics text with its status line and headers; a health answer.
 const METRICS_RESPONSE: usize = metrics::MAX_TEXT + 256;
 const HEALTH_RESPONSE: usize = 512;
+/// How long a connection may take, from its SYN: to finish the handshake (a SYN from a spoofed
+/// source never does), to send its whole request, and for the whole exchange, closing included
+/// (a client that vanishes mid-answer, or never sends its last FIN).
+const HANDSHAKE_MS: u64 = 2_000;
+const REQUEST_MS: u64 = 5_000;
+const CONNECTION_MS: u64 = 10_000;
 
 #[derive(Clone, Copy)]
 enum Site {
@@ -46,6 +55,8 @@ struct Conn {
     response_len: usize,
     /// Bytes of the answer sent; `None` while the request is being read.
     sent: Option<usize>,
+    /// When the socket's connection began (its SYN came), while it has one.
+    since: Option<Millis>,
 }
 
 /// The most the servers reserve: sockets and response buffers of the metrics port and of a
@@ -80,7 +91,7 @@ impl HttpServer {
                 let socket = sockets.add(tcp::Socket::new(rx, tx));
                 let request = Vec::with_capacity(MAX_REQUEST);
                 let response = vec![0; response_size];
-                conns.push(Conn { site, port, socket, request, response, response_len: 0, sent: None });
+                conns.push(Conn { site, port, socket, request, response, response_len: 0, sent: None, since: None });
             }
         }
         HttpServer { conns }
@@ -93,17 +104,32 @@ impl HttpServer {
         }
     }
 
-    /// Reads requests, renders answers, sends what the sockets take.
-    pub fn poll(&mut self, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
+    /// Reads requests, renders answers, sends what the sockets take, and takes back the
+    /// sockets of connections past their deadline.
+    pub fn poll(&mut self, now: Millis, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
         for c in &mut self.conns {
             let socket = sockets.get_mut::<tcp::Socket>(c.socket);
             if socket.state() == tcp::State::TimeWait {
                 // Both FINs are through: free the socket for the next client now.
                 socket.abort();
             }
+            if socket.is_listening() {
+                c.since = None;
+            } else if socket.is_open() {
+                let since = *c.since.get_or_insert(now);
+                let limit = match (socket.state(), c.sent) {
+                    (tcp::State::SynReceived, _) => HANDSHAKE_MS,
+                    (_, None) => REQUEST_MS,
+                    _ => CONNECTION_MS,
+                };
+                if now.0.saturating_sub(since.0) > limit {
+                    socket.abort();
+                }
+            }
             if !socket.is_open() {
                 c.request.clear();
                 c.sent = None;
+                c.since = None;
                 let _ = socket.listen(c.port);
                 continue;
             }

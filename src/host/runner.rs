@@ -130,7 +130,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
             break Err(format!("TAP {}: {e}", node.tap));
         }
         own.probes.poll(now, &config, &mut iface, &mut sockets, device.engine);
-        own.http.poll(&config, &mut sockets, device.engine);
+        own.http.poll(now, &config, &mut sockets, device.engine);
         if now.0 >= last_sweep.0 + SWEEP_EVERY_MS {
             device.engine.housekeeping(now);
             last_sweep = now;
