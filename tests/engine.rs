@@ -266,6 +266,32 @@ fn local_policy_keeps_the_client_address() {
 }
 
 #[test]
+fn local_policy_hairpin_is_snated_to_the_node() {
+    let mut s = Small::new();
+    let mut e = engine(&mut s);
+    let me = (EP, 45000);
+    run(
+        &mut e,
+        vec![
+            Row {
+                what: "the endpoint is its own service's client: it sees the node, not itself",
+                input: frame((EP_MAC, NODE_MAC), me, (NODE, 30081), 64, L4::Syn { seq: 1 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 45000), dst: (EP, 3001), ttl: 63 }),
+                payload: b"",
+            },
+            Row {
+                what: "its answer to the node goes back to it from NodeIP:nodePort",
+                input: frame((EP_MAC, NODE_MAC), (EP, 3001), (NODE, 45000), 64, L4::SynAck { seq: 5, ack: 2 }, b""),
+                verdict: Verdict::Forward,
+                want: Some(Want { macs: (NODE_MAC, EP_MAC), src: (NODE, 30081), dst: me, ttl: 63 }),
+                payload: b"",
+            },
+        ],
+    );
+}
+
+#[test]
 fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
     let mut s = Small::new();
     let mut e = engine(&mut s);

@@ -676,15 +676,18 @@ impl<'a> Engine<'a> {
             return v;
         }
         let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
-        let (source, source_port) = match policy {
-            TrafficPolicy::Cluster => {
-                let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
-                match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
-                    Some(port) => (snat_ip, port),
-                    None => return Verdict::Drop(DropReason::SnatExhausted),
-                }
+        // Local keeps the client's address, but not for an endpoint that is its own client
+        // (hairpin): it would get a packet from itself and answer itself, so it sees the node's
+        // address, as kube-proxy masquerades hairpin traffic.
+        let snat = policy == TrafficPolicy::Cluster || f.src == endpoint;
+        let (source, source_port) = if snat {
+            let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
+            match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
+                Some(port) => (snat_ip, port),
+                None => return Verdict::Drop(DropReason::SnatExhausted),
             }
-            TrafficPolicy::Local => (f.src, src_port),
+        } else {
+            (f.src, src_port)
         };
         let flow = Flow {
             client: f.src,
@@ -704,7 +707,7 @@ impl<'a> Engine<'a> {
             ..Flow::EMPTY
         };
         // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
-        if policy == TrafficPolicy::Local && !self.conntrack.is_free(&flow.reply(), secs) {
+        if !snat && !self.conntrack.is_free(&flow.reply(), secs) {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
         let Ok(slot) = self.conntrack.insert(flow, secs) else { return Verdict::Drop(DropReason::ConntrackFull) };
