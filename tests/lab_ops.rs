@@ -233,3 +233,44 @@ fn clients_that_connect_and_vanish_free_the_health_and_metrics_ports_in_time() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_silent_control_client_holds_up_neither_reload_nor_status() {
+    let Some(lab) = Lab::started("a_silent_control_client_holds_up_neither_reload_nor_status", "ctl", &config(&[1]))
+    else {
+        return;
+    };
+    // Connected, and never sends its command.
+    let silent = std::os::unix::net::UnixStream::connect(&lab.control).unwrap();
+    sleep(Duration::from_millis(200));
+    std::fs::write(&lab.config, config(&[2])).unwrap();
+    let started = Instant::now();
+    let out = lab.nodegate("reload", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = lab.nodegate("status", &[]);
+    assert!(status.status.success(), "{}", text(&status));
+    let took = started.elapsed();
+    println!("reload and status with a silent client connected: {took:?}");
+    assert!(took < Duration::from_secs(2), "the silent client held them up for {took:?} (its timeout is 5 s)");
+    assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-2"; 3]);
+    drop(silent);
+}
+
+#[test]
+fn a_reload_that_sets_the_gateway_routes_the_nodes_own_answers_through_it() {
+    let Some(lab) =
+        Lab::started("a_reload_that_sets_the_gateway_routes_the_nodes_own_answers_through_it", "gw", &config(&[1]))
+    else {
+        return;
+    };
+    // The far host is beyond the lab's router: the node answers its ping only through a gateway.
+    let ping = |lab: &Lab| lab.client("far", &["ping", NODE_IP, "0", "2"]).status.success();
+    assert!(!ping(&lab), "no gateway yet: no route back to the far host");
+    let with_gateway =
+        config(&[1]).replace(r#""metricsPort": 9100"#, r#""metricsPort": 9100, "gateway": "10.77.0.254""#);
+    assert_ne!(with_gateway, config(&[1]));
+    std::fs::write(&lab.config, with_gateway).unwrap();
+    let out = lab.nodegate("reload", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(ping(&lab), "after the reload the node's stack routes via the new gateway: {}", lab.gateway_log());
+}

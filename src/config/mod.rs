@@ -30,9 +30,18 @@ pub struct PortRange {
 
 impl PortRange {
     pub const DEFAULT: PortRange = PortRange { first: 30000, last: 32767 };
+    /// Source ports of the board's SNAT pools.
+    pub const SNAT: PortRange = PortRange { first: board::SNAT_PORT_MIN, last: board::SNAT_PORT_MAX };
+    /// Source ports of the node's own connections (health probes); build.rs keeps the SNAT
+    /// range below them.
+    pub const NODE_CLIENTS: PortRange = PortRange { first: 61000, last: 65535 };
 
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
+    }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
     }
 }
 

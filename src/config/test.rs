@@ -84,6 +84,49 @@ fn invalid_configs_name_the_field() {
             "services[1].ports[0].nodePort: 30080/TCP is already used by service \"web\"",
         ),
         (
+            "nodePortRange over the SNAT ports",
+            format!(r#"{{"nodePortRange":"30000-40000","nodes":[{node}]}}"#),
+            "nodePortRange: 30000-40000 overlaps the board's SNAT ports 32768-60999",
+        ),
+        (
+            "nodePortRange over the probes' ports",
+            format!(r#"{{"nodePortRange":"61000-62000","nodes":[{node}]}}"#),
+            "nodePortRange: 61000-62000 overlaps the node's own client ports 61000-65535",
+        ),
+        (
+            "metricsPort in the SNAT range",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"metricsPort":40000}"#, ""),
+            "nodes[0].metricsPort: 40000 is one of the board's SNAT ports 32768-60999",
+        ),
+        (
+            "metricsPort equal to a nodePort",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"metricsPort":30080}"#, &svc(port, ep)),
+            "nodes[0].metricsPort: 30080 is already used by service \"web\"",
+        ),
+        (
+            "metricsPort equal to a healthCheckNodePort",
+            cfg(
+                r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"metricsPort":30100}"#,
+                r#"{"name":"web","externalTrafficPolicy":"Local","healthCheckNodePort":30100,"ports":[{"port":80}],"endpoints":[]}"#,
+            ),
+            "nodes[0].metricsPort: 30100 is already used by service \"web\"",
+        ),
+        (
+            "endpoint at a node address",
+            cfg(node, &svc(port, r#"{"ip":"10.77.0.1"}"#)),
+            "services[0].endpoints[0].ip: 10.77.0.1 is an address of node edge-1",
+        ),
+        (
+            "gateway at the node's address",
+            cfg(r#"{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.77.0.1"}"#, ""),
+            "nodes[0].gateway: 10.77.0.1 is the node's own address",
+        ),
+        (
+            "the same port and protocol twice in a service",
+            cfg(node, &svc(r#"{"name":"a","port":80,"nodePort":30080},{"name":"b","port":80,"nodePort":30081}"#, ep)),
+            "services[0].ports[1].port: 80/TCP is already ports[0] of this service",
+        ),
+        (
             "bad endpoint address",
             cfg(node, &svc(port, r#"{"ip":"10.77.0.300"}"#)),
             "services[0].endpoints[0].ip: \"10.77.0.300\" is not an IPv4 address",
@@ -393,4 +436,31 @@ fn hostile_shapes_are_rejected_with_a_reason() {
     );
     assert!(error_of("\u{0}\u{1}garbage").starts_with("invalid JSON"));
     assert!(parse(b"").is_err());
+}
+
+#[test]
+fn more_on_link_endpoints_than_the_neighbour_table_holds_are_refused() {
+    use std::format;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+    let n = crate::board::NEIGHBOR_CAPACITY;
+    let per = crate::board::MAX_ENDPOINTS_PER_SERVICE;
+    // `count` endpoints on the node's /8, in services of at most `per` each.
+    let cfg = |count: usize| -> String {
+        let services: Vec<String> = (0..count.div_ceil(per))
+            .map(|s| {
+                let eps: Vec<String> = (s * per..count.min((s + 1) * per))
+                    .map(|k| format!(r#"{{"ip":"10.1.{}.{}"}}"#, k / 250, 1 + k % 250))
+                    .collect();
+                format!(r#"{{"name":"s{s}","ports":[{{"port":80}}],"endpoints":[{}]}}"#, eps.join(","))
+            })
+            .collect();
+        format!(
+            r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.0.0.1/8"]}}],"services":[{}]}}"#,
+            services.join(",")
+        )
+    };
+    assert!(parse(cfg(n).as_bytes()).is_ok(), "as many as the table holds");
+    let err = parse(cfg(n + 1).as_bytes()).unwrap_err().to_string();
+    assert!(err.contains(&format!("more than {n} endpoints and gateway on node n's subnets")), "{err}");
 }

@@ -44,7 +44,70 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
     }
     allocate_node_ports(&mut cfg)?;
     check_health_check_node_ports(&cfg)?;
+    check_ports_apart(&cfg)?;
+    check_neighbors(&cfg)?;
     Ok(cfg)
+}
+
+/// The ports the node listens on, the SNAT pools and the node's own client ports are apart: a
+/// late reply to a SNAT port (or a probe's) that outlived its flow must never reach a service
+/// (cilium#33723), and a metrics scrape must never be taken for a NodePort.
+fn check_ports_apart(cfg: &Config) -> Result<()> {
+    let range = cfg.node_port_range;
+    for (what, other) in
+        [("the board's SNAT ports", PortRange::SNAT), ("the node's own client ports", PortRange::NODE_CLIENTS)]
+    {
+        if range.overlaps(&other) {
+            fail!(format_args!("nodePortRange"), "{range} overlaps {what} {other}");
+        }
+    }
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        let Some(m) = n.metrics_port else { continue };
+        let path = format_args!("nodes[{i}].metricsPort");
+        for (what, other) in
+            [("the board's SNAT ports", PortRange::SNAT), ("the node's own client ports", PortRange::NODE_CLIENTS)]
+        {
+            if other.contains(m) {
+                fail!(path, "{m} is one of {what} {other}");
+            }
+        }
+        let owner = cfg.services.iter().find(|s| {
+            s.health_check_node_port == Some(m)
+                || s.ports.iter().any(|p| p.node_port == Some(m) && p.protocol == Protocol::Tcp)
+        });
+        if let Some(s) = owner {
+            fail!(path, "{m} is already used by service {:?}", s.name);
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints on each node's subnets (and its gateway) fit the board's neighbour table:
+/// beyond it, every new flow would wait for ARP.
+fn check_neighbors(cfg: &Config) -> Result<()> {
+    for node in &cfg.nodes {
+        let mut on_link: Vec<Ipv4Addr, { board::NEIGHBOR_CAPACITY }> = Vec::new();
+        if let Some(gw) = node.gateway {
+            let _ = on_link.push(gw);
+        }
+        for (i, s) in cfg.services.iter().enumerate() {
+            for (j, e) in s.endpoints.iter().enumerate() {
+                if node.address_on_link(e.ip).is_none() || on_link.contains(&e.ip) {
+                    continue;
+                }
+                if on_link.push(e.ip).is_err() {
+                    fail!(
+                        format_args!("services[{i}].endpoints[{j}].ip"),
+                        "more than {} endpoints and gateway on node {}'s subnets: board {:?} holds that many neighbours",
+                        board::NEIGHBOR_CAPACITY,
+                        node.name,
+                        board::NAME
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn capacity<T, const N: usize>(path: fmt::Arguments, list: &Bounded<T, N>, max: usize) -> Result<()> {
@@ -188,6 +251,9 @@ fn node(i: usize, raw: &RawNode) -> Result<Node> {
             if !addresses.iter().any(|c: &Ipv4Cidr| c.contains_addr(&gw)) {
                 fail!(format_args!("nodes[{i}].gateway"), "{gw} is on none of the node's subnets");
             }
+            if addresses.iter().any(|c| c.address() == gw) {
+                fail!(format_args!("nodes[{i}].gateway"), "{gw} is the node's own address");
+            }
             Some(gw)
         }
         None => None,
@@ -274,6 +340,14 @@ fn service(i: usize, raw: &RawService, cfg: &Config) -> Result<Service> {
                 format_args!("services[{i}].ports[{j}].name"),
                 "{:?} is used by an earlier port",
                 sp.name.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(k) = ports.iter().position(|o| o.port == sp.port && o.protocol == sp.protocol) {
+            fail!(
+                format_args!("services[{i}].ports[{j}].port"),
+                "{}/{} is already ports[{k}] of this service",
+                sp.port,
+                sp.protocol.as_str()
             );
         }
         if sp.node_port.is_some() {
@@ -416,6 +490,9 @@ fn service_port(
 fn endpoint(i: usize, j: usize, raw: &RawEndpoint, cfg: &Config) -> Result<Endpoint> {
     let path = format_args!("services[{i}].endpoints[{j}].ip");
     let ip = ipv4(format_args!("services[{i}].endpoints[{j}].ip"), required(path, raw.ip)?)?;
+    if let Some(n) = cfg.nodes.iter().find(|n| n.owns(ip)) {
+        fail!(format_args!("services[{i}].endpoints[{j}].ip"), "{ip} is an address of node {}", n.name);
+    }
     let node = match raw.node_name {
         Some(n) => match cfg.nodes.iter().position(|node| node.name == n) {
             Some(k) => Some(k as u8),

@@ -1,5 +1,5 @@
-//! The control socket: a Unix socket served by a thread of its own, which talks to the
-//! single-threaded loop over a crossbeam channel. The loop answers between frames and never
+//! The control socket: a Unix socket served by a thread of its own (and a short-lived thread per
+//! client), which talks to the single-threaded loop over a crossbeam channel. The loop answers between frames and never
 //! waits on the socket; what takes time (reading and validating a config, formatting a long
 //! flow list) happens on this thread.
 //!
@@ -15,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 use std::vec::Vec;
@@ -60,8 +61,11 @@ pub struct Command {
 
 /// How long the control thread waits for the loop (it answers within one turn).
 const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a client may take to send its command.
+/// How long a client may take to send its command, and to take each part of the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once, each on a thread of its own, so that a slow one holds up neither
+/// the others nor SIGHUP; one more is told to come back later.
+const MAX_CLIENTS: usize = 8;
 
 /// The socket's default path for node `node`.
 pub fn default_path(node: &str) -> PathBuf {
@@ -117,6 +121,7 @@ impl Drop for ControlSocket {
 }
 
 fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender<Command>) {
+    let clients = Arc::new(AtomicUsize::new(0));
     while !SHUTDOWN.load(Ordering::Relaxed) {
         if RELOAD.swap(false, Ordering::Relaxed) {
             match reload(config_path, tx) {
@@ -125,9 +130,23 @@ fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender
             }
         }
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = serve_client(stream, config_path, tx) {
-                    error!("control client: {e}");
+            Ok((mut stream, _)) => {
+                if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                    clients.fetch_sub(1, Ordering::AcqRel);
+                    let _ = stream.set_nonblocking(true);
+                    let _ = write!(stream, "error\n{MAX_CLIENTS} control clients are being served: try again\n");
+                    continue;
+                }
+                let (path, tx, served) = (config_path.map(Path::to_path_buf), tx.clone(), Arc::clone(&clients));
+                let spawned = thread::Builder::new().name("control-client".into()).spawn(move || {
+                    if let Err(e) = serve_client(stream, path.as_deref(), &tx) {
+                        error!("control client: {e}");
+                    }
+                    served.fetch_sub(1, Ordering::AcqRel);
+                });
+                if let Err(e) = spawned {
+                    clients.fetch_sub(1, Ordering::AcqRel);
+                    error!("control client: cannot start a thread for it: {e}");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(50)),
@@ -161,6 +180,7 @@ fn reload(config_path: Option<&Path>, tx: &Sender<Command>) -> Result<String, St
 fn serve_client(mut stream: UnixStream, config_path: Option<&Path>, tx: &Sender<Command>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new((&stream).take(4096)).read_line(&mut line)?;
     let mut words = line.split_whitespace();

@@ -10,15 +10,15 @@ use log::{info, warn};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
-use crate::config::{Config, HealthCheck};
+use crate::config::{Config, HealthCheck, PortRange};
 use crate::engine::Engine;
 use crate::health::Tracker;
 use crate::random::Rng;
 use crate::time::Millis;
 
-/// Local ports of the node's own connections (health checks). The board's SNAT range ends
-/// below them (build.rs checks), so replies to them are never taken for NATed flows.
-const PROBE_PORTS: core::ops::RangeInclusive<u16> = 61000..=65535;
+/// Local ports of the node's own connections: apart from the SNAT pools and the listening
+/// ports (the validator checks), so replies to them are never taken for NATed flows.
+const PROBE_PORTS: core::ops::RangeInclusive<u16> = PortRange::NODE_CLIENTS.first..=PortRange::NODE_CLIENTS.last;
 
 struct Probe {
     service: usize,

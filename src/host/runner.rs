@@ -143,6 +143,11 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
                 Request::Apply(new) => match device.engine.reconfigure(&new, opts.node.as_deref()) {
                     Ok(flushed) => {
                         let changes = describe_changes(&config, &new);
+                        // The node's own sockets (probes, HTTP answers) route by smoltcp's table.
+                        iface.routes_mut().remove_default_ipv4_route();
+                        if let Some(gw) = device.engine.node().gateway {
+                            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+                        }
                         config = new;
                         own.remove(&mut sockets);
                         own = NodeSockets::new(
