@@ -15,10 +15,15 @@
                                        a datagram every 50 ms on one 5-tuple; prints each answer's
                                        backend and "udpstream: N sent, M answered"
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
-  lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND]
+  lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND [COUNT]]
                                        TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
-                                       for SECONDS, as fast as it can or at most PER_SECOND;
-                                       prints "synflood: N sent" (raw socket, root)
+                                       for SECONDS (or until COUNT are sent), as fast as it can or
+                                       at most PER_SECOND (0: no limit); prints "synflood: N sent"
+                                       (raw socket, root)
+  lab-client.py connects HOST PORT SECONDS TIMEOUT
+                                       a new connection (one GET, TIMEOUT seconds) started every
+                                       100 ms for SECONDS; prints "connect AT ok|FAILED TOOK" per
+                                       attempt (AT: its start, Unix time) and a summary
   lab-client.py udpflows HOST PORT COUNT SECONDS
                                        COUNT UDP flows, one socket each: a datagram on each until
                                        each was answered (three tries), then SECONDS later a
@@ -136,16 +141,17 @@ elif mode == "udpstream":
     failed = 0 if sent == answered else 1
 elif mode == "synflood":
     seconds, prefix = float(sys.argv[4]), [int(x) for x in sys.argv[5].split(".")]
-    batch_every = 256 / float(sys.argv[6]) if len(sys.argv) > 6 else 0
+    batch_every = 256 / float(sys.argv[6]) if len(sys.argv) > 6 and float(sys.argv[6]) > 0 else 0
+    most = int(sys.argv[7]) if len(sys.argv) > 7 else None
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     dst = socket.inet_aton(host)
     sent, n = 0, 0
     start = time.monotonic()
     deadline = start + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (most is None or n < most):
         if batch_every:  # at most PER_SECOND: each batch of 256 waits for its turn
             time.sleep(max(0.0, start + n / 256 * batch_every - time.monotonic()))
-        for _ in range(256):
+        for _ in range(256 if most is None else min(256, most - n)):
             n += 1
             src = bytes(prefix + [(n >> 8) & 0xFF, n & 0xFF])
             sport = 1024 + n % 60000
@@ -160,6 +166,35 @@ elif mode == "synflood":
             except OSError:
                 pass
     print(f"synflood: {sent} sent")
+elif mode == "connects":
+    import threading
+
+    results = []
+
+    def attempt(at):
+        try:
+            with socket.create_connection((host, port), timeout=float(sys.argv[5])) as s:
+                s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            ok = b"web-frontend-" in data
+        except OSError:
+            ok = False
+        results.append((at, ok, time.time() - at))
+
+    threads = []
+    end = time.time() + float(sys.argv[4])
+    while time.time() < end:
+        t = threading.Thread(target=attempt, args=(time.time(),))
+        t.start()
+        threads.append(t)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    for at, ok, took in sorted(results):
+        print(f"connect {at:.3f} {'ok' if ok else 'FAILED'} {took:.3f}")
+    print(f"connects: {sum(ok for _, ok, _ in results)} of {len(results)} ok")
 elif mode == "udpflows":
     import resource
     import selectors

@@ -600,7 +600,7 @@ fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
     let mut s = Box::new(Large::new());
     let mut e = engine(&mut s);
     let syn = |port: u16| frame((CLIENT_MAC, NODE_MAC), (CLIENT, port), SVC, 64, L4::Syn { seq: 1 }, b"");
-    let expires_of_last = |e: &Engine| e.conntrack().flows().last().unwrap().expires;
+    let expires_of_last = |e: &Engine| e.conntrack().expires(e.conntrack().len() - 1);
     assert_eq!(e.process(&mut syn(SNAT_PORT_MIN), Millis(0), &mut [0; 1514]), Verdict::Forward);
     assert_eq!(expires_of_last(&e), TIMEOUTS.tcp_syn_sent);
     for port in SNAT_PORT_MIN + 1..SNAT_PORT_MIN + (POOL_PORTS / 2) as u16 + 1 {
@@ -608,6 +608,7 @@ fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
     }
     assert!(e.conntrack().len() * 2 < e.conntrack().capacity());
     assert_eq!(expires_of_last(&e), TIMEOUTS.tcp_syn_sent_under_pressure);
+    assert_eq!(e.conntrack().expires(0), TIMEOUTS.tcp_syn_sent_under_pressure, "the first flow too, at once");
 }
 
 #[test]

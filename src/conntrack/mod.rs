@@ -12,6 +12,7 @@ use core::net::Ipv4Addr;
 
 use crate::board;
 use crate::hash::sip13;
+use crate::time::Millis;
 pub use tcp::{Check, State};
 
 /// Seconds each kind of flow may stay idle.
@@ -65,8 +66,12 @@ const REPLIED: u8 = 1 << 2;
 const ORIGINAL_INDEXED: u8 = 1 << 3;
 /// `tcp_end[0]` (original) and `tcp_end[1]` (reply) hold a sequence number.
 const TCP_END_KNOWN: [u8; 2] = [1 << 4, 1 << 5];
+/// The quarter of a second the flow was last seen in: it orders flows seen in the same second
+/// (a full SNAT pool gives up the oldest), in the two bits a flow has left.
+const SEEN_QUARTER: u8 = 0b1100_0000;
 
-/// One tracked flow: both directions, the translation, the state and the deadline.
+/// One tracked flow: both directions, the translation, the state and when it was last seen
+/// (its deadline follows from that, its state and the table's pressure: [`Table::expires`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     pub client: Ipv4Addr,
@@ -89,10 +94,12 @@ pub struct Flow {
     pub port: u8,
     /// Index of the endpoint in the service's endpoints.
     pub endpoint_index: u8,
-    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED, TCP_END_KNOWN.
+    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED, TCP_END_KNOWN,
+    /// SEEN_QUARTER.
     pub(crate) flags: u8,
-    /// Deadline in seconds since start.
-    pub expires: u32,
+    /// When its last packet passed, in seconds since start (the quarter of a second is in
+    /// `flags`).
+    pub last_seen: u32,
     /// TCP, per direction (original, reply): the sequence number after what its sender sent,
     /// against which its FINs and RSTs are judged.
     pub(crate) tcp_end: [u32; 2],
@@ -115,7 +122,7 @@ impl Flow {
         port: 0,
         endpoint_index: 0,
         flags: 0,
-        expires: 0,
+        last_seen: 0,
         tcp_end: [0; 2],
     };
 
@@ -148,9 +155,9 @@ impl Flow {
         self.source != self.client
     }
 
-    /// Records a packet in `dir` and moves the deadline (`pressure`: the table is more than half
-    /// full). A TCP segment outside its sender's window changes nothing (see [`tcp::check`]).
-    fn seen(&mut self, dir: Direction, segment: Option<tcp::Segment>, now: u32, t: &Timeouts, pressure: bool) -> Check {
+    /// Records a packet in `dir`. A TCP segment outside its sender's window changes nothing
+    /// (see [`tcp::check`]).
+    fn seen(&mut self, dir: Direction, segment: Option<tcp::Segment>, now: Millis) -> Check {
         if let Some(seg) = segment {
             let d = usize::from(dir == Direction::Reply);
             let end = (self.flags & TCP_END_KNOWN[d] != 0).then_some(self.tcp_end[d]);
@@ -169,13 +176,19 @@ impl Flow {
         if dir == Direction::Reply {
             self.flags |= REPLIED;
         }
-        self.expires = now.saturating_add(self.state.timeout(self.replied(), pressure, t));
+        self.touch(now);
         Check::InWindow
     }
 
-    /// Seconds until the flow expires.
-    pub const fn remaining(&self, now: u32) -> u32 {
-        self.expires.saturating_sub(now)
+    fn touch(&mut self, now: Millis) {
+        self.last_seen = now.secs();
+        let quarter = (now.0 % 1000 / 250) as u8;
+        self.flags = (self.flags & !SEEN_QUARTER) | quarter << 6;
+    }
+
+    /// When it was last seen, in quarters of a second, for ordering by age.
+    const fn seen_quarters(&self) -> u64 {
+        (self.last_seen as u64) << 2 | ((self.flags & SEEN_QUARTER) >> 6) as u64
     }
 
     /// The SNAT pool its source port comes from: one per service, endpoint and port (the
@@ -343,9 +356,8 @@ impl<'a> Table<'a> {
 
     /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on,
     /// unless it is a TCP segment outside its sender's window (the answer says which).
-    pub fn seen(&mut self, slot: usize, dir: Direction, segment: Option<tcp::Segment>, now: u32) -> Check {
-        let (t, pressure) = (self.timeouts, self.under_pressure(&self.flows[slot]));
-        self.flows[slot].seen(dir, segment, now, &t, pressure)
+    pub fn seen(&mut self, slot: usize, dir: Direction, segment: Option<tcp::Segment>, now: Millis) -> Check {
+        self.flows[slot].seen(dir, segment, now)
     }
 
     /// The table, or the SNAT pool of `flow`, is more than half full: flows still in their
@@ -354,11 +366,19 @@ impl<'a> Table<'a> {
         self.len * 2 > self.capacity() || flow.pool().is_some_and(|p| usize::from(self.pool_use[p]) * 2 > POOL_PORTS)
     }
 
+    /// When the flow in `slot` expires (seconds since start): the timeout of its state after it
+    /// was last seen. Pressure applies at once to every flow in its handshake, the old ones too,
+    /// as nf_conntrack's early drop does.
+    pub fn expires(&self, slot: usize) -> u32 {
+        let f = &self.flows[slot];
+        f.last_seen.saturating_add(f.state.timeout(f.replied(), self.under_pressure(f), &self.timeouts))
+    }
+
     /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
     /// here and not returned.
     pub fn lookup(&mut self, tuple: &Tuple, now: u32) -> Option<(usize, Direction)> {
         let (_, slot, dir) = self.find(tuple)?;
-        if self.flows[slot].expires <= now {
+        if self.expires(slot) <= now {
             self.remove(slot);
             return None;
         }
@@ -370,14 +390,13 @@ impl<'a> Table<'a> {
         self.lookup(tuple, now).is_none()
     }
 
-    /// Adds `flow`, due to expire after the timeout of its state from `now`. Both its tuples must
-    /// be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
+    /// Adds `flow`, seen at `now`. Both its tuples must be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
     ///
     /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
     /// window when nothing in it could go): the search goes round the table like a clock hand, so
     /// the flows it gives up are the ones it has passed least recently, and a new flow (a real
     /// client's among a flood's) lives a whole turn.
-    pub fn insert(&mut self, flow: Flow, now: u32) -> Result<usize, Full> {
+    pub fn insert(&mut self, flow: Flow, now: Millis) -> Result<usize, Full> {
         let slot = if self.len == self.capacity() {
             let Some(victim) = self.victim() else {
                 // The next search looks at the next window.
@@ -396,9 +415,8 @@ impl<'a> Table<'a> {
         if let Some(p) = flow.pool() {
             self.pool_use[p] = self.pool_use[p].saturating_add(1);
         }
-        // Pressure counts the flow being added.
-        let expires = now.saturating_add(flow.state.timeout(false, self.under_pressure(&flow), &self.timeouts));
-        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, expires, ..flow };
+        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, ..flow };
+        self.flows[slot].touch(now);
         self.index(&flow.original(), encode(slot, Direction::Original));
         self.index(&flow.reply(), encode(slot, Direction::Reply));
         Ok(slot)
@@ -454,7 +472,7 @@ impl<'a> Table<'a> {
             if self.cursor >= self.len {
                 self.cursor = 0;
             }
-            if self.flows[self.cursor].expires <= now {
+            if self.expires(self.cursor) <= now {
                 // The last flow moves into the cursor's slot: look at it next.
                 self.remove(self.cursor);
                 removed += 1;
@@ -495,23 +513,24 @@ impl<'a> Table<'a> {
     }
 
     /// Of the flows holding the SNAT tuples `reply` gives for each of `ports` (a full pool's
-    /// ports, as a new flow tried them), the one that gives its port up: the one that expires
-    /// first among those not established, at equal deadlines the one that never saw a reply,
-    /// then one in its handshake, then one closing. The deadline comes first because a real
-    /// client's new flow has not seen its reply yet for a round trip, while a SYN flood's flows
-    /// were answered: the oldest go first, and a new flow lives until its handshake is through.
+    /// ports, as a new flow tried them), the one that gives its port up: the one seen longest
+    /// ago among those not established, at equal ages the one that never saw a reply, then one
+    /// in its handshake, then one closing. Age comes first because a real client's new flow has
+    /// not seen its reply yet for a round trip, while a SYN flood's flows were answered: the
+    /// oldest go first, and a new flow lives until its handshake is through.
     /// Returns the port, its flow removed and counted; `None` when every one is established.
     pub fn take_port(&mut self, ports: &[u16], reply: impl Fn(u16) -> Tuple, now: u32) -> Option<u16> {
-        let mut best: Option<(u32, u8, u16)> = None;
+        let mut best: Option<((u64, u8), u16)> = None;
         for &port in ports {
             let Some((slot, _)) = self.lookup(&reply(port), now) else { continue };
             let flow = &self.flows[slot];
             let Some(rank) = flow.port_eviction_rank() else { continue };
-            if best.is_none_or(|(expires, r, _)| (flow.expires, rank) < (expires, r)) {
-                best = Some((flow.expires, rank, port));
+            let order = (flow.seen_quarters(), rank);
+            if best.is_none_or(|(o, _)| order < o) {
+                best = Some((order, port));
             }
         }
-        let (_, _, port) = best?;
+        let (_, port) = best?;
         let (slot, _) = self.lookup(&reply(port), now)?;
         self.remove(slot);
         self.port_evictions += 1;

@@ -14,6 +14,11 @@ const T: Timeouts = Timeouts {
     udp_stream: 120,
 };
 
+/// Second `secs` of the table's clock.
+fn at(secs: u32) -> Millis {
+    Millis(u64::from(secs) * 1000)
+}
+
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, last)
 }
@@ -49,14 +54,14 @@ const RST: tcp::Segment = segment(false, false, false, true, 901, 0);
 
 /// Takes the flow in `slot` through its handshake's answer and last ACK.
 fn establish(t: &mut Table, slot: usize, now: u32) {
-    t.seen(slot, Direction::Reply, Some(SYN_ACK), now);
-    t.seen(slot, Direction::Original, Some(ACK), now);
+    t.seen(slot, Direction::Reply, Some(SYN_ACK), at(now));
+    t.seen(slot, Direction::Original, Some(ACK), at(now));
 }
 
 /// Adds an unreplied flow for each client port in `ports`.
 fn insert_syns(t: &mut Table, ports: core::ops::Range<u16>) {
     for p in ports {
-        t.insert(flow(p, p), 0).unwrap();
+        t.insert(flow(p, p), at(0)).unwrap();
     }
 }
 
@@ -65,7 +70,7 @@ fn finds_a_flow_from_both_directions() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let f = flow(40000, 40000);
-    let slot = t.insert(f, 0).unwrap();
+    let slot = t.insert(f, at(0)).unwrap();
     assert_eq!(t.lookup(&f.original(), 1), Some((slot, Direction::Original)));
     assert_eq!(t.lookup(&f.reply(), 1), Some((slot, Direction::Reply)));
     let other = Tuple { src_port: 40001, ..f.original() };
@@ -77,7 +82,7 @@ fn expired_flows_are_not_found_and_are_removed() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let f = flow(40000, 40000);
-    t.insert(f, 0).unwrap();
+    t.insert(f, at(0)).unwrap();
     assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).is_some());
     assert!(t.lookup(&f.original(), T.tcp_syn_sent).is_none());
     assert_eq!(t.len(), 0);
@@ -93,7 +98,7 @@ fn removal_keeps_every_other_flow_reachable() {
         let mut t = Table::from_storage(&mut s, [key, key * 7], T);
         let flows: [Flow; 8] = core::array::from_fn(|i| flow(1000 + i as u16, 2000 + i as u16));
         for f in flows {
-            t.insert(f, 0).unwrap();
+            t.insert(f, at(0)).unwrap();
         }
         let gone = [3usize, 0, 7];
         for g in gone {
@@ -119,7 +124,7 @@ fn sweep_removes_only_expired_flows_within_its_budget() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..6 {
-        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        let slot = t.insert(flow(1000 + i, 1000 + i), at(0)).unwrap();
         if i % 2 == 0 {
             establish(&mut t, slot, 0);
         }
@@ -138,26 +143,26 @@ fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..8u16 {
-        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        let slot = t.insert(flow(1000 + i, 1000 + i), at(0)).unwrap();
         establish(&mut t, slot, 0);
     }
-    assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "every flow is established");
+    assert_eq!(t.insert(flow(2000, 2000), at(0)), Err(Full), "every flow is established");
     // A flow answered by its endpoint but never acknowledged by its client (a spoofed SYN).
     let (slot, _) = t.lookup(&flow(1005, 1005).original(), 0).unwrap();
     t.remove(slot);
-    let half_open = t.insert(flow(1005, 1005), 0).unwrap();
-    t.seen(half_open, Direction::Reply, Some(SYN_ACK), 0);
-    t.insert(flow(3000, 3000), 0).expect("the half-open flow makes room");
+    let half_open = t.insert(flow(1005, 1005), at(0)).unwrap();
+    t.seen(half_open, Direction::Reply, Some(SYN_ACK), at(0));
+    t.insert(flow(3000, 3000), at(0)).expect("the half-open flow makes room");
     assert!(t.lookup(&flow(1005, 1005).original(), 0).is_none());
     assert_eq!(t.evictions(), 1);
     let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).unwrap();
     establish(&mut t, slot, 0);
     let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
-    t.seen(slot, Direction::Reply, Some(RST), 0);
-    t.insert(flow(2000, 2000), 0).expect("the reset flow makes room");
+    t.seen(slot, Direction::Reply, Some(RST), at(0));
+    t.insert(flow(2000, 2000), at(0)).expect("the reset flow makes room");
     assert_eq!(t.evictions(), 2);
     assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
-    assert!(t.insert(flow(2001, 2001), 0).is_ok(), "the unreplied new flow is evicted");
+    assert!(t.insert(flow(2001, 2001), at(0)).is_ok(), "the unreplied new flow is evicted");
     assert!(t.lookup(&flow(2000, 2000).original(), 0).is_none());
     assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 7);
 }
@@ -171,14 +176,14 @@ fn a_full_table_of_unreplied_flows_evicts_the_oldest_first() {
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     insert_syns(&mut t, 1000..1008);
     let real = flow(5000, 5000);
-    t.insert(real, 0).unwrap();
+    t.insert(real, at(0)).unwrap();
     for i in 0..7u16 {
-        t.insert(flow(2000 + i, 2000 + i), 0).unwrap();
+        t.insert(flow(2000 + i, 2000 + i), at(0)).unwrap();
         assert!(t.lookup(&real.reply(), 0).is_some(), "the real flow survives flood flow {i}");
     }
     assert!((0..7).all(|i| t.lookup(&flow(2000 + i, 2000 + i).original(), 0).is_some()));
     assert!((0..8).all(|i| t.lookup(&flow(1000 + i, 1000 + i).original(), 0).is_none()), "the oldest went");
-    t.insert(flow(3000, 3000), 0).unwrap();
+    t.insert(flow(3000, 3000), at(0)).unwrap();
     assert!(t.lookup(&real.reply(), 0).is_none(), "now the real flow is the oldest");
     assert_eq!(t.evictions(), 9);
 }
@@ -190,13 +195,13 @@ fn a_search_that_finds_nothing_to_evict_moves_on() {
     let mut s = Storage::<128, { buckets_for(128) }>::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..128u16 {
-        let slot = t.insert(flow(1000 + i, 1000 + i), 0).unwrap();
+        let slot = t.insert(flow(1000 + i, 1000 + i), at(0)).unwrap();
         if i != 100 {
             establish(&mut t, slot, 0);
         }
     }
-    assert_eq!(t.insert(flow(2000, 2000), 0), Err(Full), "the first window holds only established flows");
-    t.insert(flow(2001, 2001), 0).expect("the next window holds the unreplied flow");
+    assert_eq!(t.insert(flow(2000, 2000), at(0)), Err(Full), "the first window holds only established flows");
+    t.insert(flow(2001, 2001), at(0)).expect("the next window holds the unreplied flow");
     assert!(t.lookup(&flow(1100, 1100).original(), 0).is_none());
     assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 127);
 }
@@ -225,7 +230,7 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
                     let mut f = flow(1000 + next(40) as u16, 2000 + next(40) as u16);
                     f.source = if next(2) == 0 { f.client } else { ip(1) };
                     if t.is_free(&f.original(), now) && t.is_free(&f.reply(), now) {
-                        let _ = t.insert(f, now);
+                        let _ = t.insert(f, at(now));
                     }
                 }
                 3 if !t.is_empty() => {
@@ -259,12 +264,12 @@ fn detached_original_keeps_reply_reserved() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let old = flow(40000, 40000);
-    let slot = t.insert(old, 0).unwrap();
+    let slot = t.insert(old, at(0)).unwrap();
     t.detach_original(slot);
     assert!(t.is_free(&old.original(), 1));
     assert!(!t.is_free(&old.reply(), 1));
     let new = flow(40000, 51000);
-    let new_slot = t.insert(new, 1).unwrap();
+    let new_slot = t.insert(new, at(1)).unwrap();
     assert_eq!(t.lookup(&old.original(), 1), Some((new_slot, Direction::Original)));
     t.remove(slot);
     assert_eq!(t.lookup(&new.original(), 1).map(|(s, _)| t.flow(s).source_port), Some(51000));
@@ -278,7 +283,7 @@ fn remap_renumbers_and_flushes() {
     for i in 0..6u16 {
         let mut f = flow(1000 + i, 1000 + i);
         f.endpoint = ip(11 + (i % 2) as u8);
-        t.insert(f, 0).unwrap();
+        t.insert(f, at(0)).unwrap();
     }
     assert_eq!(t.remap(|f| (f.endpoint != ip(12)).then_some(Owner { service: 7, port: 2, endpoint_index: 0 })), 3);
     assert!(t.flows().iter().all(|f| f.endpoint == ip(11) && f.service == 7 && f.port == 2));
@@ -298,21 +303,25 @@ impl OwnedArray for [Flow] {
 }
 
 #[test]
-fn syn_only_flows_expire_quickly_once_the_table_is_half_full() {
+fn flows_in_their_handshake_expire_quickly_once_the_table_is_half_full() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     insert_syns(&mut t, 1000..1004);
-    assert!(t.flows().iter().all(|f| f.expires == T.tcp_syn_sent), "half full: the normal timeout");
-    let late = t.insert(flow(2000, 2000), 0).unwrap();
-    assert_eq!(t.flow(late).expires, T.tcp_syn_sent_under_pressure, "more than half full");
-    // A retransmitted SYN does not buy it more time; an answer does.
-    t.seen(late, Direction::Original, Some(SYN), 1);
-    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure);
-    t.seen(late, Direction::Reply, Some(SYN_ACK), 1);
-    assert_eq!(t.flow(late).expires, 1 + T.tcp_syn_sent_under_pressure, "still in the handshake");
-    t.seen(late, Direction::Original, Some(ACK), 1);
-    assert_eq!(t.flow(late).expires, 1 + T.tcp_established, "established");
-    assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 0, "nothing else expired yet");
+    let deadlines = |t: &Table| (0..t.len()).map(|slot| t.expires(slot)).collect::<heapless::Vec<u32, 8>>();
+    assert!(deadlines(&t).iter().all(|&d| d == T.tcp_syn_sent), "half full: the normal timeout");
+    let late = t.insert(flow(2000, 2000), at(0)).unwrap();
+    assert!(deadlines(&t).iter().all(|&d| d == T.tcp_syn_sent_under_pressure), "more than half full: all of them");
+    // A packet moves the deadline on from when it was seen; the handshake's end, to established.
+    t.seen(late, Direction::Original, Some(SYN), at(1));
+    assert_eq!(t.expires(late), 1 + T.tcp_syn_sent_under_pressure);
+    t.seen(late, Direction::Reply, Some(SYN_ACK), at(1));
+    assert_eq!(t.expires(late), 1 + T.tcp_syn_sent_under_pressure, "still in the handshake");
+    t.seen(late, Direction::Original, Some(ACK), at(1));
+    assert_eq!(t.expires(late), 1 + T.tcp_established, "established");
+    // The older SYNs are past the short timeout too: they go until the table is half full.
+    assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 1);
+    assert_eq!(t.len(), 4);
+    assert!(deadlines(&t).iter().all(|&d| d >= T.tcp_syn_sent), "no pressure: the normal timeouts again");
 }
 
 #[test]
@@ -339,7 +348,7 @@ fn keyed_hashing_defeats_crafted_collisions() {
         let mut s = Storage::<64, { buckets_for(64) }>::new();
         let mut t = Table::from_storage(&mut s, key, T);
         for f in &crafted {
-            t.insert(*f, 0).unwrap();
+            t.insert(*f, at(0)).unwrap();
         }
         crafted.iter().map(|f| t.probe_length(&f.original())).max().unwrap()
     };
@@ -355,20 +364,41 @@ fn keyed_hashing_defeats_crafted_collisions() {
 fn only_a_reset_at_the_senders_sequence_ends_an_established_flow() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
-    let slot = t.insert(flow(40000, 40000), 0).unwrap();
-    t.seen(slot, Direction::Original, Some(SYN), 0);
+    let slot = t.insert(flow(40000, 40000), at(0)).unwrap();
+    t.seen(slot, Direction::Original, Some(SYN), at(0));
     establish(&mut t, slot, 0);
     let data = segment(false, true, false, false, 901, 500);
-    assert_eq!(t.seen(slot, Direction::Reply, Some(data), 1), Check::InWindow);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(data), at(1)), Check::InWindow);
     let blind = segment(false, false, false, true, 901, 0);
-    assert_eq!(t.seen(slot, Direction::Reply, Some(blind), 2), Check::ResetNotExact, "behind the data sent");
+    assert_eq!(t.seen(slot, Direction::Reply, Some(blind), at(2)), Check::ResetNotExact, "behind the data sent");
     let far = segment(false, false, false, true, 901 + 2 * tcp::WINDOW, 0);
-    assert_eq!(t.seen(slot, Direction::Reply, Some(far), 2), Check::OutOfWindow);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(far), at(2)), Check::OutOfWindow);
     let far_fin = segment(false, true, true, false, 0x8000_0000, 1);
-    assert_eq!(t.seen(slot, Direction::Original, Some(far_fin), 2), Check::OutOfWindow);
+    assert_eq!(t.seen(slot, Direction::Original, Some(far_fin), at(2)), Check::OutOfWindow);
     assert_eq!(t.flow(slot).state, State::Established);
-    assert_eq!(t.flow(slot).expires, 1 + T.tcp_established, "refused segments do not move the deadline");
+    assert_eq!(t.expires(slot), 1 + T.tcp_established, "refused segments do not move the deadline");
     let exact = segment(false, false, false, true, 1401, 0);
-    assert_eq!(t.seen(slot, Direction::Reply, Some(exact), 3), Check::InWindow);
+    assert_eq!(t.seen(slot, Direction::Reply, Some(exact), at(3)), Check::InWindow);
     assert_eq!(t.flow(slot).state, State::Close);
+}
+
+#[test]
+fn a_full_pool_takes_back_the_oldest_port_that_is_not_established() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    let reply = |port: u16| Tuple { src: ip(11), dst: ip(1), src_port: 3000, dst_port: port, proto: 6 };
+    // Ports 1..=4, opened a quarter of a second apart; port 2 established, port 1 the oldest.
+    for (k, port) in (1..=4u16).enumerate() {
+        let slot = t.insert(flow(40000 + port, port), Millis(250 * k as u64)).unwrap();
+        t.seen(slot, Direction::Original, Some(SYN), Millis(250 * k as u64));
+        t.seen(slot, Direction::Reply, Some(SYN_ACK), Millis(250 * k as u64));
+        if port == 2 {
+            t.seen(slot, Direction::Original, Some(ACK), Millis(250 * k as u64));
+        }
+    }
+    assert_eq!(t.take_port(&[2, 3, 4], reply, 1), Some(3), "the oldest of those in their handshake");
+    assert!(t.is_free(&reply(3), 1) && !t.is_free(&reply(2), 1));
+    assert_eq!(t.take_port(&[2], reply, 1), None, "an established flow keeps its port");
+    assert_eq!(t.take_port(&[4, 1], reply, 1), Some(1));
+    assert_eq!((t.port_evictions(), t.len()), (2, 2));
 }

@@ -520,7 +520,7 @@ impl<'a> Engine<'a> {
                 if let Some(v) = self.ttl_expired(frame, f, now, out) {
                     return v;
                 }
-                if let Some(v) = self.judge(slot, Direction::Original, f, secs) {
+                if let Some(v) = self.judge(slot, Direction::Original, f, now) {
                     return v;
                 }
                 self.account(&flow, Direction::Original, f);
@@ -532,7 +532,7 @@ impl<'a> Engine<'a> {
                 if let Some(v) = self.ttl_expired(frame, f, now, out) {
                     return v;
                 }
-                if let Some(v) = self.judge(slot, Direction::Reply, f, secs) {
+                if let Some(v) = self.judge(slot, Direction::Reply, f, now) {
                     return v;
                 }
                 let flow = *self.conntrack.flow(slot);
@@ -564,8 +564,8 @@ impl<'a> Engine<'a> {
     /// Records a packet of the flow in `slot`; `Some` when the flow refuses it: a FIN or RST
     /// outside its sender's window is dropped, and an RST that is not at the sender's sequence
     /// passes unrecorded (see [`crate::conntrack::tcp::check`]).
-    fn judge(&mut self, slot: usize, dir: Direction, f: &Ipv4Frame, secs: u32) -> Option<Verdict> {
-        match self.conntrack.seen(slot, dir, f.tcp, secs) {
+    fn judge(&mut self, slot: usize, dir: Direction, f: &Ipv4Frame, now: Millis) -> Option<Verdict> {
+        match self.conntrack.seen(slot, dir, f.tcp, now) {
             Check::InWindow => None,
             Check::ResetNotExact => {
                 self.counters.resets_not_exact += 1;
@@ -710,9 +710,9 @@ impl<'a> Engine<'a> {
         if !snat && !self.conntrack.is_free(&flow.reply(), secs) {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
-        let Ok(slot) = self.conntrack.insert(flow, secs) else { return Verdict::Drop(DropReason::ConntrackFull) };
+        let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
         // The SYN starts the client's sequence.
-        self.conntrack.seen(slot, Direction::Original, f.tcp, secs);
+        self.conntrack.seen(slot, Direction::Original, f.tcp, now);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);

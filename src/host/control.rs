@@ -47,7 +47,8 @@ pub enum Reply {
 
 /// Flows as they were at one moment, with what is needed to print them.
 pub struct FlowSnapshot {
-    pub flows: Vec<Flow>,
+    /// Each with the second it expires.
+    pub flows: Vec<(Flow, u32)>,
     /// Service names by the index flows carry.
     pub services: Vec<String>,
     /// Seconds since start, for the time each flow has left.
@@ -221,7 +222,7 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
     };
     let mut out = String::new();
     let mut shown = 0;
-    for f in s.flows.iter().filter(|f| wanted.is_none_or(|w| f.service as usize == w)) {
+    for (f, expires) in s.flows.iter().filter(|(f, _)| wanted.is_none_or(|w| f.service as usize == w)) {
         let (o, r) = (f.original(), f.reply());
         let proto = if f.proto == 6 { "tcp" } else { "udp" };
         let state = if f.proto == 6 { format!(" {}", f.state.as_str()) } else { String::new() };
@@ -230,7 +231,7 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
             out,
             "{proto:<8} {} {}{state} src={} dst={} sport={} dport={} src={} dst={} sport={} dport={}{} service={service} endpoint={}:{}",
             f.proto,
-            f.remaining(s.now),
+            expires.saturating_sub(s.now),
             o.src,
             o.dst,
             o.src_port,

@@ -276,8 +276,9 @@ fn drops(engine: &Engine) -> String {
 }
 
 fn snapshot(engine: &Engine, now: Millis) -> FlowSnapshot {
+    let ct = engine.conntrack();
     FlowSnapshot {
-        flows: engine.conntrack().flows().to_vec(),
+        flows: (0..ct.len()).map(|slot| (*ct.flow(slot), ct.expires(slot))).collect(),
         services: engine.services().map(|(s, _)| s.name.to_string()).collect(),
         now: now.secs(),
     }
