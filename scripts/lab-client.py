@@ -29,6 +29,10 @@
                                        each was answered (three tries), then SECONDS later a
                                        second round; prints "udpflows: COUNT flows, A answered,
                                        B answered again"
+  lab-client.py synsniff HOST PORT SECONDS
+                                       watches this host's eth0 for SECONDS and prints
+                                       "syn SPORT SEQ" for each TCP SYN from HOST to PORT
+                                       (packet socket, root)
   lab-client.py ping HOST 0 COUNT      ICMP echo (raw socket, root), one a second at most;
                                        succeeds at the first answer
 
@@ -243,6 +247,24 @@ elif mode == "udpflows":
 elif mode == "hold":
     with socket.create_connection((host, port), timeout=5):
         time.sleep(float(sys.argv[4]))
+elif mode == "synsniff":
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.bind(("eth0", 0))
+    s.settimeout(0.2)
+    src = socket.inet_aton(host)
+    end = time.monotonic() + float(sys.argv[4])
+    while time.monotonic() < end:
+        try:
+            frame = s.recv(2048)
+        except socket.timeout:
+            continue
+        ip = frame[14:]
+        if len(ip) < 40 or ip[9] != 6 or ip[12:16] != src:
+            continue
+        tcp = ip[(ip[0] & 0x0F) * 4:]
+        sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+        if dport == port and tcp[13] & 0x12 == 0x02:
+            print(f"syn {sport} {seq}", flush=True)
 elif mode == "ping":
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.settimeout(1)

@@ -231,3 +231,37 @@ fn an_endpoint_down_at_a_reload_comes_back_when_it_recovers() {
     let answers = lab.backends("client", NODE_IP, 30080, 30);
     assert!(answers.contains(&"web-frontend-1".to_string()), "{answers:?}");
 }
+
+#[test]
+fn the_nodes_own_connections_start_from_unpredictable_sequences_and_ports() {
+    let services = r#"{ "name": "web", "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1 },
+             "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }] }"#;
+    let Some(mut lab) =
+        start("the_nodes_own_connections_start_from_unpredictable_sequences_and_ports", "isn", services)
+    else {
+        return;
+    };
+    // The health probes' SYNs as the backend sees them, in two runs of the gateway.
+    let probes = |lab: &Lab| -> Vec<(u16, u32)> {
+        let out = lab.client("be1", &["synsniff", NODE_IP, "3000", "3.5"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("syn ")?.split(' ');
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let first = probes(&lab);
+    lab.stop_gateway();
+    lab.start_gateway_as(&config(services), Some("edge-1"));
+    let second = probes(&lab);
+    println!("probe SYNs (port, sequence): {first:?} then {second:?}");
+    assert!(first.len() >= 3 && second.len() >= 3, "{first:?} {second:?}");
+    let seqs: BTreeSet<u32> = first.iter().chain(&second).map(|p| p.1).collect();
+    assert_eq!(seqs.len(), first.len() + second.len(), "no sequence number repeats across starts");
+    let consecutive = |run: &[(u16, u32)]| run.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1));
+    assert!(!consecutive(&first) && !consecutive(&second), "source ports follow no order");
+    assert_ne!(first[0].0, second[0].0, "the first probe's port differs between starts");
+}
