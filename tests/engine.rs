@@ -421,12 +421,13 @@ fn handshake(
     }
 }
 
-/// A TCP segment with flags `RST`, `RST_ACK` or `FIN_ACK` (acknowledging 901) at `seq`.
+/// A TCP segment with flags `RST`, `RST_ACK`, `SYN` or `FIN_ACK` (acknowledging 901) at `seq`.
 fn tcp_with(src: ([u8; 4], u16), dst: ([u8; 4], u16), macs: ([u8; 6], [u8; 6]), seq: u32, flags: u8) -> Vec<u8> {
     let tcp = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, seq, 64240);
     let tcp = match flags {
         RST => tcp.rst(),
         RST_ACK => tcp.rst().ack(901),
+        SYN => tcp.syn(),
         _ => tcp.fin().ack(901),
     };
     let mut out = Vec::new();
@@ -437,6 +438,7 @@ fn tcp_with(src: ([u8; 4], u16), dst: ([u8; 4], u16), macs: ([u8; 6], [u8; 6]), 
 const RST: u8 = 0x04;
 const RST_ACK: u8 = 0x14;
 const FIN_ACK: u8 = 0x11;
+const SYN: u8 = 0x02;
 
 #[test]
 fn blind_resets_and_fins_do_not_end_an_established_flow() {
@@ -473,6 +475,11 @@ fn blind_resets_and_fins_do_not_end_an_established_flow() {
             tcp_with(CLI, SVC, to_node, 101 + 5000, RST),
             Verdict::Forward,
         ),
+        (
+            "a blind SYN on the flow's tuple: passed on for a challenge ACK, the sequence kept",
+            tcp_with(BACKEND, SNAT, from_ep, 0x7000_0000, SYN),
+            Verdict::Forward,
+        ),
     ];
     for (what, f, verdict) in rows {
         let mut f = f.clone();
@@ -481,7 +488,7 @@ fn blind_resets_and_fins_do_not_end_an_established_flow() {
     }
     assert_eq!(e.counters().dropped(DropReason::TcpOutOfWindow), 4);
     assert_eq!(e.counters().resets_not_exact, 1);
-    assert_eq!(e.service_counters(0).ports[0].packets, [3, 1], "refused segments are not the flow's traffic");
+    assert_eq!(e.service_counters(0).ports[0].packets, [3, 2], "refused segments are not the flow's traffic");
     // The endpoint's own RST, at its exact sequence, ends the flow.
     let mut rst = tcp_with(BACKEND, SNAT, from_ep, 901, RST);
     assert_eq!(e.process(&mut rst, Millis(1000), &mut out), Verdict::Forward);

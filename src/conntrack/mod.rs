@@ -165,7 +165,7 @@ impl Flow {
             if check != Check::InWindow {
                 return check;
             }
-            if let Some(e) = tcp::advance_end(&seg, end) {
+            if let Some(e) = tcp::advance_end(&seg, end, self.state.in_handshake()) {
                 self.tcp_end[d] = e;
                 self.flags |= TCP_END_KNOWN[d];
             }
@@ -189,6 +189,11 @@ impl Flow {
     /// When it was last seen, in quarters of a second, for ordering by age.
     const fn seen_quarters(&self) -> u64 {
         (self.last_seen as u64) << 2 | ((self.flags & SEEN_QUARTER) >> 6) as u64
+    }
+
+    /// Where it belongs in the config now.
+    pub const fn owner(&self) -> Owner {
+        Owner { service: self.service, port: self.port, endpoint_index: self.endpoint_index }
     }
 
     /// The SNAT pool its source port comes from: one per service, endpoint and port (the
@@ -390,7 +395,8 @@ impl<'a> Table<'a> {
         self.lookup(tuple, now).is_none()
     }
 
-    /// Adds `flow`, seen at `now`. Both its tuples must be free. A full table first gives up a flow (the order is `victim`'s); never a live one.
+    /// Adds `flow`, seen at `now`. Both its tuples must be free. A full table first gives up a
+    /// flow (the order is `victim`'s); never a live one.
     ///
     /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
     /// window when nothing in it could go): the search goes round the table like a clock hand, so

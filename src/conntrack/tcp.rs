@@ -140,13 +140,14 @@ pub const fn check(seg: &Segment, end: Option<u32>) -> Check {
     Check::InWindow
 }
 
-/// The sender's new end after `seg` (already judged in window): a SYN sets it, a later segment
-/// moves it forward by at most the window (so a blind segment cannot carry it far).
-pub const fn advance_end(seg: &Segment, end: Option<u32>) -> Option<u32> {
+/// The sender's new end after `seg` (already judged in window): a SYN of the handshake sets it,
+/// a later segment moves it forward by at most the window (so a blind segment, a SYN on an
+/// established flow among them, cannot carry it far).
+pub const fn advance_end(seg: &Segment, end: Option<u32>, in_handshake: bool) -> Option<u32> {
     match end {
         _ if seg.flags.rst => end,
         None => Some(seg.end()),
-        Some(_) if seg.flags.syn => Some(seg.end()),
+        Some(_) if seg.flags.syn && in_handshake => Some(seg.end()),
         Some(e) if at_or_after(seg.end(), e) && seg.end().wrapping_sub(e) <= WINDOW => Some(seg.end()),
         Some(e) => Some(e),
     }
@@ -231,12 +232,13 @@ mod test {
 
     #[test]
     fn the_end_moves_forward_by_at_most_the_window() {
-        assert_eq!(advance_end(&seg(SYN, 100, 1), None), Some(101));
-        assert_eq!(advance_end(&seg(ACK, 101, 500), Some(101)), Some(601));
-        assert_eq!(advance_end(&seg(ACK, 50, 10), Some(601)), Some(601), "a retransmission");
-        assert_eq!(advance_end(&seg(ACK, 601 + WINDOW, 10), Some(601)), Some(601), "a blind segment far ahead");
-        assert_eq!(advance_end(&seg(RST, 601, 0), Some(601)), Some(601));
-        assert_eq!(advance_end(&seg(SYN, 9, 1), Some(601)), Some(10), "a SYN starts the sequence");
+        assert_eq!(advance_end(&seg(SYN, 100, 1), None, true), Some(101));
+        assert_eq!(advance_end(&seg(ACK, 101, 500), Some(101), false), Some(601));
+        assert_eq!(advance_end(&seg(ACK, 50, 10), Some(601), false), Some(601), "a retransmission");
+        assert_eq!(advance_end(&seg(ACK, 601 + WINDOW, 10), Some(601), false), Some(601), "a blind segment far ahead");
+        assert_eq!(advance_end(&seg(RST, 601, 0), Some(601), false), Some(601));
+        assert_eq!(advance_end(&seg(SYN, 9, 1), Some(601), true), Some(10), "a SYN of the handshake starts it anew");
+        assert_eq!(advance_end(&seg(SYN, 0x8000_0000, 1), Some(601), false), Some(601), "a SYN on an established flow");
     }
 
     /// A segment: its direction and flags.

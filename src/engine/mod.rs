@@ -324,7 +324,7 @@ impl<'a> Engine<'a> {
         let ip = self.services[s].config.endpoints[e].ip;
         self.conntrack.remap(|f| {
             let gone = f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip;
-            (!gone).then_some(Owner { service: f.service, port: f.port, endpoint_index: f.endpoint_index })
+            (!gone).then_some(f.owner())
         })
     }
 
