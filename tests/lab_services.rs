@@ -244,7 +244,7 @@ fn the_nodes_own_connections_start_from_unpredictable_sequences_and_ports() {
     };
     // The health probes' SYNs as the backend sees them, in two runs of the gateway.
     let probes = |lab: &Lab| -> Vec<(u16, u32)> {
-        let out = lab.client("be1", &["synsniff", NODE_IP, "3000", "3.5"]);
+        let out = lab.client("be1", &["synsniff", NODE_IP, "3000", "4.5"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {

@@ -53,10 +53,10 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
 /// late reply to a SNAT port (or a probe's) that outlived its flow must never reach a service
 /// (cilium#33723), and a metrics scrape must never be taken for a NodePort.
 fn check_ports_apart(cfg: &Config) -> Result<()> {
+    const NOT_FOR_LISTENING: [(&str, PortRange); 2] =
+        [("the board's SNAT ports", PortRange::SNAT), ("the node's own client ports", PortRange::NODE_CLIENTS)];
     let range = cfg.node_port_range;
-    for (what, other) in
-        [("the board's SNAT ports", PortRange::SNAT), ("the node's own client ports", PortRange::NODE_CLIENTS)]
-    {
+    for (what, other) in NOT_FOR_LISTENING {
         if range.overlaps(&other) {
             fail!(format_args!("nodePortRange"), "{range} overlaps {what} {other}");
         }
@@ -64,9 +64,7 @@ fn check_ports_apart(cfg: &Config) -> Result<()> {
     for (i, n) in cfg.nodes.iter().enumerate() {
         let Some(m) = n.metrics_port else { continue };
         let path = format_args!("nodes[{i}].metricsPort");
-        for (what, other) in
-            [("the board's SNAT ports", PortRange::SNAT), ("the node's own client ports", PortRange::NODE_CLIENTS)]
-        {
+        for (what, other) in NOT_FOR_LISTENING {
             if other.contains(m) {
                 fail!(path, "{m} is one of {what} {other}");
             }

@@ -1,7 +1,7 @@
 //! The control socket: a Unix socket served by a thread of its own (and a short-lived thread per
-//! client), which talks to the single-threaded loop over a crossbeam channel. The loop answers between frames and never
-//! waits on the socket; what takes time (reading and validating a config, formatting a long
-//! flow list) happens on this thread.
+//! client), which talks to the single-threaded loop over a crossbeam channel. The loop answers
+//! between frames and never waits on the socket; what takes time (reading and validating a
+//! config, formatting a long flow list) happens on these threads.
 //!
 //! Protocol: the client writes one line (`status`, `conntrack [SERVICE]`, `reload`) and closes
 //! its side; the answer is `ok` or `error` on the first line, then the text.
