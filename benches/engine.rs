@@ -23,7 +23,9 @@ const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
   "services": [{ "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
                  "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }, { "ip": "10.77.0.14" },
-                               { "ip": "10.77.0.15" }, { "ip": "10.77.0.16" }, { "ip": "10.77.0.17" }, { "ip": "10.77.0.18" }] }]
+                               { "ip": "10.77.0.15" }, { "ip": "10.77.0.16" }, { "ip": "10.77.0.17" }, { "ip": "10.77.0.18" },
+                               { "ip": "10.77.0.19" }, { "ip": "10.77.0.20" }, { "ip": "10.77.0.21" }, { "ip": "10.77.0.22" },
+                               { "ip": "10.77.0.23" }, { "ip": "10.77.0.24" }, { "ip": "10.77.0.25" }, { "ip": "10.77.0.26" }] }]
 }"#;
 
 /// Client `i`: an address and port of its own.
@@ -70,11 +72,11 @@ fn bench(c: &mut Criterion) {
         let table = Table::new(&mut flows, &mut buckets, [1, 2], board::TIMEOUTS);
         let mut engine = Box::new(Engine::new(&cfg, None, table, 3).unwrap());
         let (mut buf, mut out) = ([0u8; 1514], [0u8; 1514]);
-        for last in 11..=18 {
+        for last in 11..=26 {
             run(&mut engine, &arp_reply(last), &mut buf, &mut out, Millis(0));
         }
-        // Established flows: SYN, SYN-ACK, ACK each. Eight endpoints, because one endpoint port
-        // seen from one SNAT address holds at most the SNAT range (about 60,000 flows).
+        // Established flows: SYN, SYN-ACK, ACK each. Sixteen endpoints, because one endpoint port
+        // seen from one SNAT address holds at most the SNAT range (28,232 flows).
         let filled = board::CONNTRACK_CAPACITY * percent / 100;
         for i in 0..filled as u32 {
             let c = client(i);

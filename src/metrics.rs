@@ -85,7 +85,7 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     for (s, (svc, _)) in engine.services().enumerate() {
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         for (e, ep) in svc.endpoints.iter().enumerate() {
-            let n: usize = (0..svc.ports.len()).map(|p| ct.pool_use(s, e, p)).sum();
+            let n = ct.endpoint_snat_ports(s, e);
             writeln!(
                 w,
                 "nodegate_endpoint_snat_ports_in_use{{service=\"{}\",endpoint=\"{}:{target}\"}} {n}",

@@ -341,6 +341,11 @@ impl<'a> Table<'a> {
         if known { usize::from(self.pool_use[pool_index(service, endpoint, port)]) } else { 0 }
     }
 
+    /// SNAT ports held towards endpoint `endpoint` of service `service`, all its ports together.
+    pub fn endpoint_snat_ports(&self, service: usize, endpoint: usize) -> usize {
+        (0..board::MAX_PORTS_PER_SERVICE).map(|p| self.pool_use(service, endpoint, p)).sum()
+    }
+
     /// Flows that gave up their SNAT port to a new flow ([`Table::take_port`]).
     pub fn port_evictions(&self) -> u64 {
         self.port_evictions

@@ -247,7 +247,7 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         for (e, ep) in svc.endpoints.iter().enumerate() {
             let state = if engine.endpoint_serving(s, e) { "serving" } else { "not serving" };
-            let snat: usize = (0..svc.ports.len()).map(|p| ct.pool_use(s, e, p)).sum();
+            let snat = ct.endpoint_snat_ports(s, e);
             let _ = writeln!(out, "  endpoint {}:{target} {state}, {snat} SNAT ports in use", ep.ip);
         }
     }
