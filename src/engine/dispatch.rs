@@ -1,0 +1,167 @@
+//! What a frame is and where it goes: Ethernet and ARP, IPv4, a tracked flow's packets, the
+//! first packet of a new one.
+
+use core::net::Ipv4Addr;
+
+use super::egress::to_stack;
+use super::packet::{self, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
+use super::{DropReason, Engine, Verdict, reply};
+use crate::conntrack::{Check, Direction, Tuple};
+use crate::time::Millis;
+
+impl Engine<'_> {
+    pub(super) fn classify(&mut self, frame: &mut [u8], offload: Offload, now: Millis, out: &mut [u8]) -> Verdict {
+        if frame.len() < packet::ETH_HEADER {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let dst_mac = &frame[0..6];
+        if frame[6] & 1 != 0 {
+            return Verdict::Drop(DropReason::MartianSource);
+        }
+        if dst_mac != self.node.mac.0 && dst_mac[0] & 1 == 0 {
+            return Verdict::Drop(DropReason::OtherMac);
+        }
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            0x0806 => self.arp(frame, now, out),
+            0x0800 => match Ipv4Frame::parse(frame, offload) {
+                Ok(f) => match self.ipv4(frame, &f, now, out) {
+                    Verdict::Stack => to_stack(frame, &f),
+                    verdict => verdict,
+                },
+                Err(reason) => Verdict::Drop(reason),
+            },
+            _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+    }
+
+    /// Learns `sender IP is at sender MAC` from any ARP frame on one of the node's subnets, and
+    /// answers requests for the services' virtual IPs (smoltcp answers for the node's own).
+    fn arp(&mut self, frame: &[u8], now: Millis, out: &mut [u8]) -> Verdict {
+        let a = &frame[packet::ETH_HEADER..];
+        if a.len() < 28 || a[0..6] != [0, 1, 8, 0, 6, 4] {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        let mac: [u8; 6] = [a[8], a[9], a[10], a[11], a[12], a[13]];
+        let ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+        let target = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
+        let request = a[6..8] == [0, 1];
+        if self.node.address_on_link(ip).is_some() && !self.node.owns(ip) && mac[0] & 1 == 0 {
+            self.neighbors.learn(ip, mac, now);
+        }
+        if request && self.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
+            self.counters.answered += 1;
+            return Verdict::Reply(reply::arp_reply(self.node.mac.0, target, mac, ip, out));
+        }
+        Verdict::Stack
+    }
+
+    /// A node address, clusterIP or externalIP.
+    fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.node.owns(ip) || self.virtual_ips.binary_search(&ip).is_ok()
+    }
+
+    fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        // The node's own addresses too: a packet from one would share its tuples with the node's
+        // own connections (a health probe's SYN-ACK translated to whoever sent it).
+        if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() || self.is_local(f.src) {
+            return Verdict::Drop(DropReason::MartianSource);
+        }
+        let for_node = self.is_local(f.dst);
+        let Some((src_port, dst_port)) = f.ports else {
+            if let Some(v) = self.icmp_error(frame, f, now, out) {
+                return v;
+            }
+            if f.proto == packet::PROTO_ICMP && self.virtual_ips.binary_search(&f.dst).is_ok() {
+                // smoltcp answers ping for the node's addresses; the node answers for its VIPs.
+                return if packet::echo_reply(frame, f, self.node.mac.0) {
+                    Verdict::Forward
+                } else {
+                    Verdict::Drop(DropReason::OtherAddress)
+                };
+            }
+            return match () {
+                _ if f.later_fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => {
+                    self.later_fragment(frame, f, now, out)
+                }
+                _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+                _ => Verdict::Drop(DropReason::OtherAddress),
+            };
+        };
+        let tuple = Tuple { src: f.src, dst: f.dst, src_port, dst_port, proto: f.proto };
+        let secs = now.secs();
+        match self.conntrack.lookup(&tuple, secs) {
+            Some((slot, Direction::Original)) => {
+                let flow = *self.conntrack.flow(slot);
+                if f.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
+                    // A new connection on the tuple of a closing one is a new flow, and passes
+                    // every check a first packet passes (the service, its source ranges and
+                    // endpoints as they are now).
+                    if flow.is_snat() {
+                        // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new flow
+                        // gets a source port of its own, so the endpoint never sees a reused
+                        // tuple it may still hold in TIME_WAIT (PAWS drops).
+                        self.conntrack.detach_original(slot);
+                    } else {
+                        // Without SNAT the new flow's reply tuple is the old one's.
+                        self.conntrack.remove(slot);
+                    }
+                    return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
+                }
+                if let Some(v) = self.ttl_expired(frame, f, now, out) {
+                    return v;
+                }
+                if let Some(v) = self.judge(slot, Direction::Original, f, now) {
+                    return v;
+                }
+                self.account(&flow, Direction::Original, f);
+                // To the endpoint, as the tuple its replies come back with, reversed.
+                let to = Rewrite::from(flow.reply().reversed());
+                self.forward(frame, f, to, None, flow.endpoint, now, out)
+            }
+            Some((slot, Direction::Reply)) => {
+                if let Some(v) = self.ttl_expired(frame, f, now, out) {
+                    return v;
+                }
+                if let Some(v) = self.judge(slot, Direction::Reply, f, now) {
+                    return v;
+                }
+                let flow = *self.conntrack.flow(slot);
+                self.account(&flow, Direction::Reply, f);
+                let to = Rewrite::from(flow.original().reversed());
+                self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
+            }
+            None => self.untracked(frame, f, for_node, (src_port, dst_port), now, out),
+        }
+    }
+
+    /// A TCP or UDP packet of no tracked flow: the first of a new flow when it is for a service.
+    fn untracked(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        for_node: bool,
+        (src_port, dst_port): (u16, u16),
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        match self.listener(f.proto, f.dst, dst_port) {
+            Some(listener) if for_node => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
+            _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+            _ => Verdict::Drop(DropReason::OtherAddress),
+        }
+    }
+
+    /// Records a packet of the flow in `slot`; `Some` when the flow refuses it: a FIN or RST
+    /// outside its sender's window is dropped, and an RST that is not at the sender's sequence
+    /// passes unrecorded (see [`crate::conntrack::tcp::check`]).
+    fn judge(&mut self, slot: usize, dir: Direction, f: &Ipv4Frame, now: Millis) -> Option<Verdict> {
+        match self.conntrack.seen(slot, dir, f.tcp, now) {
+            Check::InWindow => None,
+            Check::ResetNotExact => {
+                self.counters.resets_not_exact += 1;
+                None
+            }
+            Check::OutOfWindow => Some(Verdict::Drop(DropReason::TcpOutOfWindow)),
+        }
+    }
+}

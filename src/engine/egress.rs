@@ -1,0 +1,160 @@
+//! Where a translated frame goes: its next hop's MAC (or a wait for ARP), the later fragments
+//! of a datagram, and the background ARP refresh of the endpoints' next hops.
+
+use core::net::Ipv4Addr;
+
+use super::fragments::{Key as FragmentKey, Translation};
+use super::packet::{self, Ipv4Frame, Rewrite};
+use super::{DropReason, Engine, Verdict, reply};
+use crate::board;
+use crate::time::Millis;
+
+/// A frame for smoltcp, which takes whole packets with their checksums.
+pub(super) fn to_stack(frame: &mut [u8], f: &Ipv4Frame) -> Verdict {
+    if f.offload.segment_size > 0 {
+        return Verdict::Drop(DropReason::Oversized);
+    }
+    if f.offload.partial_checksum {
+        packet::complete_checksum(frame, f);
+    }
+    Verdict::Stack
+}
+
+/// How long a frame may wait for ARP before it is dropped as `neighbor_missing`.
+pub(super) const PARK_MAX_MS: u64 = 3 * board::ARP_RETRY_MILLIS;
+/// How often the next hops of all endpoints are checked for an ARP refresh.
+const RESOLVE_EVERY_MS: u64 = 100;
+
+impl Engine<'_> {
+    /// Where a packet for `ip` goes first: `ip` itself on a node subnet, else the gateway.
+    pub(super) fn next_hop(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.node.address_on_link(ip).is_some() { Some(ip) } else { self.node.gateway }
+    }
+
+    /// The node's address to answer `peer` from.
+    pub(super) fn address_for(&self, peer: Ipv4Addr) -> Ipv4Addr {
+        self.node.address_on_link(peer).unwrap_or(self.node.addresses[0].address())
+    }
+
+    /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        to: Rewrite,
+        dst_mac: Option<[u8; 6]>,
+        to_ip: Ipv4Addr,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        packet::rewrite(frame, f, to);
+        if f.fragment {
+            // The first fragment: the ones after it will need the same addresses.
+            let translation = Translation { src: to.src, dst: to.dst, dst_mac, to_ip };
+            let secs = now.secs();
+            self.fragments.record(FragmentKey::of(f), translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
+        }
+        self.send_to(frame, f, dst_mac, to_ip, now, out)
+    }
+
+    /// A fragment after the first: it goes where the first fragment of its datagram went.
+    pub(super) fn later_fragment(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        let Some(t) = self.fragments.lookup(&FragmentKey::of(f), now.secs()) else {
+            return Verdict::Drop(DropReason::Fragment);
+        };
+        if let Some(v) = self.ttl_expired(frame, f, now, out) {
+            return v;
+        }
+        packet::rewrite_addresses(frame, t.src, t.dst);
+        self.send_to(frame, f, t.dst_mac, t.to_ip, now, out)
+    }
+
+    /// Addresses a translated `frame` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held
+    /// back while that is being resolved).
+    pub(super) fn send_to(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        dst_mac: Option<[u8; 6]>,
+        to_ip: Ipv4Addr,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        let our_mac = self.node.mac.0;
+        let mac = match dst_mac {
+            Some(mac) => mac,
+            None => {
+                let Some(hop) = self.next_hop(to_ip) else { return Verdict::Drop(DropReason::NoRoute) };
+                match self.neighbors.lookup(hop, now) {
+                    Some(mac) => mac,
+                    None => return self.park(frame, f, hop, now, out),
+                }
+            }
+        };
+        packet::set_macs(frame, our_mac, mac);
+        Verdict::Forward
+    }
+
+    /// Holds `frame` until `hop` answers ARP. It leaves later without its offload, so a partial
+    /// checksum is finished now (a super-frame is too large to hold and is dropped).
+    pub(super) fn park(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        hop: Ipv4Addr,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        if f.offload.partial_checksum {
+            packet::complete_checksum(frame, f);
+        }
+        let ask = self.arp_request(hop, now, out);
+        if self.parked.park(hop, frame, now) {
+            Verdict::Parked(ask)
+        } else {
+            self.counters.drop(DropReason::NeighborMissing);
+            Verdict::Reply(ask)
+        }
+    }
+
+    /// An ARP request for `ip` in `out`, unless one went out too recently (then 0).
+    pub(super) fn arp_request(&mut self, ip: Ipv4Addr, now: Millis, out: &mut [u8]) -> usize {
+        if !self.neighbors.should_ask(ip, now) {
+            return 0;
+        }
+        reply::arp_request(self.node.mac.0, self.address_for(ip), ip, out)
+    }
+
+    /// Keeps the MACs of every endpoint's next hop (and the gateway) fresh, so that new flows
+    /// rarely wait for ARP. Walks the endpoints at most once per `RESOLVE_EVERY_MS`.
+    pub(super) fn refresh_next_hop(&mut self, now: Millis, out: &mut [u8]) -> Option<usize> {
+        if self.last_resolve.is_some_and(|t| now.0.saturating_sub(t.0) < RESOLVE_EVERY_MS) {
+            return None;
+        }
+        loop {
+            let (s, e) = self.resolve_cursor;
+            let target = match self.services.get(s) {
+                Some(svc) if e < svc.config.endpoints.len() => {
+                    self.resolve_cursor.1 += 1;
+                    self.next_hop(svc.config.endpoints[e].ip)
+                }
+                Some(_) => {
+                    self.resolve_cursor = (s + 1, 0);
+                    continue;
+                }
+                None => {
+                    self.resolve_cursor = (0, 0);
+                    self.last_resolve = Some(now);
+                    return self.node.gateway.map(|gw| self.arp_request(gw, now, out)).filter(|&len| len > 0);
+                }
+            };
+            if let Some(hop) = target {
+                let len = self.arp_request(hop, now, out);
+                if len > 0 {
+                    return Some(len);
+                }
+            }
+        }
+    }
+}

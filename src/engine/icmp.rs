@@ -1,0 +1,89 @@
+//! ICMP errors about tracked flows, translated back; the answers the engine makes up (RST,
+//! port unreachable, time exceeded), within the rate limit.
+
+use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
+use super::{DropReason, Engine, Verdict, reply};
+use crate::conntrack::Direction;
+use crate::time::Millis;
+
+/// ICMP types and codes the engine sends.
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_PORT_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+impl Engine<'_> {
+    /// Translates an ICMP error about a packet of a tracked flow, so that it reaches the host
+    /// that sent the packet, about the packet as that host sent it (PMTU discovery works
+    /// through the gateway). `None`: not such an error.
+    pub(super) fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Option<Verdict> {
+        let q = packet::quoted(frame, f)?;
+        // The quoted packet left the gateway translated; the reverse of what it says is one of
+        // its flow's tuples.
+        let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
+        let flow = *self.conntrack.flow(slot);
+        // As nf_conntrack takes an error as related: sent to the host that sent the quoted
+        // packet, and intact (it leaves with a checksum computed anew, so it is checked first).
+        if f.dst != q.tuple.src || !packet::icmp_checksum_ok(frame, f) {
+            return Some(Verdict::Drop(DropReason::BadIcmpError));
+        }
+        if f.ttl <= 1 {
+            // No ICMP error is ever sent about an ICMP error (RFC 1122 3.2.2).
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        Some(match dir {
+            // About a reply on its way to the client: tell the endpoint, about what it sent.
+            Direction::Original => {
+                let outer_src = if flow.is_snat() { flow.source } else { f.src };
+                let inner = Rewrite::from(flow.reply());
+                packet::rewrite_icmp_error(frame, f, &q, outer_src, flow.endpoint, inner);
+                self.send_to(frame, f, None, flow.endpoint, now, out)
+            }
+            // About a packet on its way to the endpoint: tell the client, about what it sent.
+            Direction::Reply => {
+                let inner = Rewrite::from(flow.original());
+                packet::rewrite_icmp_error(frame, f, &q, flow.service_ip, flow.client, inner);
+                self.send_to(frame, f, Some(flow.client_mac), flow.client, now, out)
+            }
+        })
+    }
+
+    /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
+    pub(super) fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+        if !self.may_answer(now) {
+            return Verdict::Drop(DropReason::NoEndpoint);
+        }
+        self.counters.drop(DropReason::NoEndpoint);
+        let mac = self.node.mac.0;
+        let len = match f.proto {
+            PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
+            _ => reply::icmp_error(frame, f, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, f.dst, mac, out),
+        };
+        Verdict::Reply(len)
+    }
+
+    /// A packet that would leave with TTL 0 is dropped and answered with ICMP time exceeded.
+    pub(super) fn ttl_expired(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Option<Verdict> {
+        if f.ttl > 1 {
+            return None;
+        }
+        if !self.may_answer(now) {
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        self.counters.drop(DropReason::TtlExceeded);
+        let from = self.address_for(f.src);
+        Some(Verdict::Reply(reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, self.node.mac.0, out)))
+    }
+
+    /// Whether the rate limit lets an answer (RST, ICMP error) go now; counts it when not.
+    fn may_answer(&mut self, now: Millis) -> bool {
+        let allowed = self.replies.allow(now);
+        self.counters.replies_suppressed += u64::from(!allowed);
+        allowed
+    }
+}

@@ -1,0 +1,154 @@
+//! A new flow: its endpoint (affinity, Maglev), its source (SNAT port), tracked, counted.
+
+use core::net::Ipv4Addr;
+
+use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
+use super::services::Listener;
+use super::{DropReason, Engine, Verdict};
+use crate::balance::maglev::flow_hash;
+use crate::board;
+use crate::config::{SessionAffinity, TrafficPolicy};
+use crate::conntrack::{Direction, Flow, State, Tuple};
+use crate::time::Millis;
+
+/// Random SNAT ports tried before a new flow is dropped as `snat_exhausted`.
+const SNAT_ATTEMPTS: usize = 64;
+
+impl Engine<'_> {
+    /// The first packet of a flow to a service: choose the endpoint and the source, track it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_flow(
+        &mut self,
+        frame: &mut [u8],
+        f: &Ipv4Frame,
+        listener: Listener,
+        src_port: u16,
+        dst_port: u16,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Verdict {
+        if let Some(t) = f.tcp.map(|t| t.flags)
+            && !(t.syn && !t.ack && !t.rst && !t.fin)
+        {
+            return Verdict::Drop(DropReason::TcpNoFlow);
+        }
+        let s = listener.service as usize;
+        let secs = now.secs();
+        let svc = &mut self.services[s];
+        if !svc.config.admits(f.src) {
+            svc.counters.source_range_drops += 1;
+            return Verdict::Drop(DropReason::SourceRange);
+        }
+        // A live pin wins while its endpoint still takes new flows; else Maglev decides.
+        let pinned = match svc.config.session_affinity {
+            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service, f.src, secs),
+            SessionAffinity::None => None,
+        };
+        let ep = match pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)) {
+            Some(e) => e,
+            None => match svc.maglev.pick(flow_hash(f.src, src_port, f.dst, dst_port, f.proto)) {
+                Some(e) => e,
+                None => {
+                    svc.counters.no_endpoint_drops += 1;
+                    return match svc.config.external_traffic_policy {
+                        TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
+                        TrafficPolicy::Cluster => self.reject(frame, f, now, out),
+                    };
+                }
+            },
+        };
+        let endpoint = svc.config.endpoints[ep].ip;
+        let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
+        let policy = svc.config.external_traffic_policy;
+        if let Some(v) = self.ttl_expired(frame, f, now, out) {
+            return v;
+        }
+        let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
+        // Local keeps the client's address, but not for an endpoint that is its own client
+        // (hairpin): it would get a packet from itself and answer itself, so it sees the node's
+        // address, as kube-proxy masquerades hairpin traffic.
+        let snat = policy == TrafficPolicy::Cluster || f.src == endpoint;
+        let (source, source_port) = if snat {
+            let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
+            match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
+                Some(port) => (snat_ip, port),
+                None => return Verdict::Drop(DropReason::SnatExhausted),
+            }
+        } else {
+            (f.src, src_port)
+        };
+        let flow = Flow {
+            client: f.src,
+            service_ip: f.dst,
+            endpoint,
+            source,
+            client_port: src_port,
+            service_port: dst_port,
+            endpoint_port,
+            source_port,
+            client_mac: packet::src_mac(frame),
+            proto: f.proto,
+            state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
+            service: listener.service,
+            port: listener.port_index,
+            endpoint_index: ep as u8,
+            ..Flow::EMPTY
+        };
+        // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
+        if !snat && !self.conntrack.is_free(&flow.reply(), secs) {
+            return Verdict::Drop(DropReason::SnatExhausted);
+        }
+        let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
+        // The SYN starts the client's sequence.
+        self.conntrack.seen(slot, Direction::Original, f.tcp, now);
+        if let SessionAffinity::ClientIp { timeout_seconds } = self.services[s].config.session_affinity {
+            // Refreshed by every new connection, as kube-proxy's `recent` match does.
+            self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
+        }
+        self.counters.new_flows += 1;
+        self.services[s].counters.ports[listener.port_index as usize].connections += 1;
+        self.account(&flow, Direction::Original, f);
+        self.forward(frame, f, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
+    }
+
+    /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses
+    /// (TIME_WAIT included): the client's own port if free, else a random one in the SNAT range.
+    /// When every port tried is taken, a flow that is not established gives its port up
+    /// ([`Table::take_port`]): a flood of half-open flows cannot hold a pool against real clients.
+    fn snat_port(
+        &mut self,
+        endpoint: Ipv4Addr,
+        endpoint_port: u16,
+        snat_ip: Ipv4Addr,
+        proto: u8,
+        client_port: u16,
+        now: u32,
+    ) -> Option<u16> {
+        let reply = |port| Tuple { src: endpoint, dst: snat_ip, src_port: endpoint_port, dst_port: port, proto };
+        let range = board::SNAT_PORT_MIN..=board::SNAT_PORT_MAX;
+        if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
+            return Some(client_port);
+        }
+        let mut tried = [0u16; SNAT_ATTEMPTS];
+        for slot in tried.iter_mut() {
+            let port = self.rng.in_range(range.clone());
+            if self.conntrack.is_free(&reply(port), now) {
+                return Some(port);
+            }
+            *slot = port;
+        }
+        self.conntrack.take_port(&tried, reply, now)
+    }
+
+    /// Counts a packet of `flow` going `dir`.
+    pub(super) fn account(&mut self, flow: &Flow, dir: Direction, f: &Ipv4Frame) {
+        let Some(t) =
+            self.services.get_mut(flow.service as usize).and_then(|s| s.counters.ports.get_mut(flow.port as usize))
+        else {
+            return;
+        };
+        let d = usize::from(dir == Direction::Reply);
+        t.packets[d] += f.packets as u64;
+        t.bytes[d] += (f.end - packet::ETH_HEADER) as u64;
+    }
+}
