@@ -382,7 +382,7 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     let h = PacketHeaders::from_ethernet_slice(&again).unwrap();
     let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!() };
     assert_ne!(t.source_port, 40000, "the old tuple is still reserved at the endpoint");
-    assert!((nodegate::board::SNAT_PORT_MIN..=nodegate::board::SNAT_PORT_MAX).contains(&t.source_port));
+    assert!(nodegate::config::PortRange::SNAT.contains(t.source_port));
     assert_eq!(e.conntrack().len(), 2, "the TIME_WAIT flow stays until it expires");
     let web = e.service_counters(0);
     assert_eq!((e.counters().new_flows, web.ports[0].connections), (2, 2));

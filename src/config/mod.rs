@@ -40,6 +40,15 @@ impl PortRange {
         (self.first..=self.last).contains(&port)
     }
 
+    pub const fn ports(&self) -> core::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+
+    /// Ports in the range.
+    pub const fn count(&self) -> usize {
+        (self.last - self.first) as usize + 1
+    }
+
     pub fn overlaps(&self, other: &PortRange) -> bool {
         self.first <= other.last && other.first <= self.last
     }

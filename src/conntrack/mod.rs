@@ -11,6 +11,7 @@ pub mod tcp;
 use core::net::Ipv4Addr;
 
 use crate::board;
+use crate::config::PortRange;
 use crate::hash::sip13;
 use crate::time::Millis;
 pub use tcp::{Check, State};
@@ -224,7 +225,7 @@ const fn pool_index(service: usize, endpoint: usize, port: usize) -> usize {
 /// SNAT pools: one per service, endpoint and port.
 const POOLS: usize = board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * board::MAX_PORTS_PER_SERVICE;
 /// Source ports in each pool.
-pub const POOL_PORTS: usize = (board::SNAT_PORT_MAX - board::SNAT_PORT_MIN) as usize + 1;
+pub const POOL_PORTS: usize = PortRange::SNAT.count();
 
 /// Where a flow belongs in the config: what a reload gives it anew.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,7 @@ use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
 use super::services::Listener;
 use super::{DropReason, Engine, Verdict};
 use crate::balance::maglev::flow_hash;
-use crate::board;
-use crate::config::{SessionAffinity, TrafficPolicy};
+use crate::config::{PortRange, SessionAffinity, TrafficPolicy};
 use crate::conntrack::{Direction, Flow, State, Tuple};
 use crate::time::Millis;
 
@@ -125,7 +124,7 @@ impl Engine<'_> {
         now: u32,
     ) -> Option<u16> {
         let reply = |port| Tuple { src: endpoint, dst: snat_ip, src_port: endpoint_port, dst_port: port, proto };
-        let range = board::SNAT_PORT_MIN..=board::SNAT_PORT_MAX;
+        let range = PortRange::SNAT.ports();
         if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
             return Some(client_port);
         }

@@ -16,10 +16,6 @@ use crate::health::Tracker;
 use crate::random::Rng;
 use crate::time::Millis;
 
-/// Local ports of the node's own connections: apart from the SNAT pools and the listening
-/// ports (the validator checks), so replies to them are never taken for NATed flows.
-const PROBE_PORTS: core::ops::RangeInclusive<u16> = PortRange::NODE_CLIENTS.first..=PortRange::NODE_CLIENTS.last;
-
 struct Probe {
     service: usize,
     endpoint: usize,
@@ -86,7 +82,9 @@ impl Probes {
             let socket = sockets.get_mut::<tcp::Socket>(p.socket);
             let result = match p.deadline {
                 None if now >= p.next => {
-                    let local = self.ports.in_range(PROBE_PORTS);
+                    // The node's own client ports: apart from the SNAT pools and the listening
+                    // ports (the validator checks), so replies to them are never NATed flows'.
+                    let local = self.ports.in_range(PortRange::NODE_CLIENTS.ports());
                     socket.abort();
                     p.next = Millis(now.0 + p.check.interval_seconds as u64 * 1000);
                     match socket.connect(iface.context(), p.target, local) {
