@@ -201,9 +201,8 @@ impl Flow {
     /// endpoint's address and target port, from the node's address). `None` without SNAT, or
     /// once its service or port left the config.
     fn pool(&self) -> Option<usize> {
-        let (s, e, p) = (self.service as usize, self.endpoint_index as usize, self.port as usize);
-        let known = s < board::MAX_SERVICES && e < board::MAX_ENDPOINTS_PER_SERVICE && p < board::MAX_PORTS_PER_SERVICE;
-        (self.is_snat() && known).then_some(pool_index(s, e, p))
+        let pool = pool_index(self.service as usize, self.endpoint_index as usize, self.port as usize);
+        pool.filter(|_| self.is_snat())
     }
 
     /// How readily a full SNAT pool takes its port back for a new flow: `None` never (an
@@ -218,8 +217,17 @@ impl Flow {
     }
 }
 
-const fn pool_index(service: usize, endpoint: usize, port: usize) -> usize {
-    (service * board::MAX_ENDPOINTS_PER_SERVICE + endpoint) * board::MAX_PORTS_PER_SERVICE + port
+/// The pool of a service, endpoint and port; `None` for indices the board has no room for (a
+/// flow whose service, endpoint or port left the config).
+const fn pool_index(service: usize, endpoint: usize, port: usize) -> Option<usize> {
+    if service < board::MAX_SERVICES
+        && endpoint < board::MAX_ENDPOINTS_PER_SERVICE
+        && port < board::MAX_PORTS_PER_SERVICE
+    {
+        Some((service * board::MAX_ENDPOINTS_PER_SERVICE + endpoint) * board::MAX_PORTS_PER_SERVICE + port)
+    } else {
+        None
+    }
 }
 
 /// SNAT pools: one per service, endpoint and port.
@@ -336,10 +344,7 @@ impl<'a> Table<'a> {
 
     /// SNAT ports held towards endpoint `endpoint` of service `service`, on port `port`.
     pub fn pool_use(&self, service: usize, endpoint: usize, port: usize) -> usize {
-        let known = service < board::MAX_SERVICES
-            && endpoint < board::MAX_ENDPOINTS_PER_SERVICE
-            && port < board::MAX_PORTS_PER_SERVICE;
-        if known { usize::from(self.pool_use[pool_index(service, endpoint, port)]) } else { 0 }
+        pool_index(service, endpoint, port).map_or(0, |p| usize::from(self.pool_use[p]))
     }
 
     /// SNAT ports held towards endpoint `endpoint` of service `service`, all its ports together.

@@ -8,7 +8,7 @@ use super::Engine;
 use super::packet::PROTO_UDP;
 use crate::balance::Maglev;
 use crate::board;
-use crate::config::{Config, ConfigError, Service, ServiceType, TrafficPolicy};
+use crate::config::{Config, ConfigError, Endpoint, Service, ServiceType, TrafficPolicy};
 use crate::conntrack::Owner;
 
 /// Where port `p` of `before` is in `after`: the port with the same name, protocol and port.
@@ -23,11 +23,24 @@ pub(super) struct ServiceState {
     pub(super) maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
     /// Per endpoint: passing its active health checks (always, without checks).
     pub(super) healthy: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
-    /// Endpoints that are ready, healthy and eligible (on this node, with Local policy): what
-    /// its healthCheckNodePort reports. Terminating ones may still serve when none is ready,
-    /// but are not counted, so that an external load balancer drains the node.
-    pub(super) ready: usize,
     pub(super) counters: ServiceCounters,
+}
+
+impl ServiceState {
+    /// Endpoint `i` passes its health checks and may serve this node (`node`: its index), as
+    /// Local policy asks.
+    fn eligible(&self, i: usize, node: u8) -> bool {
+        let policy_allows =
+            |e: &Endpoint| self.config.external_traffic_policy == TrafficPolicy::Cluster || e.node == Some(node);
+        self.healthy.get(i).copied().unwrap_or(false) && self.config.endpoints.get(i).is_some_and(policy_allows)
+    }
+
+    /// Eligible endpoints that are ready: what the healthCheckNodePort reports. Terminating ones
+    /// may still serve when none is ready, but are not counted, so that an external load
+    /// balancer drains the node.
+    fn ready(&self, node: u8) -> usize {
+        (0..self.config.endpoints.len()).filter(|&i| self.eligible(i, node) && self.config.endpoints[i].ready).count()
+    }
 }
 
 /// Traffic of one service port, per direction (0: client to endpoint, 1: back).
@@ -84,7 +97,6 @@ impl Engine<'_> {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
-                ready: 0,
                 counters: ServiceCounters::default(),
             });
             self.rebuild(s);
@@ -183,17 +195,12 @@ impl Engine<'_> {
     fn rebuild(&mut self, s: usize) {
         let node = self.node_index;
         let Some(svc) = self.services.get_mut(s) else { return };
+        let any_ready = svc.ready(node) > 0;
         let cfg = &svc.config;
-        let candidate = |i: usize| {
-            let e = &cfg.endpoints[i];
-            svc.healthy[i] && (cfg.external_traffic_policy == TrafficPolicy::Cluster || e.node == Some(node))
-        };
-        svc.ready = (0..cfg.endpoints.len()).filter(|&i| candidate(i) && cfg.endpoints[i].ready).count();
-        let any_ready = svc.ready > 0;
         let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
         let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
         for (i, e) in cfg.endpoints.iter().enumerate() {
-            let usable = candidate(i) && if any_ready { e.ready } else { e.terminating };
+            let usable = svc.eligible(i, node) && if any_ready { e.ready } else { e.terminating };
             let _ = ips.push(e.ip);
             let _ = weights.push(if usable { e.weight } else { 0 });
         }
@@ -223,7 +230,7 @@ impl Engine<'_> {
     /// Ready endpoints of service `s` (on this node, with Local policy): what its
     /// healthCheckNodePort reports, as kube-proxy counts them.
     pub fn ready_endpoints(&self, s: usize) -> usize {
-        self.services.get(s).map_or(0, |svc| svc.ready)
+        self.services.get(s).map_or(0, |svc| svc.ready(self.node_index))
     }
 
     /// The services as the engine runs them, with their counters.
