@@ -55,16 +55,11 @@ impl Engine<'_> {
 
     /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
     pub(super) fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
-        if !self.may_answer(now) {
-            return Verdict::Drop(DropReason::NoEndpoint);
-        }
-        self.counters.drop(DropReason::NoEndpoint);
         let mac = self.node.mac.0;
-        let len = match f.proto {
+        self.answer(DropReason::NoEndpoint, now, || match f.proto {
             PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
             _ => reply::icmp_error(frame, f, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, f.dst, mac, out),
-        };
-        Verdict::Reply(len)
+        })
     }
 
     /// A packet that would leave with TTL 0 is dropped and answered with ICMP time exceeded.
@@ -72,18 +67,21 @@ impl Engine<'_> {
         if f.ttl > 1 {
             return None;
         }
-        if !self.may_answer(now) {
-            return Some(Verdict::Drop(DropReason::TtlExceeded));
-        }
-        self.counters.drop(DropReason::TtlExceeded);
-        let from = self.address_for(f.src);
-        Some(Verdict::Reply(reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, self.node.mac.0, out)))
+        let (from, mac) = (self.address_for(f.src), self.node.mac.0);
+        Some(self.answer(DropReason::TtlExceeded, now, || {
+            reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, mac, out)
+        }))
     }
 
-    /// Whether the rate limit lets an answer (RST, ICMP error) go now; counts it when not.
-    fn may_answer(&mut self, now: Millis) -> bool {
-        let allowed = self.replies.allow(now);
-        self.counters.replies_suppressed += u64::from(!allowed);
-        allowed
+    /// A frame dropped for `reason` and answered with the frame `build` writes, when the rate
+    /// limit lets an answer go now (else dropped unanswered, and the refusal counted). Counted
+    /// under its reason here either way: a `Reply` is not counted by the caller.
+    fn answer(&mut self, reason: DropReason, now: Millis, build: impl FnOnce() -> usize) -> Verdict {
+        if !self.replies.allow(now) {
+            self.counters.replies_suppressed += 1;
+            return Verdict::Drop(reason);
+        }
+        self.counters.drop(reason);
+        Verdict::Reply(build())
     }
 }
