@@ -54,17 +54,23 @@ def icmp_checksum(data):
     return ~total & 0xFFFF
 
 
+def get_root(host, port, timeout):
+    """One HTTP/1.0 GET of / on a connection of its own; the whole answer."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data
+
+
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 failed = 0
 if mode == "http":
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 5
     for n in range(1, int(sys.argv[4]) + 1):
         try:
-            with socket.create_connection((host, port), timeout=timeout) as s:
-                s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
+            data = get_root(host, port, timeout)
             body = data.split(b"\r\n\r\n", 1)[1].decode().strip()
             print(f"request {n}: {body}")
         except (OSError, IndexError) as e:
@@ -177,12 +183,7 @@ elif mode == "connects":
 
     def attempt(at):
         try:
-            with socket.create_connection((host, port), timeout=float(sys.argv[5])) as s:
-                s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-            ok = b"web-frontend-" in data
+            ok = b"web-frontend-" in get_root(host, port, float(sys.argv[5]))
         except OSError:
             ok = False
         results.append((at, ok, time.time() - at))

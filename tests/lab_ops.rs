@@ -110,7 +110,10 @@ fn conntrack_and_status_show_an_open_connection() {
     let other = text(&lab.nodegate("conntrack", &["--service", "other"]));
     assert!(other.ends_with("conntrack: 0 flow(s) shown, 1 tracked\n"), "{other}");
     let status = text(&lab.nodegate("status", &[]));
-    assert!(status.contains("conntrack: 1 of ") && status.contains("endpoint 10.77.0.11:3000 serving"), "{status}");
+    assert!(
+        status.contains("conntrack: 1 of ") && status.contains("endpoint 10.77.0.11:3000 serving, 1 SNAT ports in use"),
+        "{status}"
+    );
     assert!(status.contains("service web (NodePort, Cluster): 80:30080/TCP 53:30053/UDP, 1 flows created"), "{status}");
     let _ = hold.wait();
 }

@@ -186,6 +186,16 @@ fn a_syn_flood_cannot_hold_the_snat_pools_against_real_clients() {
     );
     assert!(flooded.contains("300000 sent"), "{flooded}");
     assert!(taken_back > 0, "the flood filled the pools: {metrics}");
+    // Each endpoint's pool use is reported, at most its size, and together they are every SNAT
+    // port in use (one service port here: one pool an endpoint).
+    let pool = |ep: &str| {
+        sample(&metrics, &format!(r#"nodegate_endpoint_snat_ports_in_use{{service="web",endpoint="{ep}:3000"}}"#))
+    };
+    let (used, size) = (pool("10.77.0.11") + pool("10.77.0.12"), sample(&metrics, "nodegate_snat_pool_ports"));
+    assert_eq!(size, nodegate::conntrack::POOL_PORTS as u64);
+    assert!(pool("10.77.0.11") * 2 > size && pool("10.77.0.11") <= size, "{metrics}");
+    assert!(pool("10.77.0.12") * 2 > size && pool("10.77.0.12") <= size, "{metrics}");
+    assert_eq!(used, sample(&metrics, "nodegate_snat_ports_in_use"));
     assert_eq!(sample(&metrics, r#"nodegate_drops_total{reason="snat_exhausted"}"#), 0, "no one was locked out");
     assert!(during.len() >= 10 && ok * 10 >= during.len() * 9, "during the flood: {during:?}\n{}", lab.gateway_log());
     let after = attempts.iter().find(|(at, ok, took)| *at >= flood_end && *ok && at + took <= flood_end + 2.0);
