@@ -268,7 +268,15 @@ fn a_silent_control_client_holds_up_neither_reload_nor_status() {
     println!("reload and status with a silent client connected: {took:?}");
     assert!(took < Duration::from_secs(2), "the silent client held them up for {took:?} (its timeout is 5 s)");
     assert_eq!(lab.backends("client", NODE_IP, 30080, 3), ["web-frontend-2"; 3]);
-    drop(silent);
+    // Eight silent clients are all the threads it serves at once: the next is told so at once,
+    // and served again once they are gone.
+    let more: Vec<_> = (0..7).map(|_| std::os::unix::net::UnixStream::connect(&lab.control).unwrap()).collect();
+    sleep(Duration::from_millis(300));
+    let busy = lab.nodegate("status", &[]);
+    assert!(!busy.status.success() && text(&busy).contains("8 control clients are being served"), "{}", text(&busy));
+    drop((silent, more));
+    sleep(Duration::from_millis(300));
+    assert!(lab.nodegate("status", &[]).status.success());
 }
 
 #[test]

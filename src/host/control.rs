@@ -134,7 +134,10 @@ fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender
             Ok((mut stream, _)) => {
                 if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
                     clients.fetch_sub(1, Ordering::AcqRel);
+                    // What has come of its command is read first: a socket closed with unread
+                    // data resets the client's read, and it would never see the answer.
                     let _ = stream.set_nonblocking(true);
+                    let _ = io::copy(&mut (&stream).take(4096), &mut io::sink());
                     let _ = write!(stream, "error\n{MAX_CLIENTS} control clients are being served: try again\n");
                     continue;
                 }
@@ -255,7 +258,9 @@ pub fn client(path: &Path, command: &str) -> Result<String, String> {
     let mut stream = UnixStream::connect(path)
         .map_err(|e| format!("control socket {}: {e} (is nodegate running there?)", path.display()))?;
     stream.set_read_timeout(Some(LOOP_TIMEOUT * 2)).map_err(|e| e.to_string())?;
-    writeln!(stream, "{command}").map_err(|e| e.to_string())?;
+    // A gateway that turns the client away may close before the command is written: its answer
+    // is still there to read.
+    let _ = writeln!(stream, "{command}");
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
     stream.read_to_string(&mut answer).map_err(|e| format!("control socket {}: {e}", path.display()))?;
