@@ -29,6 +29,7 @@ struct Board<'a> {
     replies_per_second: u32,
     reply_burst: u32,
     conntrack_sweep_per_turn: u32,
+    conntrack_renumber_per_turn: u32,
     timeouts: Timeouts,
 }
 
@@ -98,6 +99,7 @@ fn main() {
         ("neighborCapacity", b.neighbor_capacity),
         ("parkedFrames", b.parked_frames),
         ("conntrackSweepPerTurn", b.conntrack_sweep_per_turn),
+        ("conntrackRenumberPerTurn", b.conntrack_renumber_per_turn),
         ("fragmentTracks", b.fragment_tracks),
         ("repliesPerSecond", b.replies_per_second),
         ("replyBurst", b.reply_burst),
@@ -140,6 +142,8 @@ fn main() {
          pub const REPLY_BURST: u32 = {burst};\n\
          /// Connection-table slots examined for expiry per sweep (bounded work).\n\
          pub const CONNTRACK_SWEEP_PER_TURN: usize = {sweep};\n\
+         /// Connection-table slots renumbered per turn after a reload (bounded work).\n\
+         pub const CONNTRACK_RENUMBER_PER_TURN: usize = {renumber};\n\
          /// Timeouts of this board.\n\
          pub const TIMEOUTS: crate::conntrack::Timeouts = crate::conntrack::Timeouts {{\n\
              tcp_syn_sent: {a}, tcp_syn_sent_under_pressure: {a2}, tcp_syn_recv: {b_}, tcp_established: {c}, tcp_fin_wait: {d},\n\
@@ -170,6 +174,7 @@ fn main() {
         rps = b.replies_per_second,
         burst = b.reply_burst,
         sweep = b.conntrack_sweep_per_turn,
+        renumber = b.conntrack_renumber_per_turn,
         a = t.tcp_syn_sent_seconds,
         a2 = t.tcp_syn_sent_under_pressure_seconds,
         b_ = t.tcp_syn_recv_seconds,

@@ -11,15 +11,19 @@
   lab-client.py stream HOST PORT SECONDS
                                        one long download (GET /stream/SECONDS); checks every block
                                        arrived in order; prints "stream BACKEND: N blocks intact"
-  lab-client.py udpstream HOST PORT SECONDS SRCPORT
-                                       a datagram every 50 ms on one 5-tuple; prints each answer's
-                                       backend and "udpstream: N sent, M answered"
+  lab-client.py udpstream HOST PORT SECONDS SRCPORT [INTERVAL_MS]
+                                       a datagram every INTERVAL_MS (50) on one 5-tuple, each
+                                       waiting for its answer; prints each answer's backend and
+                                       "udpstream: N sent, M answered"
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
   lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND [COUNT]]
                                        TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
                                        for SECONDS (or until COUNT are sent), as fast as it can or
                                        at most PER_SECOND (0: no limit); prints "synflood: N sent"
                                        (raw socket, root)
+  lab-client.py udpflood HOST PORT SECONDS A.B [PER_SECOND [COUNT]]
+                                       the same with one UDP datagram per spoofed source and port
+                                       (a new flow each); prints "udpflood: N sent"
   lab-client.py connects HOST PORT SECONDS TIMEOUT
                                        a new connection (one GET, TIMEOUT seconds) started every
                                        100 ms for SECONDS; prints "connect AT ok|FAILED TOOK" per
@@ -130,6 +134,7 @@ elif mode == "stream":
     failed = 0 if intact and count > 0 else 1
 elif mode == "udpstream":
     seconds, sport = float(sys.argv[4]), int(sys.argv[5])
+    interval = float(sys.argv[6]) / 1000 if len(sys.argv) > 6 else 0.05
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", sport))
@@ -146,10 +151,10 @@ elif mode == "udpstream":
             print(reply.split(" ")[0], flush=True)
         except OSError:
             print("lost", flush=True)
-        time.sleep(0.05)
+        time.sleep(interval)
     print(f"udpstream: {sent} sent, {answered} answered")
     failed = 0 if sent == answered else 1
-elif mode == "synflood":
+elif mode in ("synflood", "udpflood"):
     seconds, prefix = float(sys.argv[4]), [int(x) for x in sys.argv[5].split(".")]
     batch_every = 256 / float(sys.argv[6]) if len(sys.argv) > 6 and float(sys.argv[6]) > 0 else 0
     most = int(sys.argv[7]) if len(sys.argv) > 7 else None
@@ -165,17 +170,20 @@ elif mode == "synflood":
             n += 1
             src = bytes(prefix + [(n >> 8) & 0xFF, n & 0xFF])
             sport = 1024 + n % 60000
-            tcp = struct.pack("!HHIIBBHHH", sport, port, n, 0, 5 << 4, 0x02, 64240, 0, 0)
-            check = icmp_checksum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
-            tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
+            if mode == "synflood":
+                proto, l4 = 6, struct.pack("!HHIIBBHHH", sport, port, n, 0, 5 << 4, 0x02, 64240, 0, 0)
+                check = icmp_checksum(src + dst + struct.pack("!BBH", 0, 6, len(l4)) + l4)
+                l4 = l4[:16] + struct.pack("!H", check) + l4[18:]
+            else:  # UDP without a checksum (0), which IPv4 allows
+                proto, l4 = 17, struct.pack("!HHHH", sport, port, 9, 0) + b"q"
             # The kernel fills in the IP checksum (and ID) of an IP_HDRINCL packet.
-            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, src, dst)
             try:
-                s.sendto(ip + tcp, (host, 0))
+                s.sendto(ip + l4, (host, 0))
                 sent += 1
             except OSError:
                 pass
-    print(f"synflood: {sent} sent")
+    print(f"{mode}: {sent} sent")
 elif mode == "connects":
     import threading
 

@@ -7,6 +7,7 @@ use crate::board;
 use crate::config::ServicePort;
 use crate::conntrack::POOL_PORTS;
 use crate::engine::{DropReason, Engine, PortTraffic};
+use crate::time::Turns;
 
 /// A port's label: its name, or its number when it has none.
 struct PortLabel<'a>(&'a ServicePort);
@@ -17,6 +18,15 @@ impl fmt::Display for PortLabel<'_> {
             Some(name) => f.write_str(name),
             None => write!(f, "{}", self.0.port),
         }
+    }
+}
+
+/// Microseconds, written as seconds.
+struct Seconds(u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
     }
 }
 
@@ -48,8 +58,9 @@ fn per_direction(
     Ok(())
 }
 
-/// Writes every metric of `engine`. Fails (`fmt::Error`) only when `w` is full.
-pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
+/// Writes every metric of `engine` and of the loop that runs it (`turns`). Fails
+/// (`fmt::Error`) only when `w` is full.
+pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result {
     header(w, "nodegate_build_info", "gauge", "The running gateway's version and board.")?;
     writeln!(w, "nodegate_build_info{{version=\"{}\",board=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), board::NAME)?;
 
@@ -140,6 +151,29 @@ pub fn render(engine: &Engine, w: &mut impl Write) -> fmt::Result {
     writeln!(w, "nodegate_replies_suppressed_total {}", c.replies_suppressed)?;
     header(w, "nodegate_frames_waiting", "gauge", "Frames waiting for their next hop's ARP answer.")?;
     writeln!(w, "nodegate_frames_waiting {}", engine.frames_waiting())?;
+    header(
+        w,
+        "nodegate_udp_flows_flushed_total",
+        "counter",
+        "UDP flows taken out because their endpoint stopped taking new flows (health, reload).",
+    )?;
+    writeln!(w, "nodegate_udp_flows_flushed_total {}", c.udp_flows_flushed)?;
+    header(w, "nodegate_conntrack_flows_to_renumber", "gauge", "Flows not yet renumbered for the last reload.")?;
+    writeln!(w, "nodegate_conntrack_flows_to_renumber {}", engine.flows_to_renumber())?;
+
+    header(w, "nodegate_loop_turns_total", "counter", "Turns of the packet loop (wake up, work, wait).")?;
+    writeln!(w, "nodegate_loop_turns_total {}", turns.count)?;
+    header(
+        w,
+        "nodegate_loop_turns_over_budget_total",
+        "counter",
+        "Turns of the packet loop longer than 1 ms (Turns::BUDGET_MICROS).",
+    )?;
+    writeln!(w, "nodegate_loop_turns_over_budget_total {}", turns.over_budget)?;
+    header(w, "nodegate_loop_turn_longest_seconds", "gauge", "The longest turn of the packet loop since start.")?;
+    writeln!(w, "nodegate_loop_turn_longest_seconds {}", Seconds(turns.longest_micros))?;
+    header(w, "nodegate_loop_turn_longest_cpu_seconds", "gauge", "The most CPU time one turn of the loop used.")?;
+    writeln!(w, "nodegate_loop_turn_longest_cpu_seconds {}", Seconds(turns.longest_cpu_micros))?;
     Ok(())
 }
 

@@ -12,3 +12,29 @@ impl Millis {
         if s > u32::MAX as u64 { u32::MAX } else { s as u32 }
     }
 }
+
+/// How long the loop's turns took (a turn: from waking up to waiting again), which bounds how
+/// long a frame waits in the TAP's queue. Kept by the runner, shown by status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Turns {
+    pub count: u64,
+    /// The longest since start, in microseconds.
+    pub longest_micros: u64,
+    /// The most CPU time one turn used (the kernel's included: a TAP write runs the receiving
+    /// side's network stack too): a long turn that used little was waiting for a CPU.
+    pub longest_cpu_micros: u64,
+    /// Turns longer than [`Turns::BUDGET_MICROS`].
+    pub over_budget: u64,
+}
+
+impl Turns {
+    /// What a turn should stay within: a frame behind it waits no longer than this.
+    pub const BUDGET_MICROS: u64 = 1000;
+
+    pub fn record(&mut self, micros: u64, cpu_micros: u64) {
+        self.count += 1;
+        self.longest_micros = self.longest_micros.max(micros);
+        self.longest_cpu_micros = self.longest_cpu_micros.max(cpu_micros);
+        self.over_budget += u64::from(micros > Self::BUDGET_MICROS);
+    }
+}

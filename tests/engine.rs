@@ -199,7 +199,7 @@ fn tcp_flow_is_dnated_snated_and_translated_back() {
         ],
     );
     assert_eq!(e.counters().new_flows, 1);
-    assert_eq!(e.conntrack().flows()[0].state.as_str(), "ESTABLISHED");
+    assert_eq!(e.conntrack().flows().next().unwrap().state.as_str(), "ESTABLISHED");
 }
 
 #[test]
@@ -226,7 +226,7 @@ fn udp_both_ways() {
             },
         ],
     );
-    assert!(e.conntrack().flows()[0].replied());
+    assert!(e.conntrack().flows().next().unwrap().replied());
 }
 
 #[test]
@@ -375,7 +375,7 @@ fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
     for mut f in steps {
         assert_eq!(e.process(&mut f, Millis(0), &mut out), Verdict::Forward);
     }
-    assert_eq!(e.conntrack().flows()[0].state.as_str(), "TIME_WAIT");
+    assert_eq!(e.conntrack().flows().next().unwrap().state.as_str(), "TIME_WAIT");
 
     let mut again = frame(to_node, CLI, SVC, 64, L4::Syn { seq: 5000 }, b"");
     assert_eq!(e.process(&mut again, Millis(1000), &mut out), Verdict::Forward);
@@ -447,7 +447,7 @@ fn blind_resets_and_fins_do_not_end_an_established_flow() {
     handshake(&mut e, CLI, SVC, SNAT, BACKEND);
     let to_node = (CLIENT_MAC, NODE_MAC);
     let from_ep = (EP_MAC, NODE_MAC);
-    let state = |e: &Engine| e.conntrack().flows()[0].state.as_str();
+    let state = |e: &Engine| e.conntrack().flows().next().unwrap().state.as_str();
     let mut out = [0u8; 1514];
     let rows: &[(&str, Vec<u8>, Verdict)] = &[
         (
@@ -504,7 +504,7 @@ fn a_syn_reopening_a_closed_local_flow_passes_the_new_flow_checks() {
     handshake(&mut e, CLI, local, CLI, backend);
     let mut rst = tcp_with(CLI, local, (CLIENT_MAC, NODE_MAC), 101, RST);
     assert_eq!(e.process(&mut rst, Millis(0), &mut [0; 1514]), Verdict::Forward);
-    assert_eq!(e.conntrack().flows()[0].state.as_str(), "CLOSE");
+    assert_eq!(e.conntrack().flows().next().unwrap().state.as_str(), "CLOSE");
     // The service's only local endpoint goes down: a new SYN on the old tuple has nowhere to go.
     e.set_endpoint_health(3, 0, false);
     let mut again = frame((CLIENT_MAC, NODE_MAC), CLI, local, 64, L4::Syn { seq: 7000 }, b"");
@@ -514,7 +514,7 @@ fn a_syn_reopening_a_closed_local_flow_passes_the_new_flow_checks() {
     e.set_endpoint_health(3, 0, true);
     let mut again = frame((CLIENT_MAC, NODE_MAC), CLI, local, 64, L4::Syn { seq: 7000 }, b"");
     assert_eq!(e.process(&mut again, Millis(1000), &mut [0; 1514]), Verdict::Forward);
-    assert_eq!(e.conntrack().flows()[0].state.as_str(), "SYN_SENT");
+    assert_eq!(e.conntrack().flows().next().unwrap().state.as_str(), "SYN_SENT");
     assert_eq!(e.service_counters(3).ports[0].connections, 2);
 }
 
@@ -583,7 +583,7 @@ fn a_full_snat_pool_takes_ports_back_from_unanswered_flows_never_from_answered_o
     assert_eq!(e.process(&mut f, Millis(1000), &mut out), Verdict::Forward);
     let port = u16::from_be_bytes([f[14 + 20], f[14 + 21]]);
     assert_eq!((e.conntrack().len(), e.conntrack().port_evictions()), (span, 1));
-    let holders = e.conntrack().flows().iter().filter(|f| f.source_port == port && f.proto == 17).count();
+    let holders = e.conntrack().flows().filter(|f| f.source_port == port && f.proto == 17).count();
     assert_eq!(holders, 1, "port {port} is held by the new flow alone");
     // Every flow is answered: now nothing gives way, and no port is taken twice.
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {

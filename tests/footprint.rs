@@ -77,7 +77,7 @@ fn the_metrics_of_the_largest_config_fit_their_buffer() {
     let engine = Box::new(Engine::new(&cfg, None, table, 3).unwrap());
     let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
     let mut w = nodegate::text::SliceWriter::new(&mut buf);
-    let fits = nodegate::metrics::render(&engine, &mut w).is_ok();
+    let fits = nodegate::metrics::render(&engine, &nodegate::time::Turns::default(), &mut w).is_ok();
     println!("largest metrics text: {} of {} bytes", w.len(), nodegate::metrics::MAX_TEXT);
     assert!(fits, "the metrics of the largest config outgrow MAX_TEXT");
 }

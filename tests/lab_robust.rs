@@ -356,3 +356,68 @@ fn hostile_frames_are_dropped_and_counted_while_a_client_is_served() {
     let after = lab.backends("client", NODE_IP, 30080, 3);
     assert!(after.iter().all(|b| b.starts_with("web-frontend-")), "served after: {after:?}\n{}", lab.gateway_log());
 }
+
+/// 61 services ahead of `web` (UDP 30053 to the three backends), as at a site with many; with
+/// `fourth`, web's list names a fourth endpoint (one that does not answer).
+fn many_services(fourth: bool) -> String {
+    let backends = r#"{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }"#;
+    let mut services: Vec<String> = (0..61)
+        .map(|i| {
+            format!(
+                r#"{{ "name": "svc-{i}", "ports": [{{ "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": {} }}],
+                     "endpoints": [{backends}] }}"#,
+                30100 + i
+            )
+        })
+        .collect();
+    let extra = if fourth { r#", { "ip": "10.77.0.14" }"# } else { "" };
+    services.push(format!(
+        r#"{{ "name": "web", "ports": [{{ "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }}],
+             "endpoints": [{backends}{extra}] }}"#
+    ));
+    format!(
+        r#"{{ "nodes": [{{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                        "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }}],
+             "services": [{}] }}"#,
+        services.join(",\n")
+    )
+}
+
+#[test]
+fn reloads_over_a_full_table_lose_no_datagram_of_a_running_stream() {
+    let _load = ONE_LOAD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let test = "reloads_over_a_full_table_lose_no_datagram_of_a_running_stream";
+    let Some(lab) = Lab::started(test, "rnb", &many_services(false)) else {
+        return;
+    };
+    // 60,000 UDP flows of web from spoofed sources (10.80.0.0/16, only this lab's), at 20,000/s;
+    // the three endpoints' SNAT pools hold 84,696.
+    let flood = lab.client("client", &["udpflood", NODE_IP, "30053", "10", "10.80", "20000", "60000"]);
+    assert!(flood.status.success(), "{}", String::from_utf8_lossy(&flood.stderr));
+    let tracked = wait_for(&lab, ENTRIES, 58_000);
+    assert!(tracked >= 58_000, "the flood's flows are tracked: {tracked}\n{}", lab.gateway_log());
+
+    // A datagram every 2 ms, each waiting for its answer, across three reloads.
+    let stream = lab.spawn_client("client2", &["udpstream", NODE_IP, "30053", "4", "5555", "2"]);
+    sleep(Duration::from_millis(500));
+    for round in 0..3 {
+        std::fs::write(&lab.config, many_services(round % 2 == 0)).unwrap();
+        let out = lab.nodegate("reload", &[]);
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        // The loop swaps the services in and leaves the flows to renumber a slice a turn.
+        let pending: u64 = said
+            .split("; ")
+            .find_map(|part| part.strip_suffix(" tracked flow(s) to renumber\n")?.parse().ok())
+            .unwrap_or_else(|| panic!("{said}"));
+        assert!(pending >= 58_000, "renumbered after the swap, not in it: {said}");
+        sleep(Duration::from_millis(800));
+    }
+    let (ok, said) = finish(stream);
+    let summary = said.lines().last().unwrap_or_default().to_string();
+    let status = String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).to_string();
+    let turns = status.lines().find(|l| l.starts_with("loop: ")).unwrap_or_default().to_string();
+    println!("{summary}; {turns}");
+    assert!(ok, "the stream lost datagrams across the reloads: {summary}\n{status}\n{}", lab.gateway_log());
+    assert!(turns.ends_with("; 0 flows to renumber"), "every flow renumbered: {turns}");
+}

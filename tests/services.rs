@@ -2,9 +2,9 @@
 //! state and health, frame in → frame out (frames built with etherparse).
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use nodegate::config;
+use nodegate::config::{self, Config};
 use nodegate::conntrack::{Storage, Table, buckets_for};
-use nodegate::engine::{DropReason, Engine, Verdict};
+use nodegate::engine::{DropReason, Engine, Reload, Verdict};
 use nodegate::time::Millis;
 
 const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -22,6 +22,26 @@ fn engine<'a>(json: &str, storage: &'a mut Small) -> Engine<'a> {
         e.process(&mut arp, Millis(0), &mut [0; 1514]);
     }
     e
+}
+
+/// Applies `next` over `running` as the runner does: prepared, swapped in, then housekeeping
+/// until every flow is renumbered and the sweep has been round the table. Returns the UDP flows
+/// flushed.
+fn reload(e: &mut Engine, running: &str, next: &Config) -> Result<u64, String> {
+    let running = config::parse(running.as_bytes()).unwrap();
+    let mut prepared = Box::new(Reload::prepare(&running, next, Some("edge-1")).map_err(|e| e.to_string())?);
+    e.apply(&mut prepared);
+    Ok(settle(e))
+}
+
+/// Runs housekeeping until the sweep has been round the table; returns the UDP flows flushed.
+fn settle(e: &mut Engine) -> u64 {
+    let before = e.counters().udp_flows_flushed;
+    for _ in 0..=e.conntrack().capacity() / nodegate::board::CONNTRACK_SWEEP_PER_TURN {
+        e.housekeeping(Millis(0));
+    }
+    assert_eq!(e.flows_to_renumber(), 0);
+    e.counters().udp_flows_flushed - before
 }
 
 fn arp(op: u8, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
@@ -240,9 +260,9 @@ fn an_endpoint_that_fails_gets_no_new_flows_and_its_udp_flows_are_flushed() {
     // A TCP flow to the same endpoint.
     assert!((40000..40100).any(|p| send(&mut e, syn(CLIENT_A, p, NODE, 30080), 0).unwrap().0 == ep));
     let index = (ep[3] - 11) as usize;
-    let flushed = e.set_endpoint_health(0, index, false);
-    assert_eq!(flushed, 1, "the UDP flow to it");
-    assert_eq!(e.conntrack().flows().iter().filter(|f| f.endpoint.octets() == ep).count(), 1, "its TCP flow stays");
+    e.set_endpoint_health(0, index, false);
+    assert_eq!(settle(&mut e), 1, "the UDP flow to it");
+    assert_eq!(e.conntrack().flows().filter(|f| f.endpoint.octets() == ep).count(), 1, "its TCP flow stays");
     // The same client 5-tuple now reaches a live endpoint.
     let (again, _) = send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 1000).unwrap();
     assert_ne!(again, ep);
@@ -269,12 +289,17 @@ fn a_reload_flushes_udp_flows_to_endpoints_it_makes_not_serving() {
     }
     assert_eq!(udp_of.len(), 2);
     let udp_to = |e: &Engine, last: u8| {
-        e.conntrack().flows().iter().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, last]).count()
+        e.conntrack().flows().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, last]).count()
     };
     // .11 stays in the list but is no longer ready; .12 moves to another node (Local policy).
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1","ready":false},{"ip":"10.77.0.12","nodeName":"edge-2"},{"ip":"10.77.0.13","nodeName":"edge-1"}"#;
     let new = config::parse(service(local, eps).as_bytes()).unwrap();
-    let flushed = e.reconfigure(&new, Some("edge-1")).unwrap();
+    let flushed = reload(
+        &mut e,
+        &service(local, r#"{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12","nodeName":"edge-1"}"#),
+        &new,
+    )
+    .unwrap();
     assert_eq!((udp_to(&e, 11), udp_to(&e, 12)), (0, 0), "{flushed} flushed");
     assert_eq!(flushed, 100);
     for port in udp_of.values() {
@@ -301,9 +326,8 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     // 10.77.0.13 leaves, 10.77.0.14 arrives.
     let new = config::parse(service("", r#"{"ip":"10.77.0.11"},{"ip":"10.77.0.12"},{"ip":"10.77.0.14"}"#).as_bytes())
         .unwrap();
-    let flushed = e.reconfigure(&new, Some("edge-1")).unwrap();
-    let udp_to_13 =
-        e.conntrack().flows().iter().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, 13]).count();
+    let flushed = reload(&mut e, &service("", THREE), &new).unwrap() as usize;
+    let udp_to_13 = e.conntrack().flows().filter(|f| f.proto == 17 && f.endpoint.octets() == [10, 77, 0, 13]).count();
     assert_eq!(
         (udp_to_13, before - e.conntrack().len()),
         (0, flushed),
@@ -332,7 +356,7 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
     assert!(e.service_counters(0).new_flows() > flows_before, "counters carry over the reload");
 
     let moved = config::parse(service("", THREE).replace("10.77.0.1/24", "10.77.0.9/24").as_bytes()).unwrap();
-    let err = e.reconfigure(&moved, Some("edge-1")).unwrap_err();
+    let err = reload(&mut e, &service("", THREE), &moved).unwrap_err();
     assert!(err.to_string().contains("restart nodegate"), "{err}");
 }
 
@@ -377,8 +401,42 @@ fn a_reload_keeps_each_ports_counters_with_that_port() {
     );
     let cfg = config::parse(swapped.as_bytes()).unwrap();
     assert_eq!(cfg.services[0].ports[0].port, 53, "the swap took");
-    e.reconfigure(&cfg, Some("edge-1")).unwrap();
+    reload(&mut e, &service("", THREE), &cfg).unwrap();
     let after = e.service_counters(0);
     assert_eq!((after.ports[0].connections, after.ports[1].connections), (3, 1));
     assert_eq!((after.ports[0].packets, after.ports[1].packets), (before.ports[1].packets, before.ports[0].packets));
+}
+
+#[test]
+fn flows_are_counted_with_their_service_while_a_reload_renumbers_them() {
+    let two = |first: &str, second: &str| {
+        format!(
+            r#"{{"nodes":[{{"name":"edge-1","tap":"ng0","mac":"02:00:00:00:00:01","addresses":["10.77.0.1/24"]}}],
+                "services":[{first},{second}]}}"#
+        )
+    };
+    let a = r#"{"name":"a","ports":[{"protocol":"UDP","port":53,"targetPort":5353,"nodePort":30053}],"endpoints":[{"ip":"10.77.0.11"}]}"#;
+    let b = r#"{"name":"b","ports":[{"protocol":"UDP","port":54,"targetPort":5454,"nodePort":30054}],"endpoints":[{"ip":"10.77.0.12"}]}"#;
+    let mut s = Small::new();
+    let running = two(a, b);
+    let mut e = engine(&running, &mut s);
+    send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 0).unwrap();
+    send(&mut e, udp(CLIENT_A, 5001, NODE, 30054), 0).unwrap();
+    // The same services the other way round: every flow's service index changes.
+    let next = config::parse(two(b, a).as_bytes()).unwrap();
+    let mut prepared = Box::new(Reload::prepare(&config::parse(running.as_bytes()).unwrap(), &next, None).unwrap());
+    e.apply(&mut prepared);
+    assert_eq!(e.flows_to_renumber(), 2, "nothing renumbered in the swap itself");
+    // Before housekeeping reaches them, the flows' packets go on and count with their service.
+    assert_eq!(send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 10).unwrap(), ([10, 77, 0, 11], 5353));
+    assert_eq!(send(&mut e, udp(CLIENT_A, 5001, NODE, 30054), 10).unwrap(), ([10, 77, 0, 12], 5454));
+    let packets = |e: &Engine, name: &str| {
+        e.services().find(|(svc, _)| svc.name == name).map(|(_, c)| c.ports[0].packets[0]).unwrap()
+    };
+    assert_eq!((packets(&e, "a"), packets(&e, "b")), (2, 2));
+    assert_eq!(e.counters().udp_flows_flushed, 0, "no flow of a service that stayed is flushed");
+    settle(&mut e);
+    let owners: Vec<(u16, u8)> = e.conntrack().flows().map(|f| (f.client_port, f.service)).collect();
+    assert_eq!(owners.len(), 2);
+    assert!(owners.contains(&(5000, 1)) && owners.contains(&(5001, 0)), "{owners:?}");
 }

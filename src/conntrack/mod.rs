@@ -6,6 +6,7 @@
 //! at start, so a client cannot aim tuples at one probe run. Storage is borrowed from the caller:
 //! a `static` on a microcontroller, a start-up allocation on Linux, an array in a test.
 
+mod renumber;
 pub mod tcp;
 
 use core::net::Ipv4Addr;
@@ -14,6 +15,7 @@ use crate::board;
 use crate::config::PortRange;
 use crate::hash::sip13;
 use crate::time::Millis;
+pub use renumber::Renumbering;
 pub use tcp::{Check, State};
 
 /// Seconds each kind of flow may stay idle.
@@ -60,16 +62,41 @@ impl Tuple {
     }
 }
 
-/// The flow has seen a packet in the reply direction.
-const REPLIED: u8 = 1 << 2;
-/// The original tuple is in the index. It is taken out when a new SYN reuses the tuple of a
-/// flow in TIME_WAIT: the old flow keeps its reply tuple reserved until it expires.
-const ORIGINAL_INDEXED: u8 = 1 << 3;
-/// `tcp_end[0]` (original) and `tcp_end[1]` (reply) hold a sequence number.
-const TCP_END_KNOWN: [u8; 2] = [1 << 4, 1 << 5];
-/// The quarter of a second the flow was last seen in: it orders flows seen in the same second
-/// (a full SNAT pool gives up the oldest), in the two bits a flow has left.
-const SEEN_QUARTER: u8 = 0b1100_0000;
+/// What the table knows of a flow besides its tuples, state and times: a set of bits, one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Marks(u8);
+
+impl Marks {
+    /// The TCP tracker's [`tcp::Fins`]: FIN seen from the original side, from the reply side.
+    const FIN_ORIGINAL: u8 = 1 << 0;
+    const FIN_REPLY: u8 = 1 << 1;
+    /// The flow has seen a packet in the reply direction.
+    const REPLIED: u8 = 1 << 2;
+    /// The original tuple is in the index. It is taken out when a new SYN reuses the tuple of a
+    /// flow in TIME_WAIT: the old flow keeps its reply tuple reserved until it expires.
+    const ORIGINAL_INDEXED: u8 = 1 << 3;
+    /// `tcp_end[0]` (original) and `tcp_end[1]` (reply) hold a sequence number.
+    const TCP_END_KNOWN: [u8; 2] = [1 << 4, 1 << 5];
+    /// The renumbering its owner is numbered for ([`Table::renumber`]): flipped by each one.
+    const GENERATION: u8 = 1 << 6;
+
+    const fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        self.0 = if on { self.0 | bit } else { self.0 & !bit };
+    }
+
+    const fn fins(self) -> tcp::Fins {
+        tcp::Fins { original: self.has(Self::FIN_ORIGINAL), reply: self.has(Self::FIN_REPLY) }
+    }
+
+    fn set_fins(&mut self, fins: tcp::Fins) {
+        self.set(Self::FIN_ORIGINAL, fins.original);
+        self.set(Self::FIN_REPLY, fins.reply);
+    }
+}
 
 /// One tracked flow: both directions, the translation, the state and when it was last seen
 /// (its deadline follows from that, its state and the table's pressure: [`Table::expires`]).
@@ -95,12 +122,10 @@ pub struct Flow {
     pub port: u8,
     /// Index of the endpoint in the service's endpoints.
     pub endpoint_index: u8,
-    /// Bits: the FINs seen (tcp::FIN_*), REPLIED, ORIGINAL_INDEXED, TCP_END_KNOWN,
-    /// SEEN_QUARTER.
-    pub(crate) flags: u8,
-    /// When its last packet passed, in seconds since start (the quarter of a second is in
-    /// `flags`).
-    pub last_seen: u32,
+    pub(crate) marks: Marks,
+    /// When its last packet passed, in quarters of a second since start: fine enough to order
+    /// flows seen in the same second (a full SNAT pool gives up the oldest).
+    pub(crate) seen: u32,
     /// TCP, per direction (original, reply): the sequence number after what its sender sent,
     /// against which its FINs and RSTs are judged.
     pub(crate) tcp_end: [u32; 2],
@@ -122,8 +147,8 @@ impl Flow {
         service: 0,
         port: 0,
         endpoint_index: 0,
-        flags: 0,
-        last_seen: 0,
+        marks: Marks(0),
+        seen: 0,
         tcp_end: [0; 2],
     };
 
@@ -148,7 +173,12 @@ impl Flow {
     }
 
     pub const fn replied(&self) -> bool {
-        self.flags & REPLIED != 0
+        self.marks.has(Marks::REPLIED)
+    }
+
+    /// When its last packet passed, in seconds since start.
+    pub const fn last_seen(&self) -> u32 {
+        self.seen / 4
     }
 
     /// The endpoint sees the node's address, not the client's.
@@ -161,40 +191,37 @@ impl Flow {
     fn seen(&mut self, dir: Direction, segment: Option<tcp::Segment>, now: Millis) -> Check {
         if let Some(seg) = segment {
             let d = usize::from(dir == Direction::Reply);
-            let end = (self.flags & TCP_END_KNOWN[d] != 0).then_some(self.tcp_end[d]);
+            let end = self.marks.has(Marks::TCP_END_KNOWN[d]).then_some(self.tcp_end[d]);
             let check = tcp::check(&seg, end);
             if check != Check::InWindow {
                 return check;
             }
             if let Some(e) = tcp::advance_end(&seg, end, self.state.in_handshake()) {
                 self.tcp_end[d] = e;
-                self.flags |= TCP_END_KNOWN[d];
+                self.marks.set(Marks::TCP_END_KNOWN[d], true);
             }
-            let mut fins = self.flags & (tcp::FIN_ORIGINAL | tcp::FIN_REPLY);
+            let mut fins = self.marks.fins();
             self.state = tcp::advance(self.state, &mut fins, dir, seg.flags);
-            self.flags = (self.flags & !(tcp::FIN_ORIGINAL | tcp::FIN_REPLY)) | fins;
+            self.marks.set_fins(fins);
         }
         if dir == Direction::Reply {
-            self.flags |= REPLIED;
+            self.marks.set(Marks::REPLIED, true);
         }
         self.touch(now);
         Check::InWindow
     }
 
     fn touch(&mut self, now: Millis) {
-        self.last_seen = now.secs();
-        let quarter = (now.0 % 1000 / 250) as u8;
-        self.flags = (self.flags & !SEEN_QUARTER) | quarter << 6;
+        self.seen = (now.0 / 250) as u32;
     }
 
-    /// When it was last seen, in quarters of a second, for ordering by age.
-    const fn seen_quarters(&self) -> u64 {
-        (self.last_seen as u64) << 2 | ((self.flags & SEEN_QUARTER) >> 6) as u64
-    }
-
-    /// Where it belongs in the config now.
+    /// Where it belongs in the config it is numbered for.
     pub const fn owner(&self) -> Owner {
         Owner { service: self.service, port: self.port, endpoint_index: self.endpoint_index }
+    }
+
+    const fn with_owner(self, owner: Owner) -> Flow {
+        Flow { service: owner.service, port: owner.port, endpoint_index: owner.endpoint_index, ..self }
     }
 
     /// The SNAT pool its source port comes from: one per service, endpoint and port (the
@@ -290,6 +317,22 @@ pub struct Table<'a> {
     pool_use: [u16; POOLS],
     /// Flows that gave up their SNAT port to a new flow.
     port_evictions: u64,
+    /// A reload's new numbering, while flows numbered for the config before it remain.
+    renumbering: Option<Renumbering>,
+    /// The [`Marks::GENERATION`] of flows numbered for the running config.
+    generation: bool,
+    /// Flows still numbered for the config before, and the slot the renumbering goes on from.
+    stale: usize,
+    renumber_cursor: usize,
+}
+
+/// What a [`Table::sweep`] took out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Flows past their deadline.
+    pub expired: usize,
+    /// Flows the caller no longer wanted (UDP flows to an endpoint that stopped serving).
+    pub flushed: usize,
 }
 
 impl<'a> Table<'a> {
@@ -310,6 +353,10 @@ impl<'a> Table<'a> {
             snat: 0,
             pool_use: [0; POOLS],
             port_evictions: 0,
+            renumbering: None,
+            generation: false,
+            stale: 0,
+            renumber_cursor: 0,
         }
     }
 
@@ -357,17 +404,79 @@ impl<'a> Table<'a> {
         self.port_evictions
     }
 
-    pub fn timeouts(&self) -> &Timeouts {
-        &self.timeouts
+    /// The live flows, each numbered for the running config.
+    pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
+        (0..self.len).map(|slot| self.flow(slot))
     }
 
-    /// The live flows.
-    pub fn flows(&self) -> &[Flow] {
-        &self.flows[..self.len]
+    /// The flow in `slot`, numbered for the running config (a flow the renumbering after a
+    /// reload has not reached yet is renumbered in the copy).
+    pub fn flow(&self, slot: usize) -> Flow {
+        let flow = self.flows[slot];
+        match &self.renumbering {
+            Some(map) if self.is_stale(&flow) => flow.with_owner(map.owner(flow.owner())),
+            _ => flow,
+        }
     }
 
-    pub fn flow(&self, slot: usize) -> &Flow {
-        &self.flows[slot]
+    fn is_stale(&self, flow: &Flow) -> bool {
+        self.renumbering.is_some() && flow.marks.has(Marks::GENERATION) != self.generation
+    }
+
+    /// Numbers every flow for a new config: `map` says where each service, port and endpoint
+    /// went. Nothing moves here: [`Table::flow`] renumbers a flow not reached yet as it reads it,
+    /// and [`Table::renumber_some`] goes through the table a slice at a time. A renumbering
+    /// still under way when the next one comes is finished first, in one step.
+    pub fn renumber(&mut self, map: Renumbering) {
+        while self.renumber_some(self.len) > 0 {}
+        if self.len == 0 {
+            return;
+        }
+        self.renumbering = Some(map);
+        self.generation = !self.generation;
+        self.stale = self.len;
+        self.renumber_cursor = 0;
+    }
+
+    /// Flows not renumbered yet for the last reload.
+    pub fn stale(&self) -> usize {
+        self.stale
+    }
+
+    /// Renumbers the flows in up to `budget` slots; returns how many flows are left to renumber.
+    pub fn renumber_some(&mut self, budget: usize) -> usize {
+        let Some(map) = self.renumbering else { return 0 };
+        for _ in 0..budget {
+            if self.stale == 0 {
+                break;
+            }
+            if self.renumber_cursor >= self.len {
+                self.renumber_cursor = 0;
+            }
+            let slot = self.renumber_cursor;
+            if self.is_stale(&self.flows[slot]) {
+                self.set_owner(slot, map.owner(self.flows[slot].owner()));
+                self.flows[slot].marks.set(Marks::GENERATION, self.generation);
+                self.stale -= 1;
+            }
+            self.renumber_cursor += 1;
+        }
+        if self.stale == 0 {
+            self.renumbering = None;
+        }
+        self.stale
+    }
+
+    /// Gives the flow in `slot` a new owner; its SNAT port moves to the owner's pool.
+    fn set_owner(&mut self, slot: usize, owner: Owner) {
+        let flow = &mut self.flows[slot];
+        if let Some(p) = flow.pool() {
+            self.pool_use[p] = self.pool_use[p].saturating_sub(1);
+        }
+        *flow = flow.with_owner(owner);
+        if let Some(p) = flow.pool() {
+            self.pool_use[p] = self.pool_use[p].saturating_add(1);
+        }
     }
 
     /// Records a packet of the flow in `slot` travelling in `dir`: state and deadline move on,
@@ -387,33 +496,41 @@ impl<'a> Table<'a> {
     /// as nf_conntrack's early drop does.
     pub fn expires(&self, slot: usize) -> u32 {
         let f = &self.flows[slot];
-        f.last_seen.saturating_add(f.state.timeout(f.replied(), self.under_pressure(f), &self.timeouts))
+        f.last_seen().saturating_add(f.state.timeout(f.replied(), self.under_pressure(f), &self.timeouts))
     }
 
-    /// The flow a packet with `tuple` belongs to, and its direction. An expired flow is removed
-    /// here and not returned.
-    pub fn lookup(&mut self, tuple: &Tuple, now: u32) -> Option<(usize, Direction)> {
+    /// The live flow a packet with `tuple` belongs to, and its direction (an expired flow is
+    /// not: the sweep or [`Table::insert`] takes it out).
+    pub fn lookup(&self, tuple: &Tuple, now: u32) -> Option<(usize, Direction)> {
         let (_, slot, dir) = self.find(tuple)?;
-        if self.expires(slot) <= now {
-            self.remove(slot);
-            return None;
-        }
-        Some((slot, dir))
+        (self.expires(slot) > now).then_some((slot, dir))
     }
 
     /// No live flow uses `tuple` in either direction.
-    pub fn is_free(&mut self, tuple: &Tuple, now: u32) -> bool {
+    pub fn is_free(&self, tuple: &Tuple, now: u32) -> bool {
         self.lookup(tuple, now).is_none()
     }
 
-    /// Adds `flow`, seen at `now`. Both its tuples must be free. A full table first gives up a
-    /// flow (the order is `victim`'s); never a live one.
+    /// Takes out an expired flow that still holds `tuple`.
+    fn release(&mut self, tuple: &Tuple, now: u32) {
+        if let Some((_, slot, _)) = self.find(tuple)
+            && self.expires(slot) <= now
+        {
+            self.remove(slot);
+        }
+    }
+
+    /// Adds `flow`, seen at `now`. Both its tuples must be free of live flows; expired ones
+    /// holding them go first. A full table then gives up a flow (the order is `victim`'s);
+    /// never a live one.
     ///
     /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
     /// window when nothing in it could go): the search goes round the table like a clock hand, so
     /// the flows it gives up are the ones it has passed least recently, and a new flow (a real
     /// client's among a flood's) lives a whole turn.
     pub fn insert(&mut self, flow: Flow, now: Millis) -> Result<usize, Full> {
+        self.release(&flow.original(), now.secs());
+        self.release(&flow.reply(), now.secs());
         let slot = if self.len == self.capacity() {
             let Some(victim) = self.victim() else {
                 // The next search looks at the next window.
@@ -432,7 +549,10 @@ impl<'a> Table<'a> {
         if let Some(p) = flow.pool() {
             self.pool_use[p] = self.pool_use[p].saturating_add(1);
         }
-        self.flows[slot] = Flow { flags: flow.flags | ORIGINAL_INDEXED, ..flow };
+        let mut marks = flow.marks;
+        marks.set(Marks::ORIGINAL_INDEXED, true);
+        marks.set(Marks::GENERATION, self.generation);
+        self.flows[slot] = Flow { marks, ..flow };
         self.flows[slot].touch(now);
         self.index(&flow.original(), encode(slot, Direction::Original));
         self.index(&flow.reply(), encode(slot, Direction::Reply));
@@ -442,8 +562,8 @@ impl<'a> Table<'a> {
     /// Takes the original tuple of the flow in `slot` out of the index, so that a new flow can
     /// use it; the reply tuple stays reserved until the old flow expires.
     pub fn detach_original(&mut self, slot: usize) {
-        if self.flows[slot].flags & ORIGINAL_INDEXED != 0 {
-            self.flows[slot].flags &= !ORIGINAL_INDEXED;
+        if self.flows[slot].marks.has(Marks::ORIGINAL_INDEXED) {
+            self.flows[slot].marks.set(Marks::ORIGINAL_INDEXED, false);
             let tuple = self.flows[slot].original();
             self.unindex(&tuple, encode(slot, Direction::Original));
         }
@@ -456,7 +576,7 @@ impl<'a> Table<'a> {
         if slot != last {
             let moved = self.flows[last];
             self.flows[slot] = moved;
-            if moved.flags & ORIGINAL_INDEXED != 0 {
+            if moved.marks.has(Marks::ORIGINAL_INDEXED) {
                 self.repoint(&moved.original(), encode(last, Direction::Original), encode(slot, Direction::Original));
             }
             self.repoint(&moved.reply(), encode(last, Direction::Reply), encode(slot, Direction::Reply));
@@ -472,16 +592,20 @@ impl<'a> Table<'a> {
         if let Some(p) = flow.pool() {
             self.pool_use[p] = self.pool_use[p].saturating_sub(1);
         }
-        if flow.flags & ORIGINAL_INDEXED != 0 {
+        if self.is_stale(&flow) {
+            self.stale -= 1;
+        }
+        if flow.marks.has(Marks::ORIGINAL_INDEXED) {
             self.unindex(&flow.original(), encode(slot, Direction::Original));
         }
         self.unindex(&flow.reply(), encode(slot, Direction::Reply));
     }
 
-    /// Removes up to `budget` expired flows, looking at no more than `budget` slots, and returns
-    /// how many went. Called every few milliseconds, so expiry never stalls the datapath.
-    pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
-        let mut removed = 0;
+    /// Looks at up to `budget` slots and removes the flows there that expired or that `keep`
+    /// (shown each flow numbered for the running config) no longer wants. Called every few
+    /// milliseconds, so that neither expiry nor a flush ever stalls the datapath.
+    pub fn sweep(&mut self, now: u32, budget: usize, keep: impl Fn(&Flow) -> bool) -> Swept {
+        let mut swept = Swept::default();
         for _ in 0..budget {
             if self.len == 0 {
                 break;
@@ -489,44 +613,16 @@ impl<'a> Table<'a> {
             if self.cursor >= self.len {
                 self.cursor = 0;
             }
-            if self.expires(self.cursor) <= now {
+            let expired = self.expires(self.cursor) <= now;
+            if expired || !keep(&self.flow(self.cursor)) {
                 // The last flow moves into the cursor's slot: look at it next.
                 self.remove(self.cursor);
-                removed += 1;
+                if expired { swept.expired += 1 } else { swept.flushed += 1 }
             } else {
                 self.cursor += 1;
             }
         }
-        removed
-    }
-
-    /// Gives every flow a new [`Owner`], or removes it where `f` says `None` (a reload, an
-    /// endpoint that left). Returns how many flows were removed.
-    pub fn remap(&mut self, mut f: impl FnMut(&Flow) -> Option<Owner>) -> usize {
-        let mut removed = 0;
-        let mut slot = 0;
-        while slot < self.len {
-            match f(&self.flows[slot]) {
-                Some(owner) => {
-                    let flow = &mut self.flows[slot];
-                    if let Some(p) = flow.pool() {
-                        self.pool_use[p] = self.pool_use[p].saturating_sub(1);
-                    }
-                    flow.service = owner.service;
-                    flow.port = owner.port;
-                    flow.endpoint_index = owner.endpoint_index;
-                    if let Some(p) = flow.pool() {
-                        self.pool_use[p] = self.pool_use[p].saturating_add(1);
-                    }
-                    slot += 1;
-                }
-                None => {
-                    self.remove(slot);
-                    removed += 1;
-                }
-            }
-        }
-        removed
+        swept
     }
 
     /// Of the flows holding the SNAT tuples `reply` gives for each of `ports` (a full pool's
@@ -537,12 +633,12 @@ impl<'a> Table<'a> {
     /// oldest go first, and a new flow lives until its handshake is through.
     /// Returns the port, its flow removed and counted; `None` when every one is established.
     pub fn take_port(&mut self, ports: &[u16], reply: impl Fn(u16) -> Tuple, now: u32) -> Option<u16> {
-        let mut best: Option<((u64, u8), u16)> = None;
+        let mut best: Option<((u32, u8), u16)> = None;
         for &port in ports {
             let Some((slot, _)) = self.lookup(&reply(port), now) else { continue };
             let flow = &self.flows[slot];
             let Some(rank) = flow.port_eviction_rank() else { continue };
-            let order = (flow.seen_quarters(), rank);
+            let order = (flow.seen, rank);
             if best.is_none_or(|(o, _)| order < o) {
                 best = Some((order, port));
             }

@@ -88,9 +88,22 @@ impl Segment {
     }
 }
 
-/// FIN seen from the original (client) side and from the reply (endpoint) side.
-pub const FIN_ORIGINAL: u8 = 1 << 0;
-pub const FIN_REPLY: u8 = 1 << 1;
+/// The sides that have sent FIN: the original (client) side, the reply (endpoint) side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fins {
+    pub original: bool,
+    pub reply: bool,
+}
+
+impl Fins {
+    const fn any(&self) -> bool {
+        self.original || self.reply
+    }
+
+    const fn both(&self) -> bool {
+        self.original && self.reply
+    }
+}
 
 /// How far from a sender's known sequence a FIN may start or an RST may lie and still be taken
 /// as the sender's. The tracker does not learn windows (a flow has no room for them), so it
@@ -155,36 +168,32 @@ pub const fn advance_end(seg: &Segment, end: Option<u32>, in_handshake: bool) ->
 
 /// The state after a segment with `flags` travelling in `dir`. `fins` remembers which sides
 /// have sent FIN.
-pub fn advance(state: State, fins: &mut u8, dir: Direction, flags: Flags) -> State {
+pub fn advance(state: State, fins: &mut Fins, dir: Direction, flags: Flags) -> State {
     if flags.rst {
         return State::Close;
     }
     if flags.fin {
-        *fins |= match dir {
-            Direction::Original => FIN_ORIGINAL,
-            Direction::Reply => FIN_REPLY,
-        };
+        match dir {
+            Direction::Original => fins.original = true,
+            Direction::Reply => fins.reply = true,
+        }
     }
     match state {
         State::SynSent if dir == Direction::Reply && flags.syn && flags.ack => State::SynRecv,
         State::SynRecv if dir == Direction::Original && flags.ack && !flags.syn => {
-            if *fins != 0 {
+            if fins.any() {
                 State::FinWait
             } else {
                 State::Established
             }
         }
-        State::Established | State::FinWait | State::CloseWait | State::SynRecv
-            if *fins == FIN_ORIGINAL | FIN_REPLY =>
-        {
-            State::TimeWait
-        }
+        State::Established | State::FinWait | State::CloseWait | State::SynRecv if fins.both() => State::TimeWait,
         State::Established if flags.fin => State::FinWait,
         State::FinWait if flags.ack && !flags.fin => {
             // The ACK answers the FIN when it comes from the side that did not send it.
             let acked = match dir {
-                Direction::Original => *fins & FIN_REPLY != 0,
-                Direction::Reply => *fins & FIN_ORIGINAL != 0,
+                Direction::Original => fins.reply,
+                Direction::Reply => fins.original,
             };
             if acked { State::CloseWait } else { State::FinWait }
         }
@@ -245,7 +254,7 @@ mod test {
     type Step = (Direction, Flags);
 
     fn run(steps: &[Step]) -> State {
-        let mut fins = 0;
+        let mut fins = Fins::default();
         steps.iter().fold(State::SynSent, |s, (d, f)| advance(s, &mut fins, *d, *f))
     }
 

@@ -78,15 +78,24 @@ fn finds_a_flow_from_both_directions() {
 }
 
 #[test]
-fn expired_flows_are_not_found_and_are_removed() {
+fn expired_flows_are_not_found_and_give_way_to_a_new_flow_on_their_tuples() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let f = flow(40000, 40000);
     t.insert(f, at(0)).unwrap();
     assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).is_some());
     assert!(t.lookup(&f.original(), T.tcp_syn_sent).is_none());
-    assert_eq!(t.len(), 0);
     assert!(t.is_free(&f.reply(), T.tcp_syn_sent));
+    assert_eq!(t.len(), 1, "a query leaves the table as it is");
+    // A new flow on the same tuples takes the expired one's place, and the index holds one of each.
+    let later = Millis(u64::from(T.tcp_syn_sent) * 1000);
+    let slot = t.insert(f, later).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.lookup(&f.original(), T.tcp_syn_sent), Some((slot, Direction::Original)));
+    assert_eq!(t.buckets.iter().filter(|&&b| b != 0).count(), 2);
+    // The sweep takes out what nobody asks for again.
+    assert_eq!(t.sweep(2 * T.tcp_syn_sent, 4, |_| true).expired, 1);
+    assert!(t.is_empty());
 }
 
 #[test]
@@ -106,8 +115,8 @@ fn removal_keeps_every_other_flow_reachable() {
             t.remove(slot);
         }
         for (i, f) in flows.iter().enumerate() {
-            let found_o = t.lookup(&f.original(), 1).map(|(s, _)| *t.flow(s));
-            let found_r = t.lookup(&f.reply(), 1).map(|(s, _)| *t.flow(s));
+            let found_o = t.lookup(&f.original(), 1).map(|(s, _)| t.flow(s));
+            let found_r = t.lookup(&f.reply(), 1).map(|(s, _)| t.flow(s));
             if gone.contains(&i) {
                 assert_eq!((found_o, found_r), (None, None), "key {key} flow {i}");
             } else {
@@ -130,12 +139,12 @@ fn sweep_removes_only_expired_flows_within_its_budget() {
         }
     }
     let now = T.tcp_syn_sent + 1;
-    assert_eq!(t.sweep(now, 2), 1, "two slots looked at: one expired, one established");
+    assert_eq!(t.sweep(now, 2, |_| true).expired, 1, "two slots looked at: one expired, one established");
     for _ in 0..10 {
-        assert!(t.sweep(now, 2) <= 2);
+        assert!(t.sweep(now, 2, |_| true).expired <= 2);
     }
     assert_eq!(t.len(), 3);
-    assert!(t.flows().iter().all(|f| f.state == State::Established));
+    assert!(t.flows().all(|f| f.state == State::Established));
 }
 
 #[test]
@@ -164,7 +173,7 @@ fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
     assert!(t.insert(flow(2001, 2001), at(0)).is_ok(), "the unreplied new flow is evicted");
     assert!(t.lookup(&flow(2000, 2000).original(), 0).is_none());
-    assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 7);
+    assert_eq!(t.flows().filter(|f| f.state == State::Established).count(), 7);
 }
 
 #[test]
@@ -203,14 +212,15 @@ fn a_search_that_finds_nothing_to_evict_moves_on() {
     assert_eq!(t.insert(flow(2000, 2000), at(0)), Err(Full), "the first window holds only established flows");
     t.insert(flow(2001, 2001), at(0)).expect("the next window holds the unreplied flow");
     assert!(t.lookup(&flow(1100, 1100).original(), 0).is_none());
-    assert_eq!(t.flows().iter().filter(|f| f.state == State::Established).count(), 127);
+    assert_eq!(t.flows().filter(|f| f.state == State::Established).count(), 127);
 }
 
 #[test]
 fn the_index_matches_the_flows_through_any_sequence_of_changes() {
-    // Random inserts (evicting when full), answers, detaches, removals, sweeps and lookups of
-    // expired flows: after each, the index holds exactly the live flows' tuples, each pointing
-    // at its flow's slot, and the SNAT count is the live SNAT flows'.
+    // Random inserts (evicting when full), answers, detaches, removals, sweeps, renumberings
+    // and lookups of expired flows: after each, the index holds exactly the live flows' tuples,
+    // each pointing at its flow's slot, the SNAT count is the live SNAT flows', each pool counts
+    // the flows numbered for it, and the flows left to renumber are counted right.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |below: u64| {
         state ^= state << 13;
@@ -225,10 +235,11 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
         let mut now = 0;
         for step in 0..2_000 {
             let pick = |t: &Table, r: u64| (r as usize) % t.len().max(1);
-            match next(8) {
+            match next(10) {
                 0..=2 => {
                     let mut f = flow(1000 + next(40) as u16, 2000 + next(40) as u16);
                     f.source = if next(2) == 0 { f.client } else { ip(1) };
+                    (f.service, f.endpoint_index) = (next(3) as u8, next(3) as u8);
                     if t.is_free(&f.original(), now) && t.is_free(&f.reply(), now) {
                         let _ = t.insert(f, at(now));
                     }
@@ -240,19 +251,39 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
                 4 if !t.is_empty() => t.detach_original(pick(&t, next(64))),
                 5 if !t.is_empty() => t.remove(pick(&t, next(64))),
                 6 => {
-                    t.sweep(now, 1 + next(8) as usize);
+                    t.sweep(now, 1 + next(8) as usize, |f| f.client_port % 7 != 0);
+                }
+                7 => {
+                    let mut map = Renumbering::new();
+                    for s in 0..3 {
+                        map.service(s, next(4) as usize);
+                        map.port(s, 0, 0);
+                        for e in 0..3 {
+                            map.endpoint(s, e, next(4) as usize);
+                        }
+                    }
+                    t.renumber(map);
+                }
+                8 => {
+                    t.renumber_some(1 + next(8) as usize);
                 }
                 _ => now += next(3) as u32 * T.tcp_syn_sent_under_pressure,
             }
-            let indexed: usize = t.flows().iter().map(|f| 1 + usize::from(f.flags & ORIGINAL_INDEXED != 0)).sum();
+            let indexed: usize = t.flows().map(|f| 1 + usize::from(f.marks.has(Marks::ORIGINAL_INDEXED))).sum();
             assert_eq!(t.buckets.iter().filter(|&&b| b != 0).count(), indexed, "key {key} step {step}");
-            for (slot, f) in t.flows().iter().enumerate() {
+            for (slot, f) in t.flows().enumerate() {
                 assert_eq!(t.find(&f.reply()).map(|(_, s, d)| (s, d)), Some((slot, Direction::Reply)));
-                if f.flags & ORIGINAL_INDEXED != 0 {
+                if f.marks.has(Marks::ORIGINAL_INDEXED) {
                     assert_eq!(t.find(&f.original()).map(|(_, s, d)| (s, d)), Some((slot, Direction::Original)));
                 }
             }
-            assert_eq!(t.snat_ports_in_use(), t.flows().iter().filter(|f| f.is_snat()).count());
+            assert_eq!(t.snat_ports_in_use(), t.flows().filter(|f| f.is_snat()).count());
+            let raw = &t.flows[..t.len];
+            assert_eq!(t.stale(), raw.iter().filter(|f| t.is_stale(f)).count(), "key {key} step {step}");
+            for f in raw {
+                let p = f.pool().map_or(0, |p| usize::from(t.pool_use[p]));
+                assert_eq!(p, raw.iter().filter(|g| g.pool().is_some() && g.pool() == f.pool()).count());
+            }
         }
         evictions += t.evictions();
     }
@@ -277,29 +308,59 @@ fn detached_original_keeps_reply_reserved() {
 }
 
 #[test]
-fn remap_renumbers_and_flushes() {
+fn a_renumbering_reads_at_once_and_moves_a_slice_at_a_time() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..6u16 {
         let mut f = flow(1000 + i, 1000 + i);
-        f.endpoint = ip(11 + (i % 2) as u8);
+        (f.service, f.port, f.endpoint_index) = (0, 0, (i % 2) as u8);
         t.insert(f, at(0)).unwrap();
     }
-    assert_eq!(t.remap(|f| (f.endpoint != ip(12)).then_some(Owner { service: 7, port: 2, endpoint_index: 0 })), 3);
-    assert!(t.flows().iter().all(|f| f.endpoint == ip(11) && f.service == 7 && f.port == 2));
-    for f in t.flows().to_owned_array() {
-        assert!(t.lookup(&f.reply(), 0).is_some());
+    let snat = |t: &Table, s, e, p| t.pool_use(s, e, p);
+    assert_eq!((snat(&t, 0, 0, 0), snat(&t, 0, 1, 0)), (3, 3));
+    // Service 0 became service 7, its port 0 port 2; endpoint 1 left, endpoint 0 is now 5.
+    let mut map = Renumbering::new();
+    map.service(0, 7);
+    map.port(0, 0, 2);
+    map.endpoint(0, 0, 5);
+    t.renumber(map);
+    assert_eq!(t.stale(), 6);
+    let read: heapless::Vec<Owner, 8> = t.flows().map(|f| f.owner()).collect();
+    assert!(read.iter().all(|o| o.service == 7 && o.port == 2), "read renumbered before any moves: {read:?}");
+    assert_eq!(read.iter().filter(|o| o.endpoint_index == 5).count(), 3);
+    assert_eq!(read.iter().filter(|o| o.endpoint_index == Renumbering::GONE).count(), 3);
+    assert_eq!(t.renumber_some(4), 2, "four slots a turn");
+    // A flow removed before its turn is one less to renumber.
+    let last = t.len() - 1;
+    t.remove(last);
+    assert_eq!(t.renumber_some(4), 0);
+    assert_eq!(t.stale(), 0);
+    assert_eq!(t.flows().map(|f| f.owner()).collect::<heapless::Vec<Owner, 8>>(), read[..5]);
+    // The SNAT ports moved to the new pools; the endpoint that left has none.
+    assert_eq!(snat(&t, 7, 5, 2) + snat(&t, 0, 0, 0) + snat(&t, 0, 1, 0), 3);
+    assert_eq!(snat(&t, 7, 5, 2), 3);
+    // Every tuple is still found, at its slot.
+    for (slot, f) in t.flows().enumerate() {
+        assert_eq!(t.lookup(&f.reply(), 0), Some((slot, Direction::Reply)));
     }
+    // A flow added meanwhile is numbered for the new config already: the next renumbering
+    // takes it like the others.
+    let mut map = Renumbering::new();
+    map.service(7, 1);
+    t.renumber(map);
+    assert!(t.flows().all(|f| f.service == 1 && f.port == Renumbering::GONE));
 }
 
-trait OwnedArray {
-    fn to_owned_array(&self) -> heapless::Vec<Flow, 8>;
-}
-
-impl OwnedArray for [Flow] {
-    fn to_owned_array(&self) -> heapless::Vec<Flow, 8> {
-        self.iter().copied().collect()
+#[test]
+fn a_sweep_flushes_what_the_caller_no_longer_keeps() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    for i in 0..6u16 {
+        t.insert(flow(1000 + i, 1000 + i), at(0)).unwrap();
     }
+    let swept = t.sweep(1, 64, |f| f.client_port % 2 == 0);
+    assert_eq!(swept, Swept { expired: 0, flushed: 3 });
+    assert!(t.flows().all(|f| f.client_port % 2 == 0));
 }
 
 #[test]
@@ -319,7 +380,7 @@ fn flows_in_their_handshake_expire_quickly_once_the_table_is_half_full() {
     t.seen(late, Direction::Original, Some(ACK), at(1));
     assert_eq!(t.expires(late), 1 + T.tcp_established, "established");
     // The older SYNs are past the short timeout too: they go until the table is half full.
-    assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8), 1);
+    assert_eq!(t.sweep(T.tcp_syn_sent_under_pressure + 1, 8, |_| true).expired, 1);
     assert_eq!(t.len(), 4);
     assert!(deadlines(&t).iter().all(|&d| d >= T.tcp_syn_sent), "no pressure: the normal timeouts again");
 }

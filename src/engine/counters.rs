@@ -99,6 +99,9 @@ pub struct Counters {
     /// RSTs of tracked flows near their sender's sequence but not at it: passed on, the flow
     /// kept (the endpoint answers with a challenge ACK, RFC 5961).
     pub resets_not_exact: u64,
+    /// UDP flows taken out because their endpoint stopped taking new flows (it failed its
+    /// health checks, or a reload took it out or made it not ready).
+    pub udp_flows_flushed: u64,
     /// RSTs and ICMP errors not sent because of the rate limit (their frames are counted
     /// dropped under their reason).
     pub replies_suppressed: u64,

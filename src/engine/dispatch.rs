@@ -18,7 +18,7 @@ impl Engine<'_> {
         if frame[6] & 1 != 0 {
             return Verdict::Drop(DropReason::MartianSource);
         }
-        if dst_mac != self.node.mac.0 && dst_mac[0] & 1 == 0 {
+        if dst_mac != self.services.node.mac.0 && dst_mac[0] & 1 == 0 {
             return Verdict::Drop(DropReason::OtherMac);
         }
         match u16::from_be_bytes([frame[12], frame[13]]) {
@@ -45,19 +45,19 @@ impl Engine<'_> {
         let ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
         let target = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
         let request = a[6..8] == [0, 1];
-        if self.node.address_on_link(ip).is_some() && !self.node.owns(ip) && mac[0] & 1 == 0 {
+        if self.services.node.address_on_link(ip).is_some() && !self.services.node.owns(ip) && mac[0] & 1 == 0 {
             self.neighbors.learn(ip, mac, now);
         }
-        if request && self.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
+        if request && self.services.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
             self.counters.answered += 1;
-            return Verdict::Reply(reply::arp_reply(self.node.mac.0, target, mac, ip, out));
+            return Verdict::Reply(reply::arp_reply(self.services.node.mac.0, target, mac, ip, out));
         }
         Verdict::Stack
     }
 
     /// A node address, clusterIP or externalIP.
     fn is_local(&self, ip: Ipv4Addr) -> bool {
-        self.node.owns(ip) || self.virtual_ips.binary_search(&ip).is_ok()
+        self.services.node.owns(ip) || self.services.virtual_ips.binary_search(&ip).is_ok()
     }
 
     fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
@@ -71,9 +71,9 @@ impl Engine<'_> {
             if let Some(v) = self.icmp_error(frame, f, now, out) {
                 return v;
             }
-            if f.proto == packet::PROTO_ICMP && self.virtual_ips.binary_search(&f.dst).is_ok() {
+            if f.proto == packet::PROTO_ICMP && self.services.virtual_ips.binary_search(&f.dst).is_ok() {
                 // smoltcp answers ping for the node's addresses; the node answers for its VIPs.
-                return if packet::echo_reply(frame, f, self.node.mac.0) {
+                return if packet::echo_reply(frame, f, self.services.node.mac.0) {
                     Verdict::Forward
                 } else {
                     Verdict::Drop(DropReason::OtherAddress)
@@ -89,9 +89,18 @@ impl Engine<'_> {
         };
         let tuple = Tuple { src: f.src, dst: f.dst, src_port, dst_port, proto: f.proto };
         let secs = now.secs();
-        match self.conntrack.lookup(&tuple, secs) {
+        let found = self.conntrack.lookup(&tuple, secs);
+        if let Some((slot, _)) = found
+            && !self.services.keeps(&self.conntrack.flow(slot))
+        {
+            // Its endpoint stopped serving: the packet starts a flow to a live one.
+            self.conntrack.remove(slot);
+            self.counters.udp_flows_flushed += 1;
+            return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
+        }
+        match found {
             Some((slot, Direction::Original)) => {
-                let flow = *self.conntrack.flow(slot);
+                let flow = self.conntrack.flow(slot);
                 if f.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
                     // A new connection on the tuple of a closing one is a new flow, and passes
                     // every check a first packet passes (the service, its source ranges and
@@ -125,7 +134,7 @@ impl Engine<'_> {
                 if let Some(v) = self.judge(slot, Direction::Reply, f, now) {
                     return v;
                 }
-                let flow = *self.conntrack.flow(slot);
+                let flow = self.conntrack.flow(slot);
                 self.account(&flow, Direction::Reply, f);
                 let to = Rewrite::from(flow.original().reversed());
                 self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
@@ -144,7 +153,7 @@ impl Engine<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        match self.listener(f.proto, f.dst, dst_port) {
+        match self.services.listener(f.proto, f.dst, dst_port) {
             Some(listener) if for_node => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
             _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
             _ => Verdict::Drop(DropReason::OtherAddress),

@@ -28,12 +28,12 @@ const RESOLVE_EVERY_MS: u64 = 100;
 impl Engine<'_> {
     /// Where a packet for `ip` goes first: `ip` itself on a node subnet, else the gateway.
     pub(super) fn next_hop(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
-        if self.node.address_on_link(ip).is_some() { Some(ip) } else { self.node.gateway }
+        if self.services.node.address_on_link(ip).is_some() { Some(ip) } else { self.services.node.gateway }
     }
 
     /// The node's address to answer `peer` from.
     pub(super) fn address_for(&self, peer: Ipv4Addr) -> Ipv4Addr {
-        self.node.address_on_link(peer).unwrap_or(self.node.addresses[0].address())
+        self.services.node.address_on_link(peer).unwrap_or(self.services.node.addresses[0].address())
     }
 
     /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
@@ -81,7 +81,7 @@ impl Engine<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        let our_mac = self.node.mac.0;
+        let our_mac = self.services.node.mac.0;
         let mac = match dst_mac {
             Some(mac) => mac,
             None => {
@@ -123,7 +123,7 @@ impl Engine<'_> {
         if !self.neighbors.should_ask(ip, now) {
             return 0;
         }
-        reply::arp_request(self.node.mac.0, self.address_for(ip), ip, out)
+        reply::arp_request(self.services.node.mac.0, self.address_for(ip), ip, out)
     }
 
     /// Keeps the MACs of every endpoint's next hop (and the gateway) fresh, so that new flows
@@ -134,7 +134,7 @@ impl Engine<'_> {
         }
         loop {
             let (s, e) = self.resolve_cursor;
-            let target = match self.services.get(s) {
+            let target = match self.services.list.get(s) {
                 Some(svc) if e < svc.config.endpoints.len() => {
                     self.resolve_cursor.1 += 1;
                     self.next_hop(svc.config.endpoints[e].ip)
@@ -146,7 +146,7 @@ impl Engine<'_> {
                 None => {
                     self.resolve_cursor = (0, 0);
                     self.last_resolve = Some(now);
-                    return self.node.gateway.map(|gw| self.arp_request(gw, now, out)).filter(|&len| len > 0);
+                    return self.services.node.gateway.map(|gw| self.arp_request(gw, now, out)).filter(|&len| len > 0);
                 }
             };
             if let Some(hop) = target {

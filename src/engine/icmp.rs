@@ -26,7 +26,7 @@ impl Engine<'_> {
         // The quoted packet left the gateway translated; the reverse of what it says is one of
         // its flow's tuples.
         let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
-        let flow = *self.conntrack.flow(slot);
+        let flow = self.conntrack.flow(slot);
         // As nf_conntrack takes an error as related: sent to the host that sent the quoted
         // packet, and intact (it leaves with a checksum computed anew, so it is checked first).
         if f.dst != q.tuple.src || !packet::icmp_checksum_ok(frame, f) {
@@ -55,7 +55,7 @@ impl Engine<'_> {
 
     /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
     pub(super) fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
-        let mac = self.node.mac.0;
+        let mac = self.services.node.mac.0;
         self.answer(DropReason::NoEndpoint, now, || match f.proto {
             PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
             _ => reply::icmp_error(frame, f, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, f.dst, mac, out),
@@ -67,7 +67,7 @@ impl Engine<'_> {
         if f.ttl > 1 {
             return None;
         }
-        let (from, mac) = (self.address_for(f.src), self.node.mac.0);
+        let (from, mac) = (self.address_for(f.src), self.services.node.mac.0);
         Some(self.answer(DropReason::TtlExceeded, now, || {
             reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, mac, out)
         }))

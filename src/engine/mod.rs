@@ -23,9 +23,6 @@ mod rate_limit;
 pub mod reply;
 mod services;
 
-use core::net::Ipv4Addr;
-use heapless::Vec;
-
 use crate::affinity::Affinity;
 use crate::board;
 use crate::config::{Config, ConfigError, Node};
@@ -39,8 +36,7 @@ use fragments::Fragments;
 pub use packet::Offload;
 use parked::Parked;
 use rate_limit::RateLimit;
-use services::{Listener, MAX_LISTENERS, MAX_VIRTUAL_IPS, ServiceState};
-pub use services::{PortTraffic, ServiceCounters};
+pub use services::{PortTraffic, Reload, ServiceCounters, Services};
 
 /// What to do with a frame after [`Engine::process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +54,7 @@ pub enum Verdict {
 }
 
 pub struct Engine<'a> {
-    node: Node,
-    /// This node's index in the config (endpoints name their node by it).
-    node_index: u8,
-    services: Vec<ServiceState, { board::MAX_SERVICES }>,
-    /// Sorted by `(proto, port, ip)`.
-    listeners: Vec<Listener, MAX_LISTENERS>,
-    /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
-    virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
+    services: Services,
     conntrack: Table<'a>,
     affinity: Affinity<{ board::AFFINITY_CAPACITY }>,
     neighbors: Neighbors<{ board::NEIGHBOR_CAPACITY }>,
@@ -85,14 +74,8 @@ impl<'a> Engine<'a> {
     /// An engine for node `node_name` of `config`, tracking flows in `conntrack`. `seed` seeds
     /// the SNAT port choice; draw it from a random source.
     pub fn new(config: &Config, node_name: Option<&str>, conntrack: Table<'a>, seed: u64) -> Result<Self, ConfigError> {
-        let node = config.node(node_name)?.clone();
-        let node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
-        let mut engine = Engine {
-            node,
-            node_index,
-            services: Vec::new(),
-            listeners: Vec::new(),
-            virtual_ips: Vec::new(),
+        Ok(Engine {
+            services: Services::new(config, node_name)?,
             conntrack,
             affinity: Affinity::new([seed, seed.rotate_left(32)]),
             neighbors: Neighbors::new(board::NEIGHBOR_SECONDS as u64 * 1000, board::ARP_RETRY_MILLIS),
@@ -103,13 +86,11 @@ impl<'a> Engine<'a> {
             rng: Rng::new(seed),
             resolve_cursor: (0, 0),
             last_resolve: None,
-        };
-        engine.install(config);
-        Ok(engine)
+        })
     }
 
     pub fn node(&self) -> &Node {
-        &self.node
+        &self.services.node
     }
 
     pub fn counters(&self) -> &Counters {
@@ -152,9 +133,19 @@ impl<'a> Engine<'a> {
         verdict
     }
 
-    /// Expires flows, a bounded number at a time; the runner calls it every few milliseconds.
+    /// Work that is not per frame, a bounded slice each call (the runner calls it every few
+    /// milliseconds): renumbers flows after a reload, expires flows and flushes UDP flows whose
+    /// endpoint stopped serving.
     pub fn housekeeping(&mut self, now: Millis) {
-        self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN);
+        self.conntrack.renumber_some(board::CONNTRACK_RENUMBER_PER_TURN);
+        let services = &self.services;
+        let swept = self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN, |f| services.keeps(f));
+        self.counters.udp_flows_flushed += swept.flushed as u64;
+    }
+
+    /// Flows still to renumber after a reload (0 once every flow is numbered for it).
+    pub fn flows_to_renumber(&self) -> usize {
+        self.conntrack.stale()
     }
 
     /// A frame the engine wants to send on its own (a parked frame whose next hop answered, an
@@ -164,7 +155,7 @@ impl<'a> Engine<'a> {
             let neighbors = &self.neighbors;
             match self.parked.take_ready(now, PARK_MAX_MS, |ip| neighbors.lookup(ip, now), out) {
                 Some(Ok((len, mac))) => {
-                    packet::set_macs(out, self.node.mac.0, mac);
+                    packet::set_macs(out, self.services.node.mac.0, mac);
                     self.counters.forwarded += 1;
                     return Some(len);
                 }

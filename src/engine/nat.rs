@@ -33,7 +33,7 @@ impl Engine<'_> {
         }
         let s = listener.service as usize;
         let secs = now.secs();
-        let svc = &mut self.services[s];
+        let svc = &mut self.services.list[s];
         if !svc.config.admits(f.src) {
             svc.counters.source_range_drops += 1;
             return Verdict::Drop(DropReason::SourceRange);
@@ -68,7 +68,7 @@ impl Engine<'_> {
         // address, as kube-proxy masquerades hairpin traffic.
         let snat = policy == TrafficPolicy::Cluster || f.src == endpoint;
         let (source, source_port) = if snat {
-            let snat_ip = self.node.address_on_link(hop).unwrap_or(f.dst);
+            let snat_ip = self.services.node.address_on_link(hop).unwrap_or(f.dst);
             match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
                 Some(port) => (snat_ip, port),
                 None => return Verdict::Drop(DropReason::SnatExhausted),
@@ -100,12 +100,12 @@ impl Engine<'_> {
         let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
         // The SYN starts the client's sequence.
         self.conntrack.seen(slot, Direction::Original, f.tcp, now);
-        if let SessionAffinity::ClientIp { timeout_seconds } = self.services[s].config.session_affinity {
+        if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
         }
         self.counters.new_flows += 1;
-        self.services[s].counters.ports[listener.port_index as usize].connections += 1;
+        self.services.list[s].counters.ports[listener.port_index as usize].connections += 1;
         self.account(&flow, Direction::Original, f);
         self.forward(frame, f, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
     }
@@ -141,8 +141,11 @@ impl Engine<'_> {
 
     /// Counts a packet of `flow` going `dir`.
     pub(super) fn account(&mut self, flow: &Flow, dir: Direction, f: &Ipv4Frame) {
-        let Some(t) =
-            self.services.get_mut(flow.service as usize).and_then(|s| s.counters.ports.get_mut(flow.port as usize))
+        let Some(t) = self
+            .services
+            .list
+            .get_mut(flow.service as usize)
+            .and_then(|s| s.counters.ports.get_mut(flow.port as usize))
         else {
             return;
         };

@@ -1,5 +1,5 @@
 //! The services as the engine runs them: their listeners and virtual IPs, Maglev tables,
-//! endpoint health, counters, and a reload's new config with the flows remapped to it.
+//! endpoint health, counters; and a reload, prepared off the packet thread and swapped in.
 
 use core::net::Ipv4Addr;
 use heapless::Vec;
@@ -8,14 +8,8 @@ use super::Engine;
 use super::packet::PROTO_UDP;
 use crate::balance::Maglev;
 use crate::board;
-use crate::config::{Config, ConfigError, Endpoint, Service, ServiceType, TrafficPolicy};
-use crate::conntrack::Owner;
-
-/// Where port `p` of `before` is in `after`: the port with the same name, protocol and port.
-fn same_port(before: &Service, p: usize, after: &Service) -> Option<usize> {
-    let was = before.ports.get(p)?;
-    after.ports.iter().position(|n| n.name == was.name && n.protocol == was.protocol && n.port == was.port)
-}
+use crate::config::{Config, ConfigError, Endpoint, Node, Service, ServicePort, ServiceType, TrafficPolicy};
+use crate::conntrack::{Flow, Renumbering};
 
 /// A service's balancing state.
 pub(super) struct ServiceState {
@@ -80,121 +74,71 @@ pub(super) struct Listener {
     pub(super) port_index: u8,
 }
 
-/// A flow's service (or port) index once its service (or port) left the config.
-const NO_INDEX: u8 = u8::MAX;
-
 pub(super) const MAX_LISTENERS: usize =
     board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * (2 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
 pub(super) const MAX_VIRTUAL_IPS: usize = board::MAX_SERVICES * (1 + board::MAX_EXTERNAL_IPS_PER_SERVICE);
 
-impl Engine<'_> {
-    /// Builds the services, their listeners and the virtual IPs from `config`, all endpoints
-    /// healthy.
-    pub(super) fn install(&mut self, config: &Config) {
+/// What the engine serves, as one value built from a config: the node, its services with their
+/// Maglev tables, the listeners and the virtual IPs. A reload builds the next one off the packet
+/// thread ([`Reload`]); the loop swaps it in whole.
+pub struct Services {
+    pub(super) node: Node,
+    /// This node's index in the config (endpoints name their node by it).
+    pub(super) node_index: u8,
+    pub(super) list: Vec<ServiceState, { board::MAX_SERVICES }>,
+    /// Sorted by `(proto, port, ip)`.
+    pub(super) listeners: Vec<Listener, MAX_LISTENERS>,
+    /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
+    pub(super) virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
+}
+
+impl Services {
+    /// Services of node `node_name` of `config`, every endpoint healthy.
+    pub(super) fn new(config: &Config, node_name: Option<&str>) -> Result<Self, ConfigError> {
+        let node = config.node(node_name)?;
+        let mut services = Services {
+            node: node.clone(),
+            node_index: config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8,
+            list: Vec::new(),
+            listeners: Vec::new(),
+            virtual_ips: Vec::new(),
+        };
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
-            let _ = self.services.push(ServiceState {
+            let _ = services.list.push(ServiceState {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
                 counters: ServiceCounters::default(),
             });
-            self.rebuild(s);
+            services.rebuild(s);
             for (p, port) in svc.ports.iter().enumerate() {
                 let proto = port.protocol.number();
                 let listener =
                     |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
                 if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
-                    let _ = self.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
+                    let _ = services.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
                 }
                 for vip in svc.virtual_ips() {
-                    let _ = self.listeners.push(listener(port.port, vip));
+                    let _ = services.listeners.push(listener(port.port, vip));
                 }
             }
             for vip in svc.virtual_ips() {
-                if !self.virtual_ips.contains(&vip) {
-                    let _ = self.virtual_ips.push(vip);
+                if !services.virtual_ips.contains(&vip) {
+                    let _ = services.virtual_ips.push(vip);
                 }
             }
         }
-        self.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
-        self.virtual_ips.sort_unstable();
-    }
-
-    /// Applies a new config in one step, between two frames. Flows to endpoints that are still
-    /// in their service go on untouched; UDP flows to endpoints (or services) that left are
-    /// flushed, TCP flows to them are left to finish. Health state and counters carry over by
-    /// service name and endpoint address. ClientIP pins start afresh. The node itself (TAP,
-    /// MAC, addresses) cannot change without a restart. Returns the UDP flows flushed.
-    pub fn reconfigure(&mut self, config: &Config, node_name: Option<&str>) -> Result<usize, ConfigError> {
-        let node = config.node(node_name)?;
-        let same_node = node.tap == self.node.tap
-            && node.bridge == self.node.bridge
-            && node.mac == self.node.mac
-            && node.addresses == self.node.addresses;
-        if !same_node {
-            return Err(ConfigError::new(
-                format_args!("nodes"),
-                format_args!(
-                    "node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that",
-                    node.name
-                ),
-            ));
-        }
-        self.node = node.clone();
-        self.node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
-        let old = core::mem::take(&mut self.services);
-        self.listeners.clear();
-        self.virtual_ips.clear();
-        self.install(config);
-        for s in 0..self.services.len() {
-            let svc = &mut self.services[s];
-            let Some(before) = old.iter().find(|o| o.config.name == svc.config.name) else { continue };
-            // Counted per port, by the port (a reordered list keeps each series with its port).
-            svc.counters = ServiceCounters { ports: Default::default(), ..before.counters };
-            for (p, traffic) in before.counters.ports.iter().enumerate() {
-                if let Some(now) = same_port(&before.config, p, &svc.config) {
-                    svc.counters.ports[now] = *traffic;
-                }
-            }
-            for (e, ep) in svc.config.endpoints.iter().enumerate() {
-                if let Some(i) = before.config.endpoints.iter().position(|o| o.ip == ep.ip) {
-                    svc.healthy[e] = before.healthy[i];
-                }
-            }
-            self.rebuild(s);
-        }
-        let services = &self.services;
-        let flushed = self.conntrack.remap(|f| {
-            let udp = f.proto == PROTO_UDP;
-            let before = old.get(f.service as usize);
-            let now = before.and_then(|b| services.iter().position(|n| n.config.name == b.config.name));
-            let gone = Owner { service: NO_INDEX, port: NO_INDEX, endpoint_index: NO_INDEX };
-            let (Some(before), Some(s)) = (before, now) else { return (!udp).then_some(gone) };
-            let svc = &services[s];
-            let endpoint = svc.config.endpoints.iter().position(|e| e.ip == f.endpoint);
-            // UDP has no end: a flow stays only on an endpoint that still takes new flows (not
-            // one made not ready, or moved to another node with Local policy), as kube-proxy
-            // flushes it.
-            if udp && !endpoint.is_some_and(|e| svc.maglev.takes(e)) {
-                return None;
-            }
-            let port = same_port(&before.config, f.port as usize, &svc.config);
-            Some(Owner {
-                service: s as u8,
-                port: port.map_or(NO_INDEX, |p| p as u8),
-                endpoint_index: endpoint.map_or(NO_INDEX, |e| e as u8),
-            })
-        });
-        self.affinity.clear();
-        Ok(flushed)
+        services.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
+        services.virtual_ips.sort_unstable();
+        Ok(services)
     }
 
     /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
     /// ones (this node's only, with Local policy); if none is ready, the terminating ones.
     fn rebuild(&mut self, s: usize) {
         let node = self.node_index;
-        let Some(svc) = self.services.get_mut(s) else { return };
+        let Some(svc) = self.list.get_mut(s) else { return };
         let any_ready = svc.ready(node) > 0;
         let cfg = &svc.config;
         let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
@@ -207,50 +151,30 @@ impl Engine<'_> {
         svc.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
     }
 
-    /// Marks endpoint `e` of service `s` healthy or not. An endpoint that leaves gets no new
-    /// flows; its UDP flows are flushed, so that a client sending on the same 5-tuple reaches a
-    /// live endpoint (TCP flows are left to finish or time out). Returns the UDP flows flushed.
-    pub fn set_endpoint_health(&mut self, s: usize, e: usize, healthy: bool) -> usize {
-        let Some(slot) = self.services.get_mut(s).and_then(|svc| svc.healthy.get_mut(e)) else { return 0 };
-        if *slot == healthy {
-            return 0;
+    /// Takes health and counters over from `before`, the services running until now (`map`
+    /// says where each of them went), and rebuilds the Maglev tables whose health differs
+    /// from the all-healthy start.
+    fn carry_over(&mut self, before: &Services, map: &Renumbering) {
+        for (s, old) in before.list.iter().enumerate() {
+            let Some(svc) = map.service_of(s).and_then(|to| self.list.get_mut(to)) else { continue };
+            // Counted per port, by the port (a reordered list keeps each series with its port).
+            svc.counters = ServiceCounters { ports: Default::default(), ..old.counters };
+            for (p, traffic) in old.counters.ports.iter().enumerate() {
+                if let Some(slot) = map.port_of(s, p).and_then(|to| svc.counters.ports.get_mut(to)) {
+                    *slot = *traffic;
+                }
+            }
+            let mut changed = false;
+            for (e, &healthy) in old.healthy.iter().enumerate() {
+                if let Some(slot) = map.endpoint_of(s, e).and_then(|to| svc.healthy.get_mut(to)) {
+                    changed |= *slot != healthy;
+                    *slot = healthy;
+                }
+            }
+            if changed && let Some(to) = map.service_of(s) {
+                self.rebuild(to);
+            }
         }
-        *slot = healthy;
-        self.rebuild(s);
-        if healthy {
-            return 0;
-        }
-        let ip = self.services[s].config.endpoints[e].ip;
-        self.conntrack.remap(|f| {
-            let gone = f.proto == PROTO_UDP && f.service as usize == s && f.endpoint == ip;
-            (!gone).then_some(f.owner())
-        })
-    }
-
-    /// Ready endpoints of service `s` (on this node, with Local policy): what its
-    /// healthCheckNodePort reports, as kube-proxy counts them.
-    pub fn ready_endpoints(&self, s: usize) -> usize {
-        self.services.get(s).map_or(0, |svc| svc.ready(self.node_index))
-    }
-
-    /// The services as the engine runs them, with their counters.
-    pub fn services(&self) -> impl Iterator<Item = (&Service, &ServiceCounters)> {
-        self.services.iter().map(|s| (&s.config, &s.counters))
-    }
-
-    /// Whether endpoint `e` of service `s` passes its health checks (as far as the engine knows:
-    /// health carries over a reload by address).
-    pub fn endpoint_healthy(&self, s: usize, e: usize) -> bool {
-        self.services.get(s).and_then(|svc| svc.healthy.get(e)).copied().unwrap_or(true)
-    }
-
-    /// Whether endpoint `e` of service `s` takes new flows now.
-    pub fn endpoint_serving(&self, s: usize, e: usize) -> bool {
-        self.services.get(s).is_some_and(|svc| svc.maglev.takes(e))
-    }
-
-    pub fn service_counters(&self, s: usize) -> ServiceCounters {
-        self.services.get(s).map_or_else(ServiceCounters::default, |svc| svc.counters)
     }
 
     /// The service port listening on `dst:port`: a virtual IP's own listener, or a nodePort
@@ -268,5 +192,112 @@ impl Engine<'_> {
             }
         }
         found
+    }
+
+    /// A UDP flow stays only while its endpoint takes new flows (it has no end of its own: a
+    /// client that keeps sending on the same 5-tuple must reach a live endpoint, as kube-proxy
+    /// flushes it); TCP flows are left to finish.
+    pub(super) fn keeps(&self, flow: &Flow) -> bool {
+        flow.proto != PROTO_UDP
+            || self
+                .list
+                .get(usize::from(flow.service))
+                .is_some_and(|s| s.maglev.takes(usize::from(flow.endpoint_index)))
+    }
+}
+
+/// A new config made ready to apply off the packet thread: its [`Services`] and where the
+/// running config's services, ports and endpoints went in it.
+pub struct Reload {
+    services: Services,
+    renumbering: Renumbering,
+}
+
+impl Reload {
+    /// Validates `next` against `running` for node `node_name` and builds what the loop swaps
+    /// in. The node itself (TAP, MAC, addresses) cannot change without a restart. Services,
+    /// ports and endpoints are matched by name, by name, protocol and port, and by address.
+    pub fn prepare(running: &Config, next: &Config, node_name: Option<&str>) -> Result<Self, ConfigError> {
+        let (was, node) = (running.node(node_name)?, next.node(node_name)?);
+        if (&node.tap, &node.bridge, node.mac, &node.addresses) != (&was.tap, &was.bridge, was.mac, &was.addresses) {
+            return Err(ConfigError::new(
+                format_args!("nodes"),
+                format_args!(
+                    "node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that",
+                    node.name
+                ),
+            ));
+        }
+        let mut renumbering = Renumbering::new();
+        for (s, before) in running.services.iter().enumerate() {
+            let Some(to) = next.services.iter().position(|n| n.name == before.name) else { continue };
+            renumbering.service(s, to);
+            let after = &next.services[to];
+            for (p, was) in before.ports.iter().enumerate() {
+                let same = |n: &&ServicePort| n.name == was.name && n.protocol == was.protocol && n.port == was.port;
+                if let Some(now) = after.ports.iter().position(|n| same(&n)) {
+                    renumbering.port(s, p, now);
+                }
+            }
+            for (e, was) in before.endpoints.iter().enumerate() {
+                if let Some(now) = after.endpoints.iter().position(|n| n.ip == was.ip) {
+                    renumbering.endpoint(s, e, now);
+                }
+            }
+        }
+        Ok(Reload { services: Services::new(next, node_name)?, renumbering })
+    }
+}
+
+impl Engine<'_> {
+    /// Applies a prepared config between two frames: its services replace the running ones,
+    /// with their health (by endpoint address) and counters. Tracked flows are renumbered a
+    /// slice at a time by [`Engine::housekeeping`] (and read renumbered before that); UDP flows
+    /// to endpoints that no longer take new flows are flushed as they are reached, TCP flows
+    /// are left to finish. ClientIP pins start afresh. `reload` is left holding the services
+    /// that ran until now.
+    pub fn apply(&mut self, reload: &mut Reload) {
+        reload.services.carry_over(&self.services, &reload.renumbering);
+        core::mem::swap(&mut self.services, &mut reload.services);
+        self.conntrack.renumber(reload.renumbering);
+        self.affinity.clear();
+        self.resolve_cursor = (0, 0);
+    }
+
+    /// Marks endpoint `e` of service `s` healthy or not. An endpoint that leaves gets no new
+    /// flows; its UDP flows are flushed (see [`Services::keeps`]): at their next packet, or
+    /// when the sweep reaches them. TCP flows are left to finish or time out.
+    pub fn set_endpoint_health(&mut self, s: usize, e: usize, healthy: bool) {
+        let Some(slot) = self.services.list.get_mut(s).and_then(|svc| svc.healthy.get_mut(e)) else { return };
+        if *slot != healthy {
+            *slot = healthy;
+            self.services.rebuild(s);
+        }
+    }
+
+    /// Ready endpoints of service `s` (on this node, with Local policy): what its
+    /// healthCheckNodePort reports, as kube-proxy counts them.
+    pub fn ready_endpoints(&self, s: usize) -> usize {
+        self.services.list.get(s).map_or(0, |svc| svc.ready(self.services.node_index))
+    }
+
+    /// The services as the engine runs them, with their counters.
+    pub fn services(&self) -> impl Iterator<Item = (&Service, &ServiceCounters)> {
+        self.services.list.iter().map(|s| (&s.config, &s.counters))
+    }
+
+    /// Whether endpoint `e` of service `s` passes its health checks (as far as the engine knows:
+    /// health carries over a reload by address).
+    pub fn endpoint_healthy(&self, s: usize, e: usize) -> bool {
+        self.services.list.get(s).and_then(|svc| svc.healthy.get(e)).copied().unwrap_or(true)
+    }
+
+    /// Whether endpoint `e` of service `s` takes new flows now.
+    pub fn endpoint_serving(&self, s: usize, e: usize) -> bool {
+        self.services.list.get(s).is_some_and(|svc| svc.maglev.takes(e))
+    }
+
+    pub fn service_counters(&self, s: usize) -> ServiceCounters {
+        self.services.list.get(s).map_or_else(ServiceCounters::default, |svc| svc.counters)
     }
 }

@@ -15,8 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 use std::vec::Vec;
@@ -26,17 +26,31 @@ use log::{error, info};
 
 use super::load;
 use super::sys::{RELOAD, SHUTDOWN};
-use crate::config::Config;
+use crate::config::{Config, Service};
 use crate::conntrack::Flow;
+use crate::engine::Reload;
 
 /// What the control thread asks of the loop.
 pub enum Request {
     Status,
-    /// A copy of the flows, for `nodegate conntrack`.
-    Flows,
-    /// A validated config to apply.
-    Apply(Box<Config>),
+    /// A copy of the flows in slots `from..` (at most [`FLOWS_PER_ANSWER`]), for
+    /// `nodegate conntrack`.
+    Flows {
+        from: usize,
+    },
+    /// A validated config, made ready to swap in.
+    Apply(Box<Prepared>),
 }
+
+/// A reload as the control thread prepares it: the engine's part and the config it came from.
+pub struct Prepared {
+    pub reload: Reload,
+    pub config: Config,
+}
+
+/// Flows copied per answer: the loop copies a slice of the table per request, so that a dump
+/// of a full table never holds it for long.
+pub const FLOWS_PER_ANSWER: usize = 16384;
 
 /// The loop's answer.
 pub enum Reply {
@@ -45,10 +59,12 @@ pub enum Reply {
     Error(String),
 }
 
-/// Flows as they were at one moment, with what is needed to print them.
+/// A slice of the flows, with what is needed to print them.
 pub struct FlowSnapshot {
     /// Each with the second it expires.
     pub flows: Vec<(Flow, u32)>,
+    /// Flows tracked when the slice was taken.
+    pub total: usize,
     /// Service names by the index flows carry.
     pub services: Vec<String>,
     /// Seconds since start, for the time each flow has left.
@@ -103,13 +119,20 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Starts the control thread. `config_path` is what `reload` and SIGHUP re-read.
-    pub fn serve(&mut self, config_path: Option<PathBuf>) -> io::Result<(Receiver<Command>, JoinHandle<()>)> {
+    /// Starts the control thread for the gateway running `running` as `node`. `config_path` is
+    /// what `reload` and SIGHUP re-read.
+    pub fn serve(
+        &mut self,
+        config_path: Option<PathBuf>,
+        node: Option<String>,
+        running: Box<Config>,
+    ) -> io::Result<(Receiver<Command>, JoinHandle<()>)> {
         let (tx, rx) = bounded(4);
         let listener = self.listener.take();
-        let handle = thread::Builder::new().name("control".into()).spawn(move || {
+        let site = Arc::new(Site { config_path, node, running: Mutex::new(running) });
+        let handle = thread(CONTROL_THREAD).spawn(move || {
             let Some(listener) = listener else { return };
-            control_loop(&listener, config_path.as_deref(), &tx)
+            control_loop(&listener, &site, &tx)
         })?;
         Ok((rx, handle))
     }
@@ -121,11 +144,29 @@ impl Drop for ControlSocket {
     }
 }
 
-fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender<Command>) {
+/// What the control threads share: where the config comes from, and the config running now
+/// (what the next reload is prepared against; its lock makes reloads one at a time).
+struct Site {
+    config_path: Option<PathBuf>,
+    node: Option<String>,
+    running: Mutex<Box<Config>>,
+}
+
+const CONTROL_THREAD: &str = "control";
+const CLIENT_THREAD: &str = "control-client";
+
+/// A control thread. A reload's services are built on it: a few hundred KiB on the largest
+/// board, more than a spawned thread's default 2 MiB stack leaves room for in every build, so
+/// it gets a main thread's 8 MiB (reserved; what is not touched costs nothing).
+fn thread(name: &str) -> thread::Builder {
+    thread::Builder::new().name(name.into()).stack_size(8 << 20)
+}
+
+fn control_loop(listener: &UnixListener, site: &Arc<Site>, tx: &Sender<Command>) {
     let clients = Arc::new(AtomicUsize::new(0));
     while !SHUTDOWN.load(Ordering::Relaxed) {
         if RELOAD.swap(false, Ordering::Relaxed) {
-            match reload(config_path, tx) {
+            match reload(site, tx) {
                 Ok(text) => info!("reload (SIGHUP): {text}"),
                 Err(e) => error!("reload (SIGHUP) rejected, the running config stays: {e}"),
             }
@@ -141,9 +182,9 @@ fn control_loop(listener: &UnixListener, config_path: Option<&Path>, tx: &Sender
                     let _ = write!(stream, "error\n{MAX_CLIENTS} control clients are being served: try again\n");
                     continue;
                 }
-                let (path, tx, served) = (config_path.map(Path::to_path_buf), tx.clone(), Arc::clone(&clients));
-                let spawned = thread::Builder::new().name("control-client".into()).spawn(move || {
-                    if let Err(e) = serve_client(stream, path.as_deref(), &tx) {
+                let (site, tx, served) = (Arc::clone(site), tx.clone(), Arc::clone(&clients));
+                let spawned = thread(CLIENT_THREAD).spawn(move || {
+                    if let Err(e) = serve_client(stream, &site, &tx) {
                         error!("control client: {e}");
                     }
                     served.fetch_sub(1, Ordering::AcqRel);
@@ -168,20 +209,87 @@ fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, String> {
     answer.recv_timeout(LOOP_TIMEOUT).map_err(|_| "the gateway loop did not answer".to_string())
 }
 
-/// Re-reads and validates the config file, then has the loop apply it.
-fn reload(config_path: Option<&Path>, tx: &Sender<Command>) -> Result<String, String> {
-    let Some(path) = config_path else {
+/// Re-reads and validates the config file, prepares it against the running one (services,
+/// Maglev tables, listeners, where each service, port and endpoint went), then has the loop
+/// swap it in.
+fn reload(site: &Site, tx: &Sender<Command>) -> Result<String, String> {
+    let Some(path) = &site.config_path else {
         return Err("nodegate runs on the built-in config: there is no file to reload".into());
     };
     let (_, config) = load::load(Some(path))?;
-    match ask(tx, Request::Apply(Box::new(config)))? {
-        Reply::Text(text) => Ok(text),
+    // A thread that panicked while holding the lock left the config as it was.
+    let mut running = site.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let reload =
+        Reload::prepare(&running, &config, site.node.as_deref()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let changes = describe_changes(&running, &config);
+    let next = Box::new(config.clone());
+    match ask(tx, Request::Apply(Box::new(Prepared { reload, config })))? {
+        Reply::Text(text) => {
+            *running = next;
+            Ok(format!("applied: {changes}{text}"))
+        }
         Reply::Error(e) => Err(format!("{}: {e}", path.display())),
         Reply::Flows(_) => Err("unexpected answer".into()),
     }
 }
 
-fn serve_client(mut stream: UnixStream, config_path: Option<&Path>, tx: &Sender<Command>) -> io::Result<()> {
+/// The endpoint addresses of `of` that `from` does not have.
+fn missing_from(from: &Service, of: &Service) -> Vec<String> {
+    of.endpoints.iter().filter(|e| !from.endpoints.iter().any(|x| x.ip == e.ip)).map(|e| e.ip.to_string()).collect()
+}
+
+/// Services and endpoints added and removed between two configs.
+fn describe_changes(old: &Config, new: &Config) -> String {
+    let mut changes = Vec::new();
+    for s in &new.services {
+        match old.services.iter().find(|o| o.name == s.name) {
+            None => changes.push(format!("service {} added", s.name)),
+            Some(o) => {
+                let added = missing_from(o, s);
+                let removed = missing_from(s, o);
+                if !added.is_empty() {
+                    changes.push(format!("service {}: endpoints {} added", s.name, added.join(", ")));
+                }
+                if !removed.is_empty() {
+                    changes.push(format!("service {}: endpoints {} removed", s.name, removed.join(", ")));
+                }
+                if o != s && added.is_empty() && removed.is_empty() {
+                    changes.push(format!("service {} changed", s.name));
+                }
+            }
+        }
+    }
+    for o in old.services.iter().filter(|o| !new.services.iter().any(|s| s.name == o.name)) {
+        changes.push(format!("service {} removed", o.name));
+    }
+    if changes.is_empty() { "no changes".into() } else { changes.join("; ") }
+}
+
+/// Every flow, a slice per request.
+fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, String> {
+    let mut all: Option<FlowSnapshot> = None;
+    loop {
+        let from = all.as_ref().map_or(0, |a| a.flows.len());
+        let slice = match ask(tx, Request::Flows { from })? {
+            Reply::Flows(slice) => slice,
+            Reply::Error(e) => return Err(e),
+            Reply::Text(_) => return Err("unexpected answer".into()),
+        };
+        let last = slice.flows.len() < FLOWS_PER_ANSWER;
+        match &mut all {
+            None => all = Some(slice),
+            Some(a) => {
+                a.flows.extend(slice.flows);
+                a.total = slice.total;
+            }
+        }
+        if last {
+            return all.ok_or_else(|| "no answer".into());
+        }
+    }
+}
+
+fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -194,13 +302,9 @@ fn serve_client(mut stream: UnixStream, config_path: Option<&Path>, tx: &Sender<
             Ok(Reply::Error(e)) | Err(e) => Err(e),
             Ok(Reply::Flows(_)) => Err("unexpected answer".into()),
         },
-        (Some("conntrack"), filter) => match ask(tx, Request::Flows) {
-            Ok(Reply::Flows(snapshot)) => format_flows(&snapshot, filter),
-            Ok(Reply::Error(e)) | Err(e) => Err(e),
-            Ok(Reply::Text(_)) => Err("unexpected answer".into()),
-        },
+        (Some("conntrack"), filter) => dump(tx).and_then(|flows| format_flows(&flows, filter)),
         (Some("reload"), None) => {
-            let result = reload(config_path, tx);
+            let result = reload(site, tx);
             match &result {
                 Ok(text) => info!("reload (control socket): {text}"),
                 Err(e) => error!("reload (control socket) rejected, the running config stays: {e}"),
@@ -249,7 +353,7 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
         );
         shown += 1;
     }
-    let _ = writeln!(out, "conntrack: {shown} flow(s) shown, {} tracked", s.flows.len());
+    let _ = writeln!(out, "conntrack: {shown} flow(s) shown, {} tracked", s.total);
     Ok(out)
 }
 

@@ -24,7 +24,8 @@ const VNET_NEEDS_CSUM: u8 = 1;
 const FRAME: usize = 1518;
 /// Room for a frame the TAP hands over: a 64 KiB IPv4 super-frame with its Ethernet header.
 const RX_FRAME: usize = 14 + 4 + 65535;
-/// Frames one `receive` call looks at before it yields to the rest of the loop.
+/// Frames the device reads in one turn of the loop (and frames of the engine's own it sends),
+/// before it yields to the rest of the loop: what keeps a turn short under a flood.
 const BUDGET: usize = 64;
 
 pub struct NatDevice<'e, 't> {
@@ -34,6 +35,8 @@ pub struct NatDevice<'e, 't> {
     tx: [u8; VNET_HEADER + FRAME],
     out: [u8; VNET_HEADER + FRAME],
     now: Millis,
+    /// Frames this turn may still read.
+    reads_left: usize,
     /// A read error other than "nothing waiting" (the TAP vanished): the loop stops on it.
     pub fatal: Option<io::Error>,
 }
@@ -47,13 +50,15 @@ impl<'e, 't> NatDevice<'e, 't> {
             tx: [0; VNET_HEADER + FRAME],
             out: [0; VNET_HEADER + FRAME],
             now: Millis(0),
+            reads_left: BUDGET,
             fatal: None,
         }
     }
 
-    /// Sets the time the engine sees until the next call.
-    pub fn set_now(&mut self, now: Millis) {
+    /// Starts a turn of the loop: the time the engine sees in it, and a fresh read budget.
+    pub fn start_turn(&mut self, now: Millis) {
         self.now = now;
+        self.reads_left = BUDGET;
     }
 
     /// Sends the engine's own frames: released parked frames and ARP refreshes.
@@ -96,7 +101,9 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
         Self: 'a;
 
     fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_, 't>)> {
-        for _ in 0..BUDGET {
+        // smoltcp calls this until it answers `None`: the budget counts frames for the node too.
+        while self.reads_left > 0 {
+            self.reads_left -= 1;
             let n = match self.tap.recv(&mut self.rx) {
                 // A read no longer than the header (the kernel sends none) reaches the engine as
                 // an empty frame, to be counted as truncated.

@@ -108,14 +108,14 @@ impl Probes {
             p.deadline = None;
             let c = p.check;
             if let Some(up) = p.tracker.record(ok, c.healthy_threshold, c.unhealthy_threshold) {
-                let flushed = engine.set_endpoint_health(p.service, p.endpoint, up);
+                engine.set_endpoint_health(p.service, p.endpoint, up);
                 let name = &config.services[p.service].name;
                 let (ip, port) = p.target;
                 if up {
                     info!("service {name}: endpoint {ip}:{port} is up again ({} checks passed)", c.healthy_threshold);
                 } else {
                     warn!(
-                        "service {name}: endpoint {ip}:{port} is down ({} checks failed); no new flows to it, {flushed} UDP flow(s) flushed",
+                        "service {name}: endpoint {ip}:{port} is down ({} checks failed); no new flows to it, its UDP flows are flushed",
                         c.unhealthy_threshold
                     );
                 }

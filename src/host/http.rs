@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::health::render_response;
 use crate::metrics;
 use crate::text::SliceWriter;
-use crate::time::Millis;
+use crate::time::{Millis, Turns};
 
 /// Sockets per port: concurrent clients (scrapers, load-balancer health checks).
 const SOCKETS_PER_PORT: usize = 4;
@@ -106,7 +106,7 @@ impl HttpServer {
 
     /// Reads requests, renders answers, sends what the sockets take, and takes back the
     /// sockets of connections past their deadline.
-    pub fn poll(&mut self, now: Millis, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine) {
+    pub fn poll(&mut self, now: Millis, config: &Config, sockets: &mut SocketSet<'_>, engine: &Engine, turns: &Turns) {
         for c in &mut self.conns {
             let socket = sockets.get_mut::<tcp::Socket>(c.socket);
             if socket.state() == tcp::State::TimeWait {
@@ -141,7 +141,7 @@ impl HttpServer {
                 }
                 let complete = c.request.windows(4).any(|w| w == b"\r\n\r\n") || c.request.len() == MAX_REQUEST;
                 if complete {
-                    respond(c, config, engine);
+                    respond(c, config, engine, turns);
                     c.sent = Some(0);
                 } else if socket.state() == tcp::State::CloseWait {
                     // The client left without a whole request.
@@ -162,7 +162,7 @@ impl HttpServer {
 }
 
 /// Renders the answer to `c.request` into `c.response`.
-fn respond(c: &mut Conn, config: &Config, engine: &Engine) {
+fn respond(c: &mut Conn, config: &Config, engine: &Engine, turns: &Turns) {
     let path = request_path(&c.request);
     let len = match (c.site, path) {
         (Site::Health(s), _) => {
@@ -173,7 +173,7 @@ fn respond(c: &mut Conn, config: &Config, engine: &Engine) {
             const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nConnection: close\r\n\r\n";
             c.response[..HEAD.len()].copy_from_slice(HEAD);
             let mut w = SliceWriter::new(&mut c.response[HEAD.len()..]);
-            metrics::render(engine, &mut w).ok().map(|()| HEAD.len() + w.len())
+            metrics::render(engine, turns, &mut w).ok().map(|()| HEAD.len() + w.len())
         }
         (Site::Metrics, Some("/healthz")) => {
             fixed(&mut c.response, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")

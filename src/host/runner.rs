@@ -14,17 +14,17 @@ use log::{info, warn};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
-use super::control::{self, Command, ControlSocket, FlowSnapshot, Reply, Request};
+use super::control::{self, Command, ControlSocket, FLOWS_PER_ANSWER, FlowSnapshot, Reply, Request};
 use super::device::NatDevice;
 use super::health::{self, Probes};
 use super::http::HttpServer;
 use super::sys::{self, SHUTDOWN};
 use super::tap::Tap;
 use crate::board;
-use crate::config::{Config, Service};
+use crate::config::Config;
 use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine};
-use crate::time::Millis;
+use crate::time::{Millis, Turns};
 
 /// How often expired flows are swept (a bounded number each time).
 const SWEEP_EVERY_MS: u64 = 10;
@@ -51,16 +51,9 @@ struct NodeSockets {
 }
 
 impl NodeSockets {
-    fn new(
-        config: &Config,
-        sockets: &mut SocketSet<'_>,
-        node: Option<&str>,
-        seed: u64,
-        engine: &Engine,
-    ) -> Result<NodeSockets, String> {
-        let node = config.node(node).map_err(|e| e.to_string())?;
+    fn new(config: &Config, sockets: &mut SocketSet<'_>, seed: u64, engine: &Engine) -> NodeSockets {
         let probes = Probes::new(config, sockets, seed, engine);
-        Ok(NodeSockets { probes, http: HttpServer::new(config, node, sockets) })
+        NodeSockets { probes, http: HttpServer::new(config, engine.node(), sockets) }
     }
 
     fn remove(self, sockets: &mut SocketSet<'_>) {
@@ -93,8 +86,9 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         sys::switch_user(uid, gid).map_err(|e| format!("--user {user}: cannot switch: {e}"))?;
     }
     sys::catch_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let (requests, control_thread) =
-        control_socket.serve(opts.config_path.clone()).map_err(|e| format!("cannot start the control thread: {e}"))?;
+    let (requests, control_thread) = control_socket
+        .serve(opts.config_path.clone(), opts.node.clone(), config.clone())
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
     log_start(&config, source, &tap, &control_path, opts.user.as_deref());
 
     let fd = tap.as_raw_fd();
@@ -114,23 +108,26 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         let _ = iface.routes_mut().add_default_ipv4_route(gw);
     }
     let mut sockets = SocketSet::new(vec![]);
-    let mut own = NodeSockets::new(&config, &mut sockets, opts.node.as_deref(), key[1], device.engine)?;
+    let mut own = NodeSockets::new(&config, &mut sockets, key[1], device.engine);
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
+    let mut turns = Turns::default();
 
     let result = loop {
         if SHUTDOWN.load(Ordering::Relaxed) {
             break Ok(());
         }
+        let woke = std::time::Instant::now();
+        let cpu_at_wake = sys::thread_cpu_micros();
         let now = Millis(start.elapsed().as_millis() as u64);
         let ts = smoltcp::time::Instant::from_millis(now.0 as i64);
-        device.set_now(now);
+        device.start_turn(now);
         iface.poll(ts, &mut device, &mut sockets);
         if let Some(e) = device.fatal.take() {
             break Err(format!("TAP {}: {e}", node.tap));
         }
         own.probes.poll(now, &config, &mut iface, &mut sockets, device.engine);
-        own.http.poll(now, &config, &mut sockets, device.engine);
+        own.http.poll(now, &config, &mut sockets, device.engine, &turns);
         if now.0 >= last_sweep.0 + SWEEP_EVERY_MS {
             device.engine.housekeeping(now);
             last_sweep = now;
@@ -138,35 +135,25 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         device.flush_engine_output();
         while let Ok(Command { request, reply }) = requests.try_recv() {
             let answer = match request {
-                Request::Status => Reply::Text(status(source, device.engine, now)),
-                Request::Flows => Reply::Flows(snapshot(device.engine, now)),
-                Request::Apply(new) => match device.engine.reconfigure(&new, opts.node.as_deref()) {
-                    Ok(flushed) => {
-                        let changes = describe_changes(&config, &new);
-                        // The node's own sockets (probes, HTTP answers) route by smoltcp's table.
-                        iface.routes_mut().remove_default_ipv4_route();
-                        if let Some(gw) = device.engine.node().gateway {
-                            let _ = iface.routes_mut().add_default_ipv4_route(gw);
-                        }
-                        config = new;
-                        own.remove(&mut sockets);
-                        own = NodeSockets::new(
-                            &config,
-                            &mut sockets,
-                            opts.node.as_deref(),
-                            key[1] ^ now.0,
-                            device.engine,
-                        )?;
-                        Reply::Text(format!(
-                            "applied: {changes}; {flushed} UDP flow(s) to endpoints that left flushed\n"
-                        ))
+                Request::Status => Reply::Text(status(source, device.engine, now, &turns)),
+                Request::Flows { from } => Reply::Flows(flows_from(device.engine, from, now)),
+                Request::Apply(mut prepared) => {
+                    device.engine.apply(&mut prepared.reload);
+                    // The node's own sockets (probes, HTTP answers) route by smoltcp's table.
+                    iface.routes_mut().remove_default_ipv4_route();
+                    if let Some(gw) = device.engine.node().gateway {
+                        let _ = iface.routes_mut().add_default_ipv4_route(gw);
                     }
-                    Err(e) => Reply::Error(e.to_string()),
-                },
+                    core::mem::swap(&mut *config, &mut prepared.config);
+                    own.remove(&mut sockets);
+                    own = NodeSockets::new(&config, &mut sockets, key[1] ^ now.0, device.engine);
+                    Reply::Text(format!("; {} tracked flow(s) to renumber\n", device.engine.flows_to_renumber()))
+                }
             };
             let _ = reply.send(answer);
         }
         watch.check(now, device.engine);
+        turns.record(woke.elapsed().as_micros() as u64, sys::thread_cpu_micros().saturating_sub(cpu_at_wake));
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);
         if let Err(e) = sys::wait_readable(fd, wait as i32) {
             break Err(format!("poll on TAP {}: {e}", node.tap));
@@ -208,7 +195,7 @@ fn log_start(config: &Config, source: &str, tap: &Tap, control: &std::path::Path
 }
 
 /// What an operator sees with `nodegate status`.
-fn status(source: &str, engine: &Engine, now: Millis) -> String {
+fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
     use std::fmt::Write;
     let ct = engine.conntrack();
     let mut out = String::new();
@@ -231,6 +218,16 @@ fn status(source: &str, engine: &Engine, now: Millis) -> String {
         ct.snat_ports_in_use(),
         ct.evictions(),
         ct.port_evictions()
+    );
+    let _ = writeln!(
+        out,
+        "loop: {} turns, longest {} us ({} us on the CPU at most), {} over {} us; {} flows to renumber",
+        turns.count,
+        turns.longest_micros,
+        turns.longest_cpu_micros,
+        turns.over_budget,
+        Turns::BUDGET_MICROS,
+        engine.flows_to_renumber()
     );
     for (s, (svc, c)) in engine.services().enumerate() {
         let ports: Vec<String> = svc.ports.iter().map(|p| p.to_string()).collect();
@@ -275,45 +272,16 @@ fn drops(engine: &Engine) -> String {
     if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
-fn snapshot(engine: &Engine, now: Millis) -> FlowSnapshot {
+/// The flows in slots `from..`, at most [`FLOWS_PER_ANSWER`] of them.
+fn flows_from(engine: &Engine, from: usize, now: Millis) -> FlowSnapshot {
     let ct = engine.conntrack();
+    let slots = from.min(ct.len())..ct.len().min(from.saturating_add(FLOWS_PER_ANSWER));
     FlowSnapshot {
-        flows: (0..ct.len()).map(|slot| (*ct.flow(slot), ct.expires(slot))).collect(),
+        flows: slots.map(|slot| (ct.flow(slot), ct.expires(slot))).collect(),
+        total: ct.len(),
         services: engine.services().map(|(s, _)| s.name.to_string()).collect(),
         now: now.secs(),
     }
-}
-
-/// The endpoint addresses of `of` that `from` does not have.
-fn missing_from(from: &Service, of: &Service) -> Vec<String> {
-    of.endpoints.iter().filter(|e| !from.endpoints.iter().any(|x| x.ip == e.ip)).map(|e| e.ip.to_string()).collect()
-}
-
-/// Services and endpoints added and removed between two configs.
-fn describe_changes(old: &Config, new: &Config) -> String {
-    let mut changes = Vec::new();
-    for s in &new.services {
-        match old.services.iter().find(|o| o.name == s.name) {
-            None => changes.push(format!("service {} added", s.name)),
-            Some(o) => {
-                let added = missing_from(o, s);
-                let removed = missing_from(s, o);
-                if !added.is_empty() {
-                    changes.push(format!("service {}: endpoints {} added", s.name, added.join(", ")));
-                }
-                if !removed.is_empty() {
-                    changes.push(format!("service {}: endpoints {} removed", s.name, removed.join(", ")));
-                }
-                if o != s && added.is_empty() && removed.is_empty() {
-                    changes.push(format!("service {} changed", s.name));
-                }
-            }
-        }
-    }
-    for o in old.services.iter().filter(|o| !new.services.iter().any(|s| s.name == o.name)) {
-        changes.push(format!("service {} removed", o.name));
-    }
-    if changes.is_empty() { "no changes".into() } else { changes.join("; ") }
 }
 
 /// State an operator should hear about once, not per packet: the table filling up, and the
@@ -323,6 +291,8 @@ struct Watch {
     last: Millis,
     full_warned: bool,
     reasons_seen: [bool; DropReason::ALL.len()],
+    udp_flows_flushed: u64,
+    renumbering: bool,
 }
 
 impl Watch {
@@ -340,6 +310,16 @@ impl Watch {
             self.full_warned = false;
         }
         let c = engine.counters();
+        if c.udp_flows_flushed > self.udp_flows_flushed {
+            let n = c.udp_flows_flushed - self.udp_flows_flushed;
+            info!("{n} UDP flow(s) flushed: their endpoint stopped taking new flows");
+            self.udp_flows_flushed = c.udp_flows_flushed;
+        }
+        let renumbering = engine.flows_to_renumber() > 0;
+        if self.renumbering && !renumbering {
+            info!("reload: every tracked flow is renumbered for the new config");
+        }
+        self.renumbering = renumbering;
         for (i, r) in DropReason::ALL.iter().enumerate() {
             if !self.reasons_seen[i] && c.dropped(*r) > 0 {
                 self.reasons_seen[i] = true;
