@@ -7,18 +7,16 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use nodegate::board;
 use nodegate::config;
-use nodegate::conntrack::{Flow, Table, buckets_for};
 use nodegate::engine::{Engine, Verdict};
 use nodegate::time::Millis;
-
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
-const EP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
-const NODE: [u8; 4] = [10, 77, 0, 1];
+use support::{CLIENT_MAC, EP_MAC, NODE, NODE_MAC, Room};
 const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
   "services": [{ "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
@@ -45,18 +43,6 @@ fn tcp(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16), flags
     out
 }
 
-/// Endpoint `last` (10.77.0.`last`) says where it is.
-fn arp_reply(last: u8) -> Vec<u8> {
-    let mut f = NODE_MAC.to_vec();
-    f.extend_from_slice(&EP_MAC);
-    f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 2]);
-    f.extend_from_slice(&EP_MAC);
-    f.extend_from_slice(&[10, 77, 0, last]);
-    f.extend_from_slice(&NODE_MAC);
-    f.extend_from_slice(&NODE);
-    f
-}
-
 fn run(engine: &mut Engine, frame: &[u8], buf: &mut [u8; 1514], out: &mut [u8; 1514], now: Millis) -> Verdict {
     buf[..frame.len()].copy_from_slice(frame);
     engine.process(&mut buf[..frame.len()], now, out)
@@ -67,13 +53,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine");
     group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
     for percent in [1usize, 50, 90] {
-        let mut flows = vec![Flow::EMPTY; board::CONNTRACK_CAPACITY];
-        let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
-        let table = Table::new(&mut flows, &mut buckets, [1, 2], board::TIMEOUTS);
-        let mut engine = Box::new(Engine::new(&cfg, None, table, 3).unwrap());
+        let mut room = Room::board();
+        let mut engine = room.engine(&cfg, None);
         let (mut buf, mut out) = ([0u8; 1514], [0u8; 1514]);
         for last in 11..=26 {
-            run(&mut engine, &arp_reply(last), &mut buf, &mut out, Millis(0));
+            run(&mut engine, &support::arp(2, EP_MAC, [10, 77, 0, last], NODE), &mut buf, &mut out, Millis(0));
         }
         // Established flows: SYN, SYN-ACK, ACK each. Sixteen endpoints, because one endpoint port
         // seen from one SNAT address holds at most the SNAT range (28,232 flows).

@@ -5,15 +5,16 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use etherparse::PacketBuilder;
 use nodegate::board;
 use nodegate::config::{self, Config};
-use nodegate::conntrack::{Flow, Table, buckets_for};
-use nodegate::engine::{Engine, Reload};
+use nodegate::engine::Reload;
 use nodegate::time::Millis;
+use support::{CLIENT_MAC, NODE_MAC, Room};
 
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
 const SERVICES: usize = 62;
 
 fn site(extra_endpoint: bool) -> Config {
@@ -58,10 +59,8 @@ fn cpu_time() -> Duration {
 fn main() {
     let before = site(false);
     let after = site(true);
-    let mut flows = vec![Flow::EMPTY; board::CONNTRACK_CAPACITY];
-    let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
-    let table = Table::new(&mut flows, &mut buckets, [1, 2], board::TIMEOUTS);
-    let mut engine = Box::new(Engine::new(&before, None, table, 3).unwrap());
+    let mut room = Room::board();
+    let mut engine = room.engine(&before, None);
     let (mut buf, mut out) = ([0u8; 1514], [0u8; 1514]);
     let last_port = 30000 + SERVICES as u16 - 1;
     for i in 0..board::CONNTRACK_CAPACITY as u32 {
@@ -78,7 +77,8 @@ fn main() {
     for round in 0..5 {
         let (running, next) = if round % 2 == 0 { (&before, &after) } else { (&after, &before) };
         let start = Instant::now();
-        let mut reload = Box::new(Reload::prepare(running, next, None).unwrap());
+        let mut reload = Box::<Reload>::default();
+        reload.prepare(running, next, None).unwrap();
         let prepared = start.elapsed();
         let start = Instant::now();
         engine.apply(&mut reload);

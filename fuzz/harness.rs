@@ -1,9 +1,11 @@
 //! What the fuzz targets run, shared with `tests/fuzz_corpus.rs`, which replays the corpus in CI.
 #![allow(dead_code)] // each fuzz target uses one of these functions
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use nodegate::config;
-use nodegate::conntrack::{Storage, Table, buckets_for};
-use nodegate::engine::{Engine, Offload};
+use nodegate::engine::Offload;
 use nodegate::time::Millis;
 
 const CONFIG: &str = r#"{
@@ -22,9 +24,8 @@ const CONFIG: &str = r#"{
 /// top bits of a length give the frame an offload: a partial checksum, a super-frame.
 pub fn engine_frames(data: &[u8]) {
     let cfg = config::parse(CONFIG.as_bytes()).expect("the harness config is valid");
-    let mut storage = Storage::<16, { buckets_for(16) }>::new();
-    let mut engine = Engine::new(&cfg, None, Table::from_storage(&mut storage, [1, 2], nodegate::board::TIMEOUTS), 3)
-        .expect("the harness node exists");
+    let mut room = support::Room::new(16);
+    let mut engine = room.engine(&cfg, None);
     let (mut buf, mut out) = ([0u8; 4096], [0u8; 1514]);
     let mut rest = data;
     let mut now = 0u64;

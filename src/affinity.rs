@@ -68,7 +68,14 @@ impl<const N: usize> Affinity<N> {
 
     /// Forgets every pin (after a reload, when endpoint indices change meaning).
     pub fn clear(&mut self) {
-        self.entries = [EMPTY; N];
+        self.entries.fill(EMPTY);
+    }
+
+    /// Starts afresh with hash key `key`, in place.
+    pub fn reset(&mut self, key: [u64; 2]) {
+        self.clear();
+        self.key = key;
+        self.evictions = 0;
     }
 
     /// Live pins that were pushed out by newer ones in a full set.

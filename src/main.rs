@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nodegate::board;
 use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy};
-use nodegate::conntrack::{Flow, buckets_for};
-use nodegate::host::{control, load, runner};
+
+use nodegate::host::{control, load, memory, runner};
 
 #[derive(Parser)]
 #[command(name = "nodegate", about = "NodePort gateway on a TAP device: kube-proxy's NodePort semantics on smoltcp")]
@@ -73,23 +73,24 @@ struct Target {
     node: Option<String>,
 }
 
-/// `--version`: the build's board and what its tables hold.
+/// `--version`: the build's board, what its tables hold, and the memory they take.
 fn version() -> String {
-    // A flow's slot plus its share of the index (both directions).
-    let entry = std::mem::size_of::<Flow>()
-        + std::mem::size_of::<u32>() * buckets_for(board::CONNTRACK_CAPACITY) / board::CONNTRACK_CAPACITY;
+    let parts: Vec<String> =
+        memory::parts().iter().map(|(part, bytes)| format!("{part} {} KiB", bytes.div_ceil(1024))).collect();
     format!(
-        "{} (board {}: {} flows x {} bytes = {} KiB conntrack, {} services x {} ports x {} endpoints, Maglev table {}, {} neighbours)",
+        "{} (board {}: {} flows x {} bytes, {} services x {} ports x {} endpoints, Maglev table {}, {} neighbours; memory: {} = {} KiB of the board's {} KiB)",
         env!("CARGO_PKG_VERSION"),
         board::NAME,
         board::CONNTRACK_CAPACITY,
-        entry,
-        board::CONNTRACK_CAPACITY * entry / 1024,
+        memory::bytes_per_flow(),
         board::MAX_SERVICES,
         board::MAX_PORTS_PER_SERVICE,
         board::MAX_ENDPOINTS_PER_SERVICE,
         board::MAGLEV_TABLE_SIZE,
         board::NEIGHBOR_CAPACITY,
+        parts.join(", "),
+        memory::total().div_ceil(1024),
+        board::RAM_BUDGET_BYTES / 1024,
     )
 }
 

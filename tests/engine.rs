@@ -2,20 +2,15 @@
 //! implementation independent of ours, so a checksum or field we get wrong cannot agree with
 //! itself.
 
+mod support;
+
 use etherparse::{Icmpv4Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use nodegate::config;
-use nodegate::conntrack::{Storage, Table, buckets_for};
 use nodegate::engine::{DropReason, Engine, Offload, Verdict};
 use nodegate::time::Millis;
+use support::{CLIENT, CLIENT_MAC, EP, EP_MAC, GATEWAY_MAC, NODE, NODE_MAC, Room};
 
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
-const EP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
-const NODE: [u8; 4] = [10, 77, 0, 1];
-const CLIENT: [u8; 4] = [10, 77, 0, 100];
-const EP: [u8; 4] = [10, 77, 0, 11];
 const REMOTE: [u8; 4] = [192, 0, 2, 7];
-const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 
 const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01",
@@ -32,11 +27,14 @@ const CONFIG: &str = r#"{
   ]
 }"#;
 
-type Small = Storage<64, { buckets_for(64) }>;
+/// A room for 64 flows.
+fn small() -> Room {
+    Room::new(64)
+}
 
-fn engine<const N: usize, const B: usize>(storage: &mut Storage<N, B>) -> Engine<'_> {
+fn engine(room: &mut Room) -> Engine<'_> {
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();
-    let mut e = Engine::new(&cfg, None, Table::from_storage(storage, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut e = room.engine(&cfg, None);
     // The endpoint and the gateway answered ARP earlier.
     for (ip, mac) in [(EP, EP_MAC), ([10, 77, 0, 254], GATEWAY_MAC)] {
         let mut arp = arp_reply(mac, ip);
@@ -46,15 +44,7 @@ fn engine<const N: usize, const B: usize>(storage: &mut Storage<N, B>) -> Engine
 }
 
 fn arp_reply(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&NODE_MAC);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&NODE_MAC);
-    f.extend_from_slice(&NODE);
-    f
+    support::arp(2, mac, ip, NODE)
 }
 
 #[derive(Clone, Copy)]
@@ -145,7 +135,7 @@ const SNAT: ([u8; 4], u16) = (NODE, 40000);
 
 #[test]
 fn tcp_flow_is_dnated_snated_and_translated_back() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let to_node = (CLIENT_MAC, NODE_MAC);
     let to_ep = (NODE_MAC, EP_MAC);
@@ -204,7 +194,7 @@ fn tcp_flow_is_dnated_snated_and_translated_back() {
 
 #[test]
 fn udp_both_ways() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let cli = (CLIENT, 50000);
     run(
@@ -231,7 +221,7 @@ fn udp_both_ways() {
 
 #[test]
 fn udp_without_checksum_stays_without() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut f = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"q");
     f[14 + 20 + 6] = 0;
@@ -242,7 +232,7 @@ fn udp_without_checksum_stays_without() {
 
 #[test]
 fn local_policy_keeps_the_client_address() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     run(
         &mut e,
@@ -267,7 +257,7 @@ fn local_policy_keeps_the_client_address() {
 
 #[test]
 fn local_policy_hairpin_is_snated_to_the_node() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let me = (EP, 45000);
     run(
@@ -293,7 +283,7 @@ fn local_policy_hairpin_is_snated_to_the_node() {
 
 #[test]
 fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
 
@@ -329,7 +319,7 @@ fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
 
 #[test]
 fn ttl_expiry_drops_and_answers_time_exceeded() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 1, L4::Syn { seq: 1 }, b"");
@@ -359,7 +349,7 @@ fn ttl_expiry_drops_and_answers_time_exceeded() {
 
 #[test]
 fn syn_reusing_a_time_wait_tuple_gets_a_fresh_snat_port() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let to_node = (CLIENT_MAC, NODE_MAC);
     let from_ep = (EP_MAC, NODE_MAC);
@@ -442,7 +432,7 @@ const SYN: u8 = 0x02;
 
 #[test]
 fn blind_resets_and_fins_do_not_end_an_established_flow() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     handshake(&mut e, CLI, SVC, SNAT, BACKEND);
     let to_node = (CLIENT_MAC, NODE_MAC);
@@ -497,7 +487,7 @@ fn blind_resets_and_fins_do_not_end_an_established_flow() {
 
 #[test]
 fn a_syn_reopening_a_closed_local_flow_passes_the_new_flow_checks() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let local = (NODE, 30081);
     let backend = (EP, 3001);
@@ -521,8 +511,8 @@ fn a_syn_reopening_a_closed_local_flow_passes_the_new_flow_checks() {
 #[test]
 fn unresolved_endpoint_parks_the_frame_and_asks_arp() {
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();
-    let mut s = Small::new();
-    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut s = small();
+    let mut e = s.engine(&cfg, None);
     let mut out = [0u8; 1514];
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
     let Verdict::Parked(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("not parked") };
@@ -550,8 +540,8 @@ fn endpoint_off_link_goes_via_the_gateway() {
     { "name": "dns""#,
     );
     let cfg = config::parse(json.as_bytes()).unwrap();
-    let mut s = Small::new();
-    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut s = small();
+    let mut e = s.engine(&cfg, None);
     e.process(&mut arp_reply(GATEWAY_MAC, [10, 77, 0, 254]), Millis(0), &mut [0; 1514]);
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
     assert_eq!(e.process(&mut syn, Millis(0), &mut [0; 1514]), Verdict::Forward);
@@ -566,8 +556,7 @@ fn endpoint_off_link_goes_via_the_gateway() {
 #[test]
 fn a_full_snat_pool_takes_ports_back_from_unanswered_flows_never_from_answered_ones() {
     use nodegate::board::{SNAT_PORT_MAX, SNAT_PORT_MIN};
-    type Large = Storage<65536, { buckets_for(65536) }>;
-    let mut s = Box::new(Large::new());
+    let mut s = Room::new(65536);
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     // Every SNAT port towards 10.77.0.11:5353: each client port is free, so each is kept.
@@ -603,8 +592,7 @@ fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
     use nodegate::board::{SNAT_PORT_MIN, TIMEOUTS};
     use nodegate::conntrack::POOL_PORTS;
     // A table four times the pool: it stays below half full while the pool passes half.
-    type Large = Storage<{ 4 * POOL_PORTS }, { buckets_for(4 * POOL_PORTS) }>;
-    let mut s = Box::new(Large::new());
+    let mut s = Room::new(4 * POOL_PORTS);
     let mut e = engine(&mut s);
     let syn = |port: u16| frame((CLIENT_MAC, NODE_MAC), (CLIENT, port), SVC, 64, L4::Syn { seq: 1 }, b"");
     let expires_of_last = |e: &Engine| e.conntrack().expires(e.conntrack().len() - 1);
@@ -620,7 +608,7 @@ fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
 
 #[test]
 fn frames_not_for_the_node() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let tcp_flags = |flags: u8| {
         let mut f = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
@@ -752,7 +740,7 @@ fn fix_ip_checksum(f: &mut [u8]) {
 
 #[test]
 fn random_frames_never_panic() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let base = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"payload");
     let mut seed = 1u64;
@@ -803,7 +791,7 @@ fn quoted_headers(frame: &[u8]) -> (etherparse::Ipv4Header, Vec<u8>) {
 #[test]
 fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
     use etherparse::icmpv4::DestUnreachableHeader;
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     for mut f in [
@@ -861,7 +849,7 @@ fn icmp_errors_about_tracked_flows_are_translated_both_ways() {
 #[test]
 fn icmp_errors_are_checked_before_they_are_translated_and_never_answered() {
     use etherparse::icmpv4::DestUnreachableHeader;
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let mut udp = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30053), 64, L4::Udp, b"query");
@@ -896,7 +884,7 @@ fn icmp_errors_are_checked_before_they_are_translated_and_never_answered() {
 #[test]
 fn made_up_answers_are_rate_limited() {
     use nodegate::board::{REPLIES_PER_SECOND, REPLY_BURST};
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let burst = REPLY_BURST as u64;
@@ -993,7 +981,7 @@ fn forwarded(e: &mut Engine, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 
 #[test]
 fn fragmented_udp_is_translated_both_ways() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let data: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
     let cli = (CLIENT, 50000);
@@ -1012,7 +1000,7 @@ fn fragmented_udp_is_translated_both_ways() {
 
 #[test]
 fn fragmented_tcp_is_translated_both_ways() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
     // A SYN with data, cut in three: rare, but legal.
@@ -1068,7 +1056,7 @@ const PARTIAL: Offload = Offload { partial_checksum: true, segment_size: 0 };
 
 #[test]
 fn partial_checksums_follow_the_addresses_both_ways() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let rows = [
@@ -1098,7 +1086,7 @@ fn partial_checksums_follow_the_addresses_both_ways() {
 
 #[test]
 fn super_frames_pass_whole_when_their_segments_fit_the_mtu() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"");
@@ -1135,7 +1123,7 @@ fn super_frames_pass_whole_when_their_segments_fit_the_mtu() {
 
 #[test]
 fn frames_that_leave_without_their_offload_get_a_whole_checksum() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     // For the node's own stack (smoltcp checks checksums and takes MTU-sized packets).
@@ -1150,8 +1138,8 @@ fn frames_that_leave_without_their_offload_get_a_whole_checksum() {
 
     // Parked for ARP: it leaves later with an empty virtio-net header.
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();
-    let mut s = Small::new();
-    let mut e = Engine::new(&cfg, None, Table::from_storage(&mut s, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut s = small();
+    let mut e = s.engine(&cfg, None);
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 64, L4::Syn { seq: 1 }, b"hello");
     make_partial(&mut syn);
     assert!(matches!(e.process_offloaded(&mut syn, PARTIAL, Millis(0), &mut out), Verdict::Parked(_)));

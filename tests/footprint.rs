@@ -1,16 +1,11 @@
 //! What the board's tables cost: a flow's bytes, and everything static against the board's RAM
 //! budget. CI runs this for every board (`NODEGATE_BOARD`).
 
-use nodegate::board;
-use nodegate::conntrack::{Flow, buckets_for};
-use nodegate::engine::Engine;
-use nodegate::host::http;
+mod support;
 
-/// A flow's slot plus its share of the index (both directions).
-fn bytes_per_flow() -> usize {
-    std::mem::size_of::<Flow>()
-        + std::mem::size_of::<u32>() * buckets_for(board::CONNTRACK_CAPACITY) / board::CONNTRACK_CAPACITY
-}
+use nodegate::board;
+use nodegate::conntrack::Flow;
+use nodegate::host::memory::{self, bytes_per_flow};
 
 #[test]
 fn a_flow_takes_at_most_64_bytes_both_directions_included() {
@@ -24,16 +19,13 @@ fn a_flow_takes_at_most_64_bytes_both_directions_included() {
 
 #[test]
 fn static_tables_fit_the_boards_ram_budget() {
-    let conntrack = board::CONNTRACK_CAPACITY * bytes_per_flow();
-    let engine = std::mem::size_of::<Engine>();
-    let servers = http::static_bytes();
-    let total = conntrack + engine + servers;
+    let parts: Vec<String> =
+        memory::parts().iter().map(|(part, bytes)| format!("{part} {} KiB", bytes / 1024)).collect();
+    let total = memory::total();
     println!(
-        "board {}: conntrack {} KiB + engine {} KiB + HTTP buffers {} KiB = {} KiB of {} KiB",
+        "board {}: {} = {} KiB of {} KiB",
         board::NAME,
-        conntrack / 1024,
-        engine / 1024,
-        servers / 1024,
+        parts.join(" + "),
         total / 1024,
         board::RAM_BUDGET_BYTES / 1024
     );
@@ -72,9 +64,8 @@ fn the_metrics_of_the_largest_config_fit_their_buffer() {
         services.join(",")
     );
     let cfg = nodegate::config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    let mut storage = Box::new(nodegate::conntrack::Storage::<16, { buckets_for(16) }>::new());
-    let table = nodegate::conntrack::Table::from_storage(&mut storage, [1, 2], board::TIMEOUTS);
-    let engine = Box::new(Engine::new(&cfg, None, table, 3).unwrap());
+    let mut room = support::Room::new(16);
+    let engine = room.engine(&cfg, None);
     let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
     let mut w = nodegate::text::SliceWriter::new(&mut buf);
     let fits = nodegate::metrics::render(&engine, &nodegate::time::Turns::default(), &mut w).is_ok();

@@ -1,22 +1,22 @@
 //! Kubernetes Service semantics in the engine: affinity, source ranges, virtual IPs, endpoint
 //! state and health, frame in → frame out (frames built with etherparse).
 
+mod support;
+
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use nodegate::config::{self, Config};
-use nodegate::conntrack::{Storage, Table, buckets_for};
 use nodegate::engine::{DropReason, Engine, Reload, Verdict};
 use nodegate::time::Millis;
+use support::{CLIENT_MAC, NODE, NODE_MAC, Room, arp};
 
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
-const NODE: [u8; 4] = [10, 77, 0, 1];
+/// A room for 256 flows.
+fn small() -> Room {
+    Room::new(256)
+}
 
-type Small = Storage<256, { buckets_for(256) }>;
-
-fn engine<'a>(json: &str, storage: &'a mut Small) -> Engine<'a> {
+fn engine<'a>(json: &str, room: &'a mut Room) -> Engine<'a> {
     let cfg = config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    let mut e =
-        Engine::new(&cfg, Some("edge-1"), Table::from_storage(storage, [3, 4], nodegate::board::TIMEOUTS), 42).unwrap();
+    let mut e = room.engine(&cfg, Some("edge-1"));
     for last in 11..=14u8 {
         let mut arp = arp(2, [2, 0, 0, 0, 0, last], [10, 77, 0, last], NODE);
         e.process(&mut arp, Millis(0), &mut [0; 1514]);
@@ -29,7 +29,8 @@ fn engine<'a>(json: &str, storage: &'a mut Small) -> Engine<'a> {
 /// flushed.
 fn reload(e: &mut Engine, running: &str, next: &Config) -> Result<u64, String> {
     let running = config::parse(running.as_bytes()).unwrap();
-    let mut prepared = Box::new(Reload::prepare(&running, next, Some("edge-1")).map_err(|e| e.to_string())?);
+    let mut prepared = Box::<Reload>::default();
+    prepared.prepare(&running, next, Some("edge-1")).map_err(|e| e.to_string())?;
     e.apply(&mut prepared);
     Ok(settle(e))
 }
@@ -42,18 +43,6 @@ fn settle(e: &mut Engine) -> u64 {
     }
     assert_eq!(e.flows_to_renumber(), 0);
     e.counters().udp_flows_flushed - before
-}
-
-fn arp(op: u8, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(if op == 1 { &[0xff; 6] } else { &NODE_MAC });
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, op]);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target);
-    f
 }
 
 fn syn(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
@@ -106,7 +95,7 @@ const CLIENT_B: [u8; 4] = [10, 77, 0, 101];
 
 #[test]
 fn client_ip_affinity_pins_each_client_until_the_timeout() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(
         &service(r#""sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":5}},"#, THREE),
         &mut s,
@@ -134,7 +123,7 @@ fn client_ip_affinity_pins_each_client_until_the_timeout() {
 
 #[test]
 fn without_affinity_one_client_spreads_over_endpoints() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service("", THREE), &mut s);
     let mut seen = std::collections::BTreeSet::new();
     for port in 40000..40030 {
@@ -145,7 +134,7 @@ fn without_affinity_one_client_spreads_over_endpoints() {
 
 #[test]
 fn source_ranges_admit_only_listed_clients_on_every_address() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(
         &service(
             r#""clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],"loadBalancerSourceRanges":["10.77.0.100/32"],"#,
@@ -167,7 +156,7 @@ fn source_ranges_admit_only_listed_clients_on_every_address() {
 
 #[test]
 fn cluster_ip_and_external_ips_forward_like_the_node_port_and_answer_arp() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service(r#""clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],"#, THREE), &mut s);
     assert_eq!(send(&mut e, syn(CLIENT_A, 40000, [10, 96, 0, 10], 80), 0).unwrap().1, 3000);
     assert_eq!(send(&mut e, udp(CLIENT_A, 40000, [10, 77, 0, 50], 53), 0).unwrap().1, 5353);
@@ -196,7 +185,7 @@ fn cluster_ip_and_external_ips_forward_like_the_node_port_and_answer_arp() {
 
 #[test]
 fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
-    let mut s = Small::new();
+    let mut s = small();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"},{"ip":"10.77.0.12","nodeName":"edge-1"}"#;
     let mut e = engine(&service(r#""externalTrafficPolicy":"Local","healthCheckNodePort":30100,"#, eps), &mut s);
     for port in 40000..40010 {
@@ -204,7 +193,7 @@ fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
     }
     assert_eq!(e.ready_endpoints(0), 1);
 
-    let mut s = Small::new();
+    let mut s = small();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"}"#;
     let mut e = engine(&service(r#""externalTrafficPolicy":"Local","#, eps), &mut s);
     assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0), Err(Verdict::Drop(DropReason::NoLocalEndpoint)));
@@ -213,7 +202,7 @@ fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
 
 #[test]
 fn terminating_endpoints_serve_only_when_none_is_ready() {
-    let mut s = Small::new();
+    let mut s = small();
     let eps =
         r#"{"ip":"10.77.0.11","ready":false,"terminating":true},{"ip":"10.77.0.12"},{"ip":"10.77.0.13","ready":false}"#;
     let mut e = engine(&service("", eps), &mut s);
@@ -231,7 +220,7 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
 fn the_health_check_node_port_counts_only_ready_local_endpoints() {
     // Local: this node's one endpoint is terminating. It still takes traffic (nothing else can),
     // but the node reports 0 ready so that the external load balancer drains it, as kube-proxy.
-    let mut s = Small::new();
+    let mut s = small();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1","ready":false,"terminating":true},{"ip":"10.77.0.12","nodeName":"edge-2"}"#;
     let mut e = engine(&service(r#""externalTrafficPolicy":"Local","healthCheckNodePort":30100,"#, eps), &mut s);
     assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap().0, [10, 77, 0, 11]);
@@ -241,7 +230,7 @@ fn the_health_check_node_port_counts_only_ready_local_endpoints() {
 
 #[test]
 fn the_nodes_own_addresses_are_refused_as_sources() {
-    let mut s = Small::new();
+    let mut s = small();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1"}"#;
     let extra = r#""externalTrafficPolicy":"Local","clusterIP":"10.96.0.10","#;
     let mut e = engine(&service(extra, eps), &mut s);
@@ -254,7 +243,7 @@ fn the_nodes_own_addresses_are_refused_as_sources() {
 
 #[test]
 fn an_endpoint_that_fails_gets_no_new_flows_and_its_udp_flows_are_flushed() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service("", THREE), &mut s);
     let (ep, _) = send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 0).unwrap();
     // A TCP flow to the same endpoint.
@@ -278,7 +267,7 @@ fn an_endpoint_that_fails_gets_no_new_flows_and_its_udp_flows_are_flushed() {
 
 #[test]
 fn a_reload_flushes_udp_flows_to_endpoints_it_makes_not_serving() {
-    let mut s = Small::new();
+    let mut s = small();
     let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12","nodeName":"edge-1"}"#;
     let local = r#""externalTrafficPolicy":"Local","#;
     let mut e = engine(&service(local, eps), &mut s);
@@ -309,7 +298,7 @@ fn a_reload_flushes_udp_flows_to_endpoints_it_makes_not_serving() {
 
 #[test]
 fn reconfigure_keeps_flows_to_endpoints_that_stay() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service("", THREE), &mut s);
     // One UDP and one TCP flow to each endpoint.
     let mut udp_of = std::collections::BTreeMap::new();
@@ -362,7 +351,7 @@ fn reconfigure_keeps_flows_to_endpoints_that_stay() {
 
 #[test]
 fn the_node_answers_ping_for_its_virtual_ips() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service(r#""externalIPs":["10.77.0.50"],"#, THREE), &mut s);
     let mut ping = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
@@ -384,7 +373,7 @@ fn the_node_answers_ping_for_its_virtual_ips() {
 
 #[test]
 fn a_reload_keeps_each_ports_counters_with_that_port() {
-    let mut s = Small::new();
+    let mut s = small();
     let mut e = engine(&service("", THREE), &mut s);
     send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap();
     for p in 5000..5003 {
@@ -417,14 +406,15 @@ fn flows_are_counted_with_their_service_while_a_reload_renumbers_them() {
     };
     let a = r#"{"name":"a","ports":[{"protocol":"UDP","port":53,"targetPort":5353,"nodePort":30053}],"endpoints":[{"ip":"10.77.0.11"}]}"#;
     let b = r#"{"name":"b","ports":[{"protocol":"UDP","port":54,"targetPort":5454,"nodePort":30054}],"endpoints":[{"ip":"10.77.0.12"}]}"#;
-    let mut s = Small::new();
+    let mut s = small();
     let running = two(a, b);
     let mut e = engine(&running, &mut s);
     send(&mut e, udp(CLIENT_A, 5000, NODE, 30053), 0).unwrap();
     send(&mut e, udp(CLIENT_A, 5001, NODE, 30054), 0).unwrap();
     // The same services the other way round: every flow's service index changes.
     let next = config::parse(two(b, a).as_bytes()).unwrap();
-    let mut prepared = Box::new(Reload::prepare(&config::parse(running.as_bytes()).unwrap(), &next, None).unwrap());
+    let mut prepared = Box::<Reload>::default();
+    prepared.prepare(&config::parse(running.as_bytes()).unwrap(), &next, None).unwrap();
     e.apply(&mut prepared);
     assert_eq!(e.flows_to_renumber(), 2, "nothing renumbered in the swap itself");
     // Before housekeeping reaches them, the flows' packets go on and count with their service.

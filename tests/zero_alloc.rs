@@ -4,11 +4,12 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+mod support;
+
 use etherparse::PacketBuilder;
 use nodegate::config;
-use nodegate::conntrack::{Storage, Table, buckets_for};
-use nodegate::engine::Engine;
 use nodegate::time::Millis;
+use support::{CLIENT_MAC, EP_MAC, NODE_MAC, Room};
 
 struct Counting;
 
@@ -38,10 +39,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
-const EP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
-
 const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
   "services": [
@@ -53,15 +50,6 @@ const CONFIG: &str = r#"{
   ]
 }"#;
 
-/// The frame an etherparse builder writes with `payload` (the builder types share no trait).
-macro_rules! bytes {
-    ($builder:expr, $payload:expr) => {{
-        let mut f = Vec::new();
-        $builder.write(&mut f, $payload).unwrap();
-        f
-    }};
-}
-
 /// The frames of one round: new flows, replies, data, rejects, ARP, junk.
 fn frames(round: u16) -> Vec<Vec<u8>> {
     let client = [10, 77, (round >> 8) as u8 % 200, (round & 0xff) as u8 % 250 + 2];
@@ -69,8 +57,8 @@ fn frames(round: u16) -> Vec<Vec<u8>> {
     let from_client = || PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
     let node = [10, 77, 0, 1];
     let mut out = vec![
-        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30080, 1, 1000).syn(), b""),
-        bytes!(
+        built!(from_client().ipv4(client, node, 64).tcp(port, 30080, 1, 1000).syn(), b""),
+        built!(
             PacketBuilder::ethernet2(EP_MAC, NODE_MAC)
                 .ipv4([10, 77, 0, 11], node, 64)
                 .tcp(3000, port, 9, 1000)
@@ -78,11 +66,11 @@ fn frames(round: u16) -> Vec<Vec<u8>> {
                 .ack(2),
             b""
         ),
-        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30080, 2, 1000).ack(10), b"GET / HTTP/1.1\r\n\r\n"),
-        bytes!(from_client().ipv4(client, node, 64).udp(port, 30053), b"query"),
-        bytes!(from_client().ipv4(client, [10, 96, 0, 10], 64).tcp(port, 80, 1, 1000).syn(), b""),
-        bytes!(from_client().ipv4(client, node, 64).tcp(port, 30090, 1, 1000).syn(), b""),
-        bytes!(from_client().ipv4(client, node, 1).udp(port, 30053), b"ttl"),
+        built!(from_client().ipv4(client, node, 64).tcp(port, 30080, 2, 1000).ack(10), b"GET / HTTP/1.1\r\n\r\n"),
+        built!(from_client().ipv4(client, node, 64).udp(port, 30053), b"query"),
+        built!(from_client().ipv4(client, [10, 96, 0, 10], 64).tcp(port, 80, 1, 1000).syn(), b""),
+        built!(from_client().ipv4(client, node, 64).tcp(port, 30090, 1, 1000).syn(), b""),
+        built!(from_client().ipv4(client, node, 1).udp(port, 30053), b"ttl"),
     ];
     out.push(vec![0xff; 9]);
     let mut arp = vec![0xff; 6];
@@ -99,9 +87,8 @@ fn frames(round: u16) -> Vec<Vec<u8>> {
 #[test]
 fn the_datapath_allocates_nothing_after_start_up() {
     let cfg = config::parse(CONFIG.as_bytes()).unwrap();
-    let mut storage = Box::new(Storage::<4096, { buckets_for(4096) }>::new());
-    let table = Table::from_storage(&mut storage, [5, 6], nodegate::board::TIMEOUTS);
-    let mut engine = Box::new(Engine::new(&cfg, None, table, 7).unwrap());
+    let mut room = Room::new(4096);
+    let mut engine = room.engine(&cfg, None);
     // Every frame is built before counting starts; the engine gets copies in a reused buffer.
     let rounds: Vec<Vec<Vec<u8>>> = (0..100_000u32.div_ceil(9) as u16).map(frames).collect();
     let mut buf = [0u8; 1514];

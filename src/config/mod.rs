@@ -144,7 +144,7 @@ impl TrafficPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Node {
     pub name: Name,
     pub tap: IfName,
@@ -284,7 +284,8 @@ pub const MAX_NESTING: usize = 16;
 /// Parses and validates a config file's bytes.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     check_nesting(bytes)?;
-    let raw = parse_raw(bytes)?;
+    let mut raw = raw::RawConfig::default();
+    parse_raw(bytes, &mut raw)?;
     validate::config(&raw)
 }
 
@@ -314,11 +315,13 @@ fn check_nesting(bytes: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_raw(bytes: &[u8]) -> Result<raw::RawConfig<'_>, ConfigError> {
-    match serde_json_core::from_slice::<raw::RawConfig>(bytes) {
-        Ok((raw, _)) => Ok(raw),
-        Err(e) => Err(ConfigError::new(format_args!(""), format_args!("invalid JSON: {e}"))),
-    }
+/// Parses `bytes` into `raw`, in place: the lists of a config are a few hundred KiB at the
+/// board's capacities, which a parse by value would copy from frame to frame.
+fn parse_raw<'a>(bytes: &'a [u8], raw: &mut raw::RawConfig<'a>) -> Result<(), ConfigError> {
+    let invalid = |e: serde_json_core::de::Error| ConfigError::new(format_args!(""), format_args!("invalid JSON: {e}"));
+    let mut de = serde_json_core::de::Deserializer::new(bytes, None);
+    serde::Deserialize::deserialize_in_place(&mut de, raw).map_err(invalid)?;
+    de.end().map(|_| ()).map_err(invalid)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! numbers stay wide, so that [`super::validate`] can reject bad values with the field's path
 //! instead of serde's pathless error.
 
-use core::{fmt, marker::PhantomData};
+use core::fmt;
 use heapless::Vec;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
@@ -24,14 +24,22 @@ impl<T, const N: usize> Default for Bounded<T, N> {
 
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SeqVisitor<T, const N: usize>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for SeqVisitor<T, N> {
-            type Value = Bounded<T, N>;
+        let mut out = Bounded::default();
+        Self::deserialize_in_place(deserializer, &mut out)?;
+        Ok(out)
+    }
+
+    fn deserialize_in_place<D: Deserializer<'de>>(deserializer: D, place: &mut Self) -> Result<(), D::Error> {
+        struct SeqVisitor<'p, T, const N: usize>(&'p mut Bounded<T, N>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for SeqVisitor<'_, T, N> {
+            type Value = ();
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Bounded::default();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                let out = self.0;
+                out.items.clear();
+                out.len = 0;
                 while out.items.len() < N {
                     match seq.next_element()? {
                         Some(item) => {
@@ -39,20 +47,20 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N
                             let _ = out.items.push(item);
                             out.len += 1;
                         }
-                        None => return Ok(out),
+                        None => return Ok(()),
                     }
                 }
                 while seq.next_element::<IgnoredAny>()?.is_some() {
                     out.len += 1;
                 }
-                Ok(out)
+                Ok(())
             }
         }
-        deserializer.deserialize_seq(SeqVisitor(PhantomData))
+        deserializer.deserialize_seq(SeqVisitor(place))
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawConfig<'a> {
     #[serde(borrow)]

@@ -36,7 +36,8 @@ use fragments::Fragments;
 pub use packet::Offload;
 use parked::Parked;
 use rate_limit::RateLimit;
-pub use services::{PortTraffic, Reload, ServiceCounters, Services};
+use services::Services;
+pub use services::{PortTraffic, Reload, ServiceCounters};
 
 /// What to do with a frame after [`Engine::process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +54,31 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-pub struct Engine<'a> {
+/// The engine's large tables (the services with their Maglev tables, the affinity pins),
+/// placed by the caller as embassy-net's `StackResources` are: a `static` on a microcontroller,
+/// one allocation at start on Linux, a `Box` in a test. The engine borrows them, so that it is
+/// small enough to build on any stack.
+pub struct Resources {
     services: Services,
-    conntrack: Table<'a>,
     affinity: Affinity<{ board::AFFINITY_CAPACITY }>,
+}
+
+impl Resources {
+    pub fn new() -> Self {
+        Resources { services: Services::new(), affinity: Affinity::new([0, 0]) }
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Engine<'a> {
+    services: &'a mut Services,
+    conntrack: Table<'a>,
+    affinity: &'a mut Affinity<{ board::AFFINITY_CAPACITY }>,
     neighbors: Neighbors<{ board::NEIGHBOR_CAPACITY }>,
     parked: Parked<{ board::PARKED_FRAMES }>,
     fragments: Fragments<{ board::FRAGMENT_TRACKS }>,
@@ -71,13 +93,21 @@ pub struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
-    /// An engine for node `node_name` of `config`, tracking flows in `conntrack`. `seed` seeds
-    /// the SNAT port choice; draw it from a random source.
-    pub fn new(config: &Config, node_name: Option<&str>, conntrack: Table<'a>, seed: u64) -> Result<Self, ConfigError> {
+    /// An engine for node `node_name` of `config`, tracking flows in `conntrack`, its tables in
+    /// `resources`. `seed` seeds the SNAT port choice; draw it from a random source.
+    pub fn new(
+        config: &Config,
+        node_name: Option<&str>,
+        conntrack: Table<'a>,
+        resources: &'a mut Resources,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        resources.services.build(config, node_name)?;
+        resources.affinity.reset([seed, seed.rotate_left(32)]);
         Ok(Engine {
-            services: Services::new(config, node_name)?,
+            services: &mut resources.services,
             conntrack,
-            affinity: Affinity::new([seed, seed.rotate_left(32)]),
+            affinity: &mut resources.affinity,
             neighbors: Neighbors::new(board::NEIGHBOR_SECONDS as u64 * 1000, board::ARP_RETRY_MILLIS),
             parked: Parked::new(),
             fragments: Fragments::new(),

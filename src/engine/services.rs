@@ -93,16 +93,26 @@ pub struct Services {
 }
 
 impl Services {
-    /// Services of node `node_name` of `config`, every endpoint healthy.
-    pub(super) fn new(config: &Config, node_name: Option<&str>) -> Result<Self, ConfigError> {
-        let node = config.node(node_name)?;
-        let mut services = Services {
-            node: node.clone(),
-            node_index: config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8,
+    /// None yet: [`Services::build`] fills them in place.
+    pub(super) fn new() -> Self {
+        Services {
+            node: Node::default(),
+            node_index: 0,
             list: Vec::new(),
             listeners: Vec::new(),
             virtual_ips: Vec::new(),
-        };
+        }
+    }
+
+    /// Builds, in place, the services of node `node_name` of `config`, every endpoint healthy.
+    pub(super) fn build(&mut self, config: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
+        let node = config.node(node_name)?;
+        self.node = node.clone();
+        self.node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
+        self.list.clear();
+        self.listeners.clear();
+        self.virtual_ips.clear();
+        let services = self;
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = services.list.push(ServiceState {
@@ -131,7 +141,7 @@ impl Services {
         }
         services.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
         services.virtual_ips.sort_unstable();
-        Ok(services)
+        Ok(())
     }
 
     /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
@@ -207,17 +217,24 @@ impl Services {
 }
 
 /// A new config made ready to apply off the packet thread: its [`Services`] and where the
-/// running config's services, ports and endpoints went in it.
+/// running config's services, ports and endpoints went in it. Built in place (a few hundred
+/// KiB): make one, then [`Reload::prepare`] it.
 pub struct Reload {
     services: Services,
     renumbering: Renumbering,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload { services: Services::new(), renumbering: Renumbering::new() }
+    }
 }
 
 impl Reload {
     /// Validates `next` against `running` for node `node_name` and builds what the loop swaps
     /// in. The node itself (TAP, MAC, addresses) cannot change without a restart. Services,
     /// ports and endpoints are matched by name, by name, protocol and port, and by address.
-    pub fn prepare(running: &Config, next: &Config, node_name: Option<&str>) -> Result<Self, ConfigError> {
+    pub fn prepare(&mut self, running: &Config, next: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
         let (was, node) = (running.node(node_name)?, next.node(node_name)?);
         if (&node.tap, &node.bridge, node.mac, &node.addresses) != (&was.tap, &was.bridge, was.mac, &was.addresses) {
             return Err(ConfigError::new(
@@ -228,7 +245,8 @@ impl Reload {
                 ),
             ));
         }
-        let mut renumbering = Renumbering::new();
+        let renumbering = &mut self.renumbering;
+        *renumbering = Renumbering::new();
         for (s, before) in running.services.iter().enumerate() {
             let Some(to) = next.services.iter().position(|n| n.name == before.name) else { continue };
             renumbering.service(s, to);
@@ -245,7 +263,7 @@ impl Reload {
                 }
             }
         }
-        Ok(Reload { services: Services::new(next, node_name)?, renumbering })
+        self.services.build(next, node_name)
     }
 }
 
@@ -257,8 +275,8 @@ impl Engine<'_> {
     /// are left to finish. ClientIP pins start afresh. `reload` is left holding the services
     /// that ran until now.
     pub fn apply(&mut self, reload: &mut Reload) {
-        reload.services.carry_over(&self.services, &reload.renumbering);
-        core::mem::swap(&mut self.services, &mut reload.services);
+        reload.services.carry_over(self.services, &reload.renumbering);
+        core::mem::swap(self.services, &mut reload.services);
         self.conntrack.renumber(reload.renumbering);
         self.affinity.clear();
         self.resolve_cursor = (0, 0);

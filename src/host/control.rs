@@ -219,11 +219,12 @@ fn reload(site: &Site, tx: &Sender<Command>) -> Result<String, String> {
     let (_, config) = load::load(Some(path))?;
     // A thread that panicked while holding the lock left the config as it was.
     let mut running = site.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let reload =
-        Reload::prepare(&running, &config, site.node.as_deref()).map_err(|e| format!("{}: {e}", path.display()))?;
     let changes = describe_changes(&running, &config);
     let next = Box::new(config.clone());
-    match ask(tx, Request::Apply(Box::new(Prepared { reload, config })))? {
+    let mut prepared = Box::new(Prepared { reload: Reload::default(), config });
+    let p = &mut *prepared;
+    p.reload.prepare(&running, &p.config, site.node.as_deref()).map_err(|e| format!("{}: {e}", path.display()))?;
+    match ask(tx, Request::Apply(prepared))? {
         Reply::Text(text) => {
             *running = next;
             Ok(format!("applied: {changes}{text}"))

@@ -22,23 +22,8 @@ pub fn load(path: Option<&Path>) -> Result<(String, Config), String> {
         None => (DEFAULT_CONFIG_NAME.to_string(), DEFAULT_CONFIG.to_vec()),
         Some(p) => (p.display().to_string(), read(p)?),
     };
-    let cfg = parse_on_big_stack(bytes).map_err(|e| format!("{name}: {e}"))?;
+    let cfg = config::parse(&bytes).map_err(|e| format!("{name}: {e}"))?;
     Ok((name, cfg))
-}
-
-/// Stack for parsing: the config is parsed into fixed-capacity values of a few hundred KiB,
-/// which serde's derived code moves from frame to frame; an unoptimised build needs far more
-/// than a main thread's 8 MiB for that. The stack is only reserved; what parsing does not touch
-/// costs nothing.
-const PARSE_STACK: usize = 256 << 20;
-
-fn parse_on_big_stack(bytes: Vec<u8>) -> Result<Config, String> {
-    let parser = std::thread::Builder::new()
-        .name("config".into())
-        .stack_size(PARSE_STACK)
-        .spawn(move || config::parse(&bytes).map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot start the config parser: {e}"))?;
-    parser.join().map_err(|_| "the config parser failed".to_string())?
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, String> {

@@ -7,6 +7,7 @@ pub mod device;
 pub mod health;
 pub mod http;
 pub mod load;
+pub mod memory;
 pub mod runner;
 mod sys;
 pub mod tap;

@@ -23,7 +23,7 @@ use super::tap::Tap;
 use crate::board;
 use crate::config::Config;
 use crate::conntrack::{Flow, Table, buckets_for};
-use crate::engine::{DropReason, Engine};
+use crate::engine::{DropReason, Engine, Resources};
 use crate::time::{Millis, Turns};
 
 /// How often expired flows are swept (a bounded number each time).
@@ -68,12 +68,14 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
     let node = config.node(opts.node.as_deref()).map_err(|e| format!("{source}: {e}"))?.clone();
     let key = sys::random_key().map_err(|e| format!("cannot read random bytes: {e}"))?;
 
-    // The connection table is the one large allocation, made once here.
+    // The connection table and the engine's other large tables are allocated once, here.
+    let mut resources = Box::new(Resources::new());
     let mut flows = vec![Flow::EMPTY; board::CONNTRACK_CAPACITY];
     let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
     let table = Table::new(&mut flows, &mut buckets, key, board::TIMEOUTS);
     let mut engine = Box::new(
-        Engine::new(&config, opts.node.as_deref(), table, key[0] ^ key[1]).map_err(|e| format!("{source}: {e}"))?,
+        Engine::new(&config, opts.node.as_deref(), table, &mut resources, key[0] ^ key[1])
+            .map_err(|e| format!("{source}: {e}"))?,
     );
 
     let tap = Tap::open(&node.tap, node.bridge.as_deref())?;
