@@ -30,7 +30,22 @@ struct Board<'a> {
     reply_burst: u32,
     conntrack_sweep_per_turn: u32,
     conntrack_renumber_per_turn: u32,
+    conntrack_eviction_window: u32,
+    snat_attempts: u32,
+    node_client_port_min: u16,
+    affinity_ways: u32,
+    neighbor_refresh_millis: u32,
+    health_check_defaults: HealthCheckDefaults,
     timeouts: Timeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HealthCheckDefaults {
+    interval_seconds: u32,
+    timeout_seconds: u32,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
 }
 
 #[derive(Deserialize)]
@@ -89,8 +104,15 @@ fn main() {
     if b.snat_port_min < 1024 || b.snat_port_min >= b.snat_port_max {
         fail("snatPortMin", "must be >= 1024 and below snatPortMax");
     }
-    if b.snat_port_max >= 61000 {
-        fail("snatPortMax", "must be below 61000: 61000-65535 are the node's own client ports");
+    if b.snat_port_max >= b.node_client_port_min {
+        fail("snatPortMax", "must be below nodeClientPortMin: the node's own client ports lie above it");
+    }
+    if !b.affinity_ways.is_power_of_two() || b.affinity_ways > b.affinity_capacity {
+        fail("affinityWays", "must be a power of two, at most affinityCapacity");
+    }
+    let h = &b.health_check_defaults;
+    if h.timeout_seconds > h.interval_seconds {
+        fail("healthCheckDefaults.timeoutSeconds", "must not be longer than intervalSeconds");
     }
     if !b.affinity_capacity.is_power_of_two() || b.affinity_capacity < 8 {
         fail("affinityCapacity", "must be a power of two, at least 8");
@@ -100,6 +122,13 @@ fn main() {
         ("parkedFrames", b.parked_frames),
         ("conntrackSweepPerTurn", b.conntrack_sweep_per_turn),
         ("conntrackRenumberPerTurn", b.conntrack_renumber_per_turn),
+        ("conntrackEvictionWindow", b.conntrack_eviction_window),
+        ("snatAttempts", b.snat_attempts),
+        ("neighborRefreshMillis", b.neighbor_refresh_millis),
+        ("healthCheckDefaults.intervalSeconds", h.interval_seconds),
+        ("healthCheckDefaults.timeoutSeconds", h.timeout_seconds),
+        ("healthCheckDefaults.unhealthyThreshold", h.unhealthy_threshold),
+        ("healthCheckDefaults.healthyThreshold", h.healthy_threshold),
         ("fragmentTracks", b.fragment_tracks),
         ("repliesPerSecond", b.replies_per_second),
         ("replyBurst", b.reply_burst),
@@ -188,6 +217,33 @@ fn main() {
         ns = t.neighbor_seconds,
         arp = t.arp_retry_millis,
     );
+    let out = out
+        + &format!(
+            "/// Slots a full connection table searches for a flow to give up.\n\
+             pub const CONNTRACK_EVICTION_WINDOW: usize = {window};\n\
+             /// Random SNAT ports a new flow tries before it takes one back or is dropped.\n\
+             pub const SNAT_ATTEMPTS: usize = {attempts};\n\
+             /// The lowest source port of the node's own connections (health probes): the SNAT\n\
+             /// range lies below it.\n\
+             pub const NODE_CLIENT_PORT_MIN: u16 = {clients};\n\
+             /// Entries in one set of the affinity table: how many pins one hash set holds.\n\
+             pub const AFFINITY_WAYS: usize = {ways};\n\
+             /// Milliseconds between two walks of the endpoints that refresh their next hops' ARP.\n\
+             pub const NEIGHBOR_REFRESH_MILLIS: u64 = {refresh};\n\
+             /// What a service's `healthCheck` leaves out.\n\
+             pub const HEALTH_CHECK_DEFAULTS: crate::config::HealthCheck = crate::config::HealthCheck {{\n\
+                 interval_seconds: {hi}, timeout_seconds: {ht}, unhealthy_threshold: {hu}, healthy_threshold: {hh},\n\
+             }};\n",
+            window = b.conntrack_eviction_window,
+            attempts = b.snat_attempts,
+            clients = b.node_client_port_min,
+            ways = b.affinity_ways,
+            refresh = b.neighbor_refresh_millis,
+            hi = h.interval_seconds,
+            ht = h.timeout_seconds,
+            hu = h.unhealthy_threshold,
+            hh = h.healthy_threshold,
+        );
     let dest = Path::new(&env::var("OUT_DIR").unwrap()).join("board.rs");
     fs::write(dest, out).unwrap();
 }

@@ -1,15 +1,13 @@
 //! ClientIP session affinity: which endpoint a client address was last sent to, per service.
 //!
 //! A set-associative table of fixed size: a key hashes (keyed at start, like conntrack) to a
-//! set of [`WAYS`] slots; a full set gives up its entry that expires first. Lookups and updates
+//! set of the board's `affinityWays` slots; a full set gives up its entry that expires first. Lookups and updates
 //! touch one set, so the cost stays flat however full the table is.
 
 use core::net::Ipv4Addr;
 
+use crate::board::AFFINITY_WAYS as WAYS;
 use crate::hash::sip13;
-
-/// Slots per set.
-pub const WAYS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -30,7 +28,7 @@ pub struct Affinity<const N: usize> {
 
 impl<const N: usize> Affinity<N> {
     pub const fn new(key: [u64; 2]) -> Self {
-        assert!(N.is_power_of_two() && N >= WAYS, "N must be a power of two, at least WAYS");
+        const { assert!(N.is_power_of_two() && N >= WAYS, "N must be a power of two, at least WAYS") };
         Affinity { entries: [EMPTY; N], key, evictions: 0 }
     }
 

@@ -158,6 +158,13 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
         "UDP flows taken out because their endpoint stopped taking new flows (health, reload).",
     )?;
     writeln!(w, "nodegate_udp_flows_flushed_total {}", c.udp_flows_flushed)?;
+    header(
+        w,
+        "nodegate_affinity_evictions_total",
+        "counter",
+        "ClientIP pins pushed out of a full affinity set by newer ones (the client may move).",
+    )?;
+    writeln!(w, "nodegate_affinity_evictions_total {}", engine.affinity_evictions())?;
     header(w, "nodegate_conntrack_flows_to_renumber", "gauge", "Flows not yet renumbered for the last reload.")?;
     writeln!(w, "nodegate_conntrack_flows_to_renumber {}", engine.flows_to_renumber())?;
 

@@ -607,7 +607,7 @@ fn a_snat_pool_more_than_half_used_shortens_the_handshake_timeout() {
 }
 
 #[test]
-fn frames_not_for_the_node() {
+fn malformed_odd_and_foreign_frames_are_dropped_each_with_its_reason() {
     let mut s = small();
     let mut e = engine(&mut s);
     let tcp_flags = |flags: u8| {

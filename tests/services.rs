@@ -426,7 +426,7 @@ fn flows_are_counted_with_their_service_while_a_reload_renumbers_them() {
     assert_eq!((packets(&e, "a"), packets(&e, "b")), (2, 2));
     assert_eq!(e.counters().udp_flows_flushed, 0, "no flow of a service that stayed is flushed");
     settle(&mut e);
-    let owners: Vec<(u16, u8)> = e.conntrack().flows().map(|f| (f.client_port, f.service)).collect();
+    let owners: Vec<(u16, u8)> = e.conntrack().flows().map(|f| (f.client_port, f.service_index)).collect();
     assert_eq!(owners.len(), 2);
     assert!(owners.contains(&(5000, 1)) && owners.contains(&(5001, 0)), "{owners:?}");
 }

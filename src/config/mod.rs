@@ -34,7 +34,7 @@ impl PortRange {
     pub const SNAT: PortRange = PortRange { first: board::SNAT_PORT_MIN, last: board::SNAT_PORT_MAX };
     /// Source ports of the node's own connections (health probes); build.rs keeps the SNAT
     /// range below them.
-    pub const NODE_CLIENTS: PortRange = PortRange { first: 61000, last: 65535 };
+    pub const NODE_CLIENTS: PortRange = PortRange { first: board::NODE_CLIENT_PORT_MIN, last: 65535 };
 
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)

@@ -423,11 +423,12 @@ fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {
             v => fail!(format_args!("services[{i}].healthCheck.{field}"), "{v} is outside 1-{max}"),
         }
     };
+    let d = board::HEALTH_CHECK_DEFAULTS;
     let h = HealthCheck {
-        interval_seconds: within("intervalSeconds", raw.interval_seconds, 2, 3600)?,
-        timeout_seconds: within("timeoutSeconds", raw.timeout_seconds, 1, 3600)?,
-        unhealthy_threshold: within("unhealthyThreshold", raw.unhealthy_threshold, 3, 100)?,
-        healthy_threshold: within("healthyThreshold", raw.healthy_threshold, 2, 100)?,
+        interval_seconds: within("intervalSeconds", raw.interval_seconds, d.interval_seconds, 3600)?,
+        timeout_seconds: within("timeoutSeconds", raw.timeout_seconds, d.timeout_seconds, 3600)?,
+        unhealthy_threshold: within("unhealthyThreshold", raw.unhealthy_threshold, d.unhealthy_threshold, 100)?,
+        healthy_threshold: within("healthyThreshold", raw.healthy_threshold, d.healthy_threshold, 100)?,
     };
     if h.timeout_seconds > h.interval_seconds {
         fail!(

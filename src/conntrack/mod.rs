@@ -117,9 +117,9 @@ pub struct Flow {
     pub proto: u8,
     pub state: State,
     /// Index of the service in the engine's service table.
-    pub service: u8,
+    pub service_index: u8,
     /// Index of the port in the service's ports.
-    pub port: u8,
+    pub port_index: u8,
     /// Index of the endpoint in the service's endpoints.
     pub endpoint_index: u8,
     pub(crate) marks: Marks,
@@ -144,8 +144,8 @@ impl Flow {
         client_mac: [0; 6],
         proto: 0,
         state: State::None,
-        service: 0,
-        port: 0,
+        service_index: 0,
+        port_index: 0,
         endpoint_index: 0,
         marks: Marks(0),
         seen: 0,
@@ -217,18 +217,23 @@ impl Flow {
 
     /// Where it belongs in the config it is numbered for.
     pub const fn owner(&self) -> Owner {
-        Owner { service: self.service, port: self.port, endpoint_index: self.endpoint_index }
+        Owner { service_index: self.service_index, port_index: self.port_index, endpoint_index: self.endpoint_index }
     }
 
     const fn with_owner(self, owner: Owner) -> Flow {
-        Flow { service: owner.service, port: owner.port, endpoint_index: owner.endpoint_index, ..self }
+        Flow {
+            service_index: owner.service_index,
+            port_index: owner.port_index,
+            endpoint_index: owner.endpoint_index,
+            ..self
+        }
     }
 
     /// The SNAT pool its source port comes from: one per service, endpoint and port (the
     /// endpoint's address and target port, from the node's address). `None` without SNAT, or
     /// once its service or port left the config.
     fn pool(&self) -> Option<usize> {
-        let pool = pool_index(self.service as usize, self.endpoint_index as usize, self.port as usize);
+        let pool = pool_index(self.service_index as usize, self.endpoint_index as usize, self.port_index as usize);
         pool.filter(|_| self.is_snat())
     }
 
@@ -265,8 +270,8 @@ pub const POOL_PORTS: usize = PortRange::SNAT.count();
 /// Where a flow belongs in the config: what a reload gives it anew.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
-    pub service: u8,
-    pub port: u8,
+    pub service_index: u8,
+    pub port_index: u8,
     pub endpoint_index: u8,
 }
 
@@ -284,7 +289,7 @@ pub struct Storage<const N: usize, const B: usize> {
 
 impl<const N: usize, const B: usize> Storage<N, B> {
     pub const fn new() -> Self {
-        assert!(B == buckets_for(N), "B must be buckets_for(N)");
+        const { assert!(B == buckets_for(N), "B must be buckets_for(N)") };
         Storage { flows: [Flow::EMPTY; N], buckets: [0; B] }
     }
 }
@@ -298,9 +303,6 @@ impl<const N: usize, const B: usize> Default for Storage<N, B> {
 /// Why a flow could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
-
-/// How many flows a full table looks at when it searches for one to evict.
-const EVICTION_WINDOW: usize = 64;
 
 pub struct Table<'a> {
     flows: &'a mut [Flow],
@@ -534,7 +536,7 @@ impl<'a> Table<'a> {
         let slot = if self.len == self.capacity() {
             let Some(victim) = self.victim() else {
                 // The next search looks at the next window.
-                self.cursor = (self.cursor + EVICTION_WINDOW) % self.len;
+                self.cursor = (self.cursor + board::CONNTRACK_EVICTION_WINDOW) % self.len;
                 return Err(Full);
             };
             self.unlink(victim);
@@ -653,7 +655,7 @@ impl<'a> Table<'a> {
     /// The flow a full table gives up: one that never saw a reply, else one still in its
     /// handshake (a SYN flood's flows, answered by the endpoint), else one that is closing.
     fn victim(&self) -> Option<usize> {
-        let window = EVICTION_WINDOW.min(self.len);
+        let window = board::CONNTRACK_EVICTION_WINDOW.min(self.len);
         let at = |i: usize| (self.cursor + i) % self.len;
         let first = |p: &dyn Fn(&Flow) -> bool| (0..window).map(at).find(|&s| p(&self.flows[s]));
         first(&|f| !f.replied())

@@ -71,12 +71,12 @@ impl Renumbering {
 
     /// A flow's owner in the next config.
     pub fn owner(&self, o: Owner) -> Owner {
-        let (s, p, e) = (usize::from(o.service), usize::from(o.port), usize::from(o.endpoint_index));
+        let (s, p, e) = (usize::from(o.service_index), usize::from(o.port_index), usize::from(o.endpoint_index));
         // The port and endpoint maps of a service that left are all GONE.
         let gone_or = |i: Option<usize>| i.map_or(Self::GONE, |i| i as u8);
         Owner {
-            service: gone_or(self.service_of(s)),
-            port: gone_or(self.port_of(s, p)),
+            service_index: gone_or(self.service_of(s)),
+            port_index: gone_or(self.port_of(s, p)),
             endpoint_index: gone_or(self.endpoint_of(s, e)),
         }
     }

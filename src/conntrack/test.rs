@@ -239,7 +239,7 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
                 0..=2 => {
                     let mut f = flow(1000 + next(40) as u16, 2000 + next(40) as u16);
                     f.source = if next(2) == 0 { f.client } else { ip(1) };
-                    (f.service, f.endpoint_index) = (next(3) as u8, next(3) as u8);
+                    (f.service_index, f.endpoint_index) = (next(3) as u8, next(3) as u8);
                     if t.is_free(&f.original(), now) && t.is_free(&f.reply(), now) {
                         let _ = t.insert(f, at(now));
                     }
@@ -313,7 +313,7 @@ fn a_renumbering_reads_at_once_and_moves_a_slice_at_a_time() {
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     for i in 0..6u16 {
         let mut f = flow(1000 + i, 1000 + i);
-        (f.service, f.port, f.endpoint_index) = (0, 0, (i % 2) as u8);
+        (f.service_index, f.port_index, f.endpoint_index) = (0, 0, (i % 2) as u8);
         t.insert(f, at(0)).unwrap();
     }
     let snat = |t: &Table, s, e, p| t.pool_use(s, e, p);
@@ -326,7 +326,10 @@ fn a_renumbering_reads_at_once_and_moves_a_slice_at_a_time() {
     t.renumber(map);
     assert_eq!(t.stale(), 6);
     let read: heapless::Vec<Owner, 8> = t.flows().map(|f| f.owner()).collect();
-    assert!(read.iter().all(|o| o.service == 7 && o.port == 2), "read renumbered before any moves: {read:?}");
+    assert!(
+        read.iter().all(|o| o.service_index == 7 && o.port_index == 2),
+        "read renumbered before any moves: {read:?}"
+    );
     assert_eq!(read.iter().filter(|o| o.endpoint_index == 5).count(), 3);
     assert_eq!(read.iter().filter(|o| o.endpoint_index == Renumbering::GONE).count(), 3);
     assert_eq!(t.renumber_some(4), 2, "four slots a turn");
@@ -348,7 +351,7 @@ fn a_renumbering_reads_at_once_and_moves_a_slice_at_a_time() {
     let mut map = Renumbering::new();
     map.service(7, 1);
     t.renumber(map);
-    assert!(t.flows().all(|f| f.service == 1 && f.port == Renumbering::GONE));
+    assert!(t.flows().all(|f| f.service_index == 1 && f.port_index == Renumbering::GONE));
 }
 
 #[test]

@@ -68,7 +68,7 @@ impl Engine<'_> {
         }
         let for_node = self.is_local(f.dst);
         let Some((src_port, dst_port)) = f.ports else {
-            if let Some(v) = self.icmp_error(frame, f, now, out) {
+            if let Some(v) = self.translate_icmp_error(frame, f, now, out) {
                 return v;
             }
             if f.proto == packet::PROTO_ICMP && self.services.virtual_ips.binary_search(&f.dst).is_ok() {

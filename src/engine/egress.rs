@@ -22,8 +22,6 @@ pub(super) fn to_stack(frame: &mut [u8], f: &Ipv4Frame) -> Verdict {
 
 /// How long a frame may wait for ARP before it is dropped as `neighbor_missing`.
 pub(super) const PARK_MAX_MS: u64 = 3 * board::ARP_RETRY_MILLIS;
-/// How often the next hops of all endpoints are checked for an ARP refresh.
-const RESOLVE_EVERY_MS: u64 = 100;
 
 impl Engine<'_> {
     /// Where a packet for `ip` goes first: `ip` itself on a node subnet, else the gateway.
@@ -127,9 +125,9 @@ impl Engine<'_> {
     }
 
     /// Keeps the MACs of every endpoint's next hop (and the gateway) fresh, so that new flows
-    /// rarely wait for ARP. Walks the endpoints at most once per `RESOLVE_EVERY_MS`.
+    /// rarely wait for ARP. Walks the endpoints at most once per the board's `neighborRefreshMillis`.
     pub(super) fn refresh_next_hop(&mut self, now: Millis, out: &mut [u8]) -> Option<usize> {
-        if self.last_resolve.is_some_and(|t| now.0.saturating_sub(t.0) < RESOLVE_EVERY_MS) {
+        if self.last_resolve.is_some_and(|t| now.0.saturating_sub(t.0) < board::NEIGHBOR_REFRESH_MILLIS) {
             return None;
         }
         loop {

@@ -15,7 +15,7 @@ impl Engine<'_> {
     /// Translates an ICMP error about a packet of a tracked flow, so that it reaches the host
     /// that sent the packet, about the packet as that host sent it (PMTU discovery works
     /// through the gateway). `None`: not such an error.
-    pub(super) fn icmp_error(
+    pub(super) fn translate_icmp_error(
         &mut self,
         frame: &mut [u8],
         f: &Ipv4Frame,

@@ -127,6 +127,11 @@ impl<'a> Engine<'a> {
         &self.counters
     }
 
+    /// ClientIP pins pushed out of a full affinity set by newer ones.
+    pub fn affinity_evictions(&self) -> u64 {
+        self.affinity.evictions()
+    }
+
     /// Frames waiting for their next hop's MAC.
     pub fn frames_waiting(&self) -> usize {
         self.parked.len()

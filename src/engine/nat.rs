@@ -6,12 +6,10 @@ use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
 use super::services::Listener;
 use super::{DropReason, Engine, Verdict};
 use crate::balance::maglev::flow_hash;
+use crate::board;
 use crate::config::{PortRange, SessionAffinity, TrafficPolicy};
 use crate::conntrack::{Direction, Flow, State, Tuple};
 use crate::time::Millis;
-
-/// Random SNAT ports tried before a new flow is dropped as `snat_exhausted`.
-const SNAT_ATTEMPTS: usize = 64;
 
 impl Engine<'_> {
     /// The first packet of a flow to a service: choose the endpoint and the source, track it.
@@ -31,7 +29,7 @@ impl Engine<'_> {
         {
             return Verdict::Drop(DropReason::TcpNoFlow);
         }
-        let s = listener.service as usize;
+        let s = listener.service_index as usize;
         let secs = now.secs();
         let svc = &mut self.services.list[s];
         if !svc.config.admits(f.src) {
@@ -40,7 +38,7 @@ impl Engine<'_> {
         }
         // A live pin wins while its endpoint still takes new flows; else Maglev decides.
         let pinned = match svc.config.session_affinity {
-            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service, f.src, secs),
+            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service_index, f.src, secs),
             SessionAffinity::None => None,
         };
         let ep = match pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)) {
@@ -88,8 +86,8 @@ impl Engine<'_> {
             client_mac: packet::src_mac(frame),
             proto: f.proto,
             state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
-            service: listener.service,
-            port: listener.port_index,
+            service_index: listener.service_index,
+            port_index: listener.port_index,
             endpoint_index: ep as u8,
             ..Flow::EMPTY
         };
@@ -102,7 +100,7 @@ impl Engine<'_> {
         self.conntrack.seen(slot, Direction::Original, f.tcp, now);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
-            self.affinity.pin(listener.service, f.src, ep as u8, secs, timeout_seconds);
+            self.affinity.pin(listener.service_index, f.src, ep as u8, secs, timeout_seconds);
         }
         self.counters.new_flows += 1;
         self.services.list[s].counters.ports[listener.port_index as usize].connections += 1;
@@ -128,7 +126,7 @@ impl Engine<'_> {
         if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
             return Some(client_port);
         }
-        let mut tried = [0u16; SNAT_ATTEMPTS];
+        let mut tried = [0u16; board::SNAT_ATTEMPTS];
         for slot in tried.iter_mut() {
             let port = self.rng.in_range(range.clone());
             if self.conntrack.is_free(&reply(port), now) {
@@ -144,8 +142,8 @@ impl Engine<'_> {
         let Some(t) = self
             .services
             .list
-            .get_mut(flow.service as usize)
-            .and_then(|s| s.counters.ports.get_mut(flow.port as usize))
+            .get_mut(flow.service_index as usize)
+            .and_then(|s| s.counters.ports.get_mut(flow.port_index as usize))
         else {
             return;
         };

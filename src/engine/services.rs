@@ -70,7 +70,7 @@ pub(super) struct Listener {
     pub(super) proto: u8,
     pub(super) port: u16,
     pub(super) ip: Ipv4Addr,
-    pub(super) service: u8,
+    pub(super) service_index: u8,
     pub(super) port_index: u8,
 }
 
@@ -125,7 +125,7 @@ impl Services {
             for (p, port) in svc.ports.iter().enumerate() {
                 let proto = port.protocol.number();
                 let listener =
-                    |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service: s as u8, port_index: p as u8 };
+                    |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service_index: s as u8, port_index: p as u8 };
                 if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
                     let _ = services.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
                 }
@@ -211,7 +211,7 @@ impl Services {
         flow.proto != PROTO_UDP
             || self
                 .list
-                .get(usize::from(flow.service))
+                .get(usize::from(flow.service_index))
                 .is_some_and(|s| s.maglev.takes(usize::from(flow.endpoint_index)))
     }
 }

@@ -330,11 +330,11 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
     };
     let mut out = String::new();
     let mut shown = 0;
-    for (f, expires) in s.flows.iter().filter(|(f, _)| wanted.is_none_or(|w| f.service as usize == w)) {
+    for (f, expires) in s.flows.iter().filter(|(f, _)| wanted.is_none_or(|w| f.service_index as usize == w)) {
         let (o, r) = (f.original(), f.reply());
         let proto = if f.proto == 6 { "tcp" } else { "udp" };
         let state = if f.proto == 6 { format!(" {}", f.state.as_str()) } else { String::new() };
-        let service = s.services.get(f.service as usize).map_or("-", |n| n.as_str());
+        let service = s.services.get(f.service_index as usize).map_or("-", |n| n.as_str());
         let _ = writeln!(
             out,
             "{proto:<8} {} {}{state} src={} dst={} sport={} dport={} src={} dst={} sport={} dport={}{} service={service} endpoint={}:{}",
