@@ -1,5 +1,6 @@
 //! The `nodegate` command: `run` the gateway, or `check` a config.
 
+use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -118,18 +119,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(t: &Target, control: Control, user: Option<String>) -> Result<(), String> {
+fn run(t: &Target, control: Control, user: Option<String>) -> Result<(), Box<dyn Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let (source, config) = load::load(t.config.as_deref())?;
     let options =
         runner::Options { config_path: t.config.clone(), node: t.node.clone(), control: control.control, user };
-    runner::run(config, &source, &options)
+    Ok(runner::run(config, &source, &options)?)
 }
 
 /// Sends `command` to the running gateway and prints its answer.
-fn ask(t: &Target, c: &Control, command: &str) -> Result<(), String> {
+fn ask(t: &Target, c: &Control, command: &str) -> Result<(), Box<dyn Error>> {
     let path = match (&c.control, &t.node) {
         (Some(path), _) => path.clone(),
         (None, Some(node)) => control::default_path(node),
@@ -142,7 +143,7 @@ fn ask(t: &Target, c: &Control, command: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check(t: &Target) -> Result<(), String> {
+fn check(t: &Target) -> Result<(), Box<dyn Error>> {
     let (source, config) = load::load(t.config.as_deref())?;
     let node = config.node(t.node.as_deref()).map_err(|e| format!("{source}: {e}"))?;
     print!("{}", service_table(&config, node));

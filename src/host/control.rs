@@ -7,7 +7,7 @@
 //! its side; the answer is `ok` or `error` on the first line, then the text.
 
 use std::boxed::Box;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::format;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -24,9 +24,9 @@ use std::vec::Vec;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{error, info};
 
-use super::load;
+use super::load::{self, LoadError};
 use super::sys::{RELOAD, SHUTDOWN};
-use crate::config::{Config, Service};
+use crate::config::{Config, ConfigError, Service};
 use crate::conntrack::Flow;
 use crate::engine::Reload;
 
@@ -56,7 +56,85 @@ pub const FLOWS_PER_ANSWER: usize = 16384;
 pub enum Reply {
     Text(String),
     Flows(FlowSnapshot),
-    Error(String),
+}
+
+/// What went wrong on either side of the control socket.
+#[derive(Debug)]
+pub enum ControlError {
+    /// The socket at `path` could not be made or used.
+    Socket {
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// Its directory could not be made.
+    Directory {
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// A live gateway answers there already.
+    Taken {
+        path: PathBuf,
+    },
+    /// Nothing answers there.
+    NotRunning {
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// The gateway answered with something that is not an answer.
+    Garbled {
+        path: PathBuf,
+        answer: String,
+    },
+    /// The gateway refused the command, with its reason.
+    Refused(String),
+    LoopStopped,
+    LoopSilent,
+    /// A reload of a gateway that runs on the built-in config.
+    NoFile,
+    Load(LoadError),
+    /// A valid config that the running gateway cannot take (a node change).
+    Rejected {
+        file: PathBuf,
+        error: Box<ConfigError>,
+    },
+    NoService(String),
+    UnknownCommand(String),
+    /// The loop answered a request with the answer to another kind.
+    WrongAnswer,
+}
+
+impl std::error::Error for ControlError {}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ControlError::Socket { path, error } => write!(f, "control socket {}: {error}", path.display()),
+            ControlError::Directory { path, error } => {
+                let dir = path.parent().unwrap_or(path);
+                write!(f, "control socket {}: cannot create {}: {error}", path.display(), dir.display())
+            }
+            ControlError::Taken { path } => {
+                write!(f, "control socket {}: another nodegate is running there", path.display())
+            }
+            ControlError::NotRunning { path, error } => {
+                write!(f, "control socket {}: {error} (is nodegate running there?)", path.display())
+            }
+            ControlError::Garbled { path, answer } => {
+                write!(f, "control socket {}: unexpected answer {answer:?}", path.display())
+            }
+            ControlError::Refused(why) => f.write_str(why),
+            ControlError::LoopStopped => f.write_str("the gateway loop has stopped"),
+            ControlError::LoopSilent => f.write_str("the gateway loop did not answer"),
+            ControlError::NoFile => f.write_str("nodegate runs on the built-in config: there is no file to reload"),
+            ControlError::Load(e) => write!(f, "{e}"),
+            ControlError::Rejected { file, error } => write!(f, "{}: {error}", file.display()),
+            ControlError::NoService(name) => write!(f, "no service named {name:?}"),
+            ControlError::UnknownCommand(line) => {
+                write!(f, "unknown command {line:?} (status, conntrack [SERVICE], reload)")
+            }
+            ControlError::WrongAnswer => f.write_str("unexpected answer"),
+        }
+    }
 }
 
 /// A slice of the flows, with what is needed to print them.
@@ -97,21 +175,20 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Binds `path` (mode 0660), replacing a socket left behind by a gateway that is gone.
-    pub fn bind(path: &Path) -> Result<ControlSocket, String> {
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        let failed = |error| ControlError::Socket { path: path.to_path_buf(), error };
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
-                .map_err(|e| format!("control socket {}: cannot create {}: {e}", path.display(), dir.display()))?;
+            fs::create_dir_all(dir).map_err(|error| ControlError::Directory { path: path.to_path_buf(), error })?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!("control socket {}: another nodegate is running there", path.display()));
+                return Err(ControlError::Taken { path: path.to_path_buf() });
             }
             let _ = fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-        listener.set_nonblocking(true).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(failed)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(failed)?;
+        listener.set_nonblocking(true).map_err(failed)?;
         Ok(ControlSocket { path: path.to_path_buf(), listener: Some(listener) })
     }
 
@@ -203,35 +280,38 @@ fn control_loop(listener: &UnixListener, site: &Arc<Site>, tx: &Sender<Command>)
     }
 }
 
-fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, String> {
+fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, ControlError> {
     let (reply, answer) = bounded(1);
-    tx.send(Command { request, reply }).map_err(|_| "the gateway loop has stopped".to_string())?;
-    answer.recv_timeout(LOOP_TIMEOUT).map_err(|_| "the gateway loop did not answer".to_string())
+    tx.send(Command { request, reply }).map_err(|_| ControlError::LoopStopped)?;
+    answer.recv_timeout(LOOP_TIMEOUT).map_err(|_| ControlError::LoopSilent)
+}
+
+/// What the loop says to a request answered with text.
+fn ask_text(tx: &Sender<Command>, request: Request) -> Result<String, ControlError> {
+    match ask(tx, request)? {
+        Reply::Text(text) => Ok(text),
+        Reply::Flows(_) => Err(ControlError::WrongAnswer),
+    }
 }
 
 /// Re-reads and validates the config file, prepares it against the running one (services,
 /// Maglev tables, listeners, where each service, port and endpoint went), then has the loop
 /// swap it in.
-fn reload(site: &Site, tx: &Sender<Command>) -> Result<String, String> {
-    let Some(path) = &site.config_path else {
-        return Err("nodegate runs on the built-in config: there is no file to reload".into());
-    };
-    let (_, config) = load::load(Some(path))?;
+fn reload(site: &Site, tx: &Sender<Command>) -> Result<String, ControlError> {
+    let Some(path) = &site.config_path else { return Err(ControlError::NoFile) };
+    let (_, config) = load::load(Some(path)).map_err(ControlError::Load)?;
     // A thread that panicked while holding the lock left the config as it was.
     let mut running = site.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let changes = describe_changes(&running, &config);
     let next = Box::new(config.clone());
     let mut prepared = Box::new(Prepared { reload: Reload::default(), config });
     let p = &mut *prepared;
-    p.reload.prepare(&running, &p.config, site.node.as_deref()).map_err(|e| format!("{}: {e}", path.display()))?;
-    match ask(tx, Request::Apply(prepared))? {
-        Reply::Text(text) => {
-            *running = next;
-            Ok(format!("applied: {changes}{text}"))
-        }
-        Reply::Error(e) => Err(format!("{}: {e}", path.display())),
-        Reply::Flows(_) => Err("unexpected answer".into()),
-    }
+    p.reload
+        .prepare(&running, &p.config, site.node.as_deref())
+        .map_err(|error| ControlError::Rejected { file: path.clone(), error: Box::new(error) })?;
+    let text = ask_text(tx, Request::Apply(prepared))?;
+    *running = next;
+    Ok(format!("applied: {changes}{text}"))
 }
 
 /// The endpoint addresses of `of` that `from` does not have.
@@ -267,14 +347,13 @@ fn describe_changes(old: &Config, new: &Config) -> String {
 }
 
 /// Every flow, a slice per request.
-fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, String> {
+fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, ControlError> {
     let mut all: Option<FlowSnapshot> = None;
     loop {
         let from = all.as_ref().map_or(0, |a| a.flows.len());
         let slice = match ask(tx, Request::Flows { from })? {
             Reply::Flows(slice) => slice,
-            Reply::Error(e) => return Err(e),
-            Reply::Text(_) => return Err("unexpected answer".into()),
+            Reply::Text(_) => return Err(ControlError::WrongAnswer),
         };
         let last = slice.flows.len() < FLOWS_PER_ANSWER;
         match &mut all {
@@ -285,7 +364,7 @@ fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, String> {
             }
         }
         if last {
-            return all.ok_or_else(|| "no answer".into());
+            return all.ok_or(ControlError::WrongAnswer);
         }
     }
 }
@@ -298,11 +377,7 @@ fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io
     BufReader::new((&stream).take(4096)).read_line(&mut line)?;
     let mut words = line.split_whitespace();
     let answer = match (words.next(), words.next()) {
-        (Some("status"), None) => match ask(tx, Request::Status) {
-            Ok(Reply::Text(text)) => Ok(text),
-            Ok(Reply::Error(e)) | Err(e) => Err(e),
-            Ok(Reply::Flows(_)) => Err("unexpected answer".into()),
-        },
+        (Some("status"), None) => ask_text(tx, Request::Status),
         (Some("conntrack"), filter) => dump(tx).and_then(|flows| format_flows(&flows, filter)),
         (Some("reload"), None) => {
             let result = reload(site, tx);
@@ -312,7 +387,7 @@ fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io
             }
             result
         }
-        _ => Err(format!("unknown command {:?} (status, conntrack [SERVICE], reload)", line.trim())),
+        _ => Err(ControlError::UnknownCommand(line.trim().to_string())),
     };
     match answer {
         Ok(text) => write!(stream, "ok\n{text}"),
@@ -321,10 +396,10 @@ fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io
 }
 
 /// Flows one a line, as `conntrack -L` prints them, with the service and endpoint; then the total.
-fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, String> {
+fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, ControlError> {
     let wanted = match service {
         Some(name) => {
-            Some(s.services.iter().position(|n| n == name).ok_or_else(|| format!("no service named {name:?}"))?)
+            Some(s.services.iter().position(|n| n == name).ok_or_else(|| ControlError::NoService(name.to_string()))?)
         }
         None => None,
     };
@@ -359,19 +434,20 @@ fn format_flows(s: &FlowSnapshot, service: Option<&str>) -> Result<String, Strin
 }
 
 /// Sends `command` to the gateway at `path` and returns its answer.
-pub fn client(path: &Path, command: &str) -> Result<String, String> {
-    let mut stream = UnixStream::connect(path)
-        .map_err(|e| format!("control socket {}: {e} (is nodegate running there?)", path.display()))?;
-    stream.set_read_timeout(Some(LOOP_TIMEOUT * 2)).map_err(|e| e.to_string())?;
+pub fn client(path: &Path, command: &str) -> Result<String, ControlError> {
+    let failed = |error| ControlError::Socket { path: path.to_path_buf(), error };
+    let mut stream =
+        UnixStream::connect(path).map_err(|error| ControlError::NotRunning { path: path.to_path_buf(), error })?;
+    stream.set_read_timeout(Some(LOOP_TIMEOUT * 2)).map_err(failed)?;
     // A gateway that turns the client away may close before the command is written: its answer
     // is still there to read.
     let _ = writeln!(stream, "{command}");
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    stream.read_to_string(&mut answer).map_err(failed)?;
     match answer.split_once('\n') {
         Some(("ok", text)) => Ok(text.to_string()),
-        Some(("error", text)) => Err(text.trim_end().to_string()),
-        _ => Err(format!("control socket {}: unexpected answer {answer:?}", path.display())),
+        Some(("error", text)) => Err(ControlError::Refused(text.trim_end().to_string())),
+        _ => Err(ControlError::Garbled { path: path.to_path_buf(), answer }),
     }
 }

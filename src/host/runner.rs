@@ -2,7 +2,9 @@
 //! control thread between frames, stop on SIGINT/SIGTERM.
 
 use std::boxed::Box;
+use std::fmt;
 use std::format;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::string::{String, ToString};
@@ -14,14 +16,14 @@ use log::{info, warn};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
-use super::control::{self, Command, ControlSocket, FLOWS_PER_ANSWER, FlowSnapshot, Reply, Request};
+use super::control::{self, Command, ControlError, ControlSocket, FLOWS_PER_ANSWER, FlowSnapshot, Reply, Request};
 use super::device::NatDevice;
 use super::health::{self, Probes};
 use super::http::HttpServer;
 use super::sys::{self, SHUTDOWN};
-use super::tap::Tap;
+use super::tap::{Tap, TapError};
 use crate::board;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine, Resources};
 use crate::time::{Millis, Turns};
@@ -62,11 +64,59 @@ impl NodeSockets {
     }
 }
 
+/// Why the gateway did not start, or stopped on its own.
+#[derive(Debug)]
+pub enum RunError {
+    /// The config (read from `source`) has no such node.
+    Config {
+        source: String,
+        error: Box<ConfigError>,
+    },
+    Tap(TapError),
+    Control(ControlError),
+    /// `--user`: not found, or the switch to it failed.
+    User {
+        user: String,
+        switching: bool,
+        error: io::Error,
+    },
+    /// A step of the start that the system refused.
+    System {
+        step: &'static str,
+        error: io::Error,
+    },
+    /// The TAP failed while running (it vanished): reading it, or waiting on it.
+    Device {
+        tap: String,
+        waiting: bool,
+        error: io::Error,
+    },
+}
+
+impl std::error::Error for RunError {}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            RunError::Config { source, error } => write!(f, "{source}: {error}"),
+            RunError::Tap(e) => write!(f, "{e}"),
+            RunError::Control(e) => write!(f, "{e}"),
+            RunError::User { user, switching: false, error } => write!(f, "--user {user}: {error}"),
+            RunError::User { user, switching: true, error } => write!(f, "--user {user}: cannot switch: {error}"),
+            RunError::System { step, error } => write!(f, "{step}: {error}"),
+            RunError::Device { tap, waiting: false, error } => write!(f, "TAP {tap}: {error}"),
+            RunError::Device { tap, waiting: true, error } => write!(f, "poll on TAP {tap}: {error}"),
+        }
+    }
+}
+
 /// Runs `config` (read from `source`) until a shutdown signal.
-pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
+pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError> {
     let mut config = Box::new(config);
-    let node = config.node(opts.node.as_deref()).map_err(|e| format!("{source}: {e}"))?.clone();
-    let key = sys::random_key().map_err(|e| format!("cannot read random bytes: {e}"))?;
+    let in_config = |error| RunError::Config { source: source.to_string(), error: Box::new(error) };
+    let system = |step| move |error| RunError::System { step, error };
+    let node = config.node(opts.node.as_deref()).map_err(in_config)?.clone();
+    let key = sys::random_key().map_err(system("cannot read random bytes"))?;
 
     // The connection table and the engine's other large tables are allocated once, here.
     let mut resources = Box::new(Resources::new());
@@ -74,23 +124,23 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
     let mut buckets = vec![0u32; buckets_for(board::CONNTRACK_CAPACITY)];
     let table = Table::new(&mut flows, &mut buckets, key, board::TIMEOUTS);
     let mut engine = Box::new(
-        Engine::new(&config, opts.node.as_deref(), table, &mut resources, key[0] ^ key[1])
-            .map_err(|e| format!("{source}: {e}"))?,
+        Engine::new(&config, opts.node.as_deref(), table, &mut resources, key[0] ^ key[1]).map_err(in_config)?,
     );
 
-    let tap = Tap::open(&node.tap, node.bridge.as_deref())?;
+    let tap = Tap::open(&node.tap, node.bridge.as_deref()).map_err(RunError::Tap)?;
     let control_path = opts.control.clone().unwrap_or_else(|| control::default_path(&node.name));
-    let mut control_socket = ControlSocket::bind(&control_path)?;
+    let mut control_socket = ControlSocket::bind(&control_path).map_err(RunError::Control)?;
     if let Some(user) = &opts.user {
-        let (uid, gid) = sys::user_ids(user).map_err(|e| format!("--user {user}: {e}"))?;
+        let as_user = |switching| move |error| RunError::User { user: user.clone(), switching, error };
+        let (uid, gid) = sys::user_ids(user).map_err(as_user(false))?;
         std::os::unix::fs::chown(control_socket.path(), Some(uid), Some(gid))
-            .map_err(|e| format!("control socket: {e}"))?;
-        sys::switch_user(uid, gid).map_err(|e| format!("--user {user}: cannot switch: {e}"))?;
+            .map_err(|error| RunError::Control(ControlError::Socket { path: control_path.clone(), error }))?;
+        sys::switch_user(uid, gid).map_err(as_user(true))?;
     }
-    sys::catch_signals().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    sys::catch_signals().map_err(system("cannot install signal handlers"))?;
     let (requests, control_thread) = control_socket
         .serve(opts.config_path.clone(), opts.node.clone(), config.clone())
-        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+        .map_err(system("cannot start the control thread"))?;
     log_start(&config, source, &tap, &control_path, opts.user.as_deref());
 
     let fd = tap.as_raw_fd();
@@ -99,7 +149,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
     let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(node.mac));
     // smoltcp draws the node's TCP initial sequence numbers from this: left at 0, they would
     // repeat at every start.
-    iface_config.random_seed = sys::random_key().map_err(|e| format!("cannot read random bytes: {e}"))?[0];
+    iface_config.random_seed = sys::random_key().map_err(system("cannot read random bytes"))?[0];
     let mut iface = Interface::new(iface_config, &mut device, smoltcp::time::Instant::ZERO);
     iface.update_ip_addrs(|addrs| {
         for a in &node.addresses {
@@ -126,7 +176,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         device.start_turn(now);
         iface.poll(ts, &mut device, &mut sockets);
         if let Some(e) = device.fatal.take() {
-            break Err(format!("TAP {}: {e}", node.tap));
+            break Err(RunError::Device { tap: node.tap.to_string(), waiting: false, error: e });
         }
         own.probes.poll(now, &config, &mut iface, &mut sockets, device.engine);
         own.http.poll(now, &config, &mut sockets, device.engine, &turns);
@@ -157,8 +207,8 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), String> {
         watch.check(now, device.engine);
         turns.record(woke.elapsed().as_micros() as u64, sys::thread_cpu_micros().saturating_sub(cpu_at_wake));
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);
-        if let Err(e) = sys::wait_readable(fd, wait as i32) {
-            break Err(format!("poll on TAP {}: {e}", node.tap));
+        if let Err(error) = sys::wait_readable(fd, wait as i32) {
+            break Err(RunError::Device { tap: node.tap.to_string(), waiting: true, error });
         }
     };
     SHUTDOWN.store(true, Ordering::Relaxed);
