@@ -288,7 +288,7 @@ fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
     let mut out = [0u8; 1514];
 
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30090), 64, L4::Syn { seq: 1000 }, b"");
-    let Verdict::Reply(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("TCP: no reply") };
+    let Verdict::Reply { len, .. } = e.process(&mut syn, Millis(0), &mut out) else { panic!("TCP: no reply") };
     let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
     let Some(TransportHeader::Tcp(t)) = &h.transport else { panic!() };
@@ -301,7 +301,7 @@ fn no_endpoint_answers_rst_for_tcp_and_port_unreachable_for_udp() {
     assert_eq!(h.link.unwrap().ethernet2().unwrap().destination, CLIENT_MAC);
 
     let mut dgram = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 50000), (NODE, 30090), 64, L4::Udp, b"hello?");
-    let Verdict::Reply(len) = e.process(&mut dgram, Millis(0), &mut out) else { panic!("UDP: no reply") };
+    let Verdict::Reply { len, .. } = e.process(&mut dgram, Millis(0), &mut out) else { panic!("UDP: no reply") };
     let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!() };
     let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
@@ -323,7 +323,7 @@ fn ttl_expiry_drops_and_answers_time_exceeded() {
     let mut e = engine(&mut s);
     let mut out = [0u8; 1514];
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, SVC, 1, L4::Syn { seq: 1 }, b"");
-    let Verdict::Reply(len) = e.process(&mut syn, Millis(0), &mut out) else { panic!("no reply") };
+    let Verdict::Reply { len, .. } = e.process(&mut syn, Millis(0), &mut out) else { panic!("no reply") };
     let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
     let Some(TransportHeader::Icmpv4(icmp)) = &h.transport else { panic!() };
     assert!(matches!(icmp.icmp_type, Icmpv4Type::TimeExceeded(_)));
@@ -341,7 +341,7 @@ fn ttl_expiry_drops_and_answers_time_exceeded() {
         frame((EP_MAC, NODE_MAC), BACKEND, SNAT, 1, L4::SynAck { seq: 1, ack: 2 }, b""),
     ];
     for mut f in rows {
-        assert!(matches!(e.process(&mut f, Millis(0), &mut out), Verdict::Reply(_)));
+        assert!(matches!(e.process(&mut f, Millis(0), &mut out), Verdict::Reply { .. }));
     }
     assert_eq!(e.counters().dropped(DropReason::TtlExceeded), 3);
     assert_eq!(e.service_counters(0).ports[0].packets, [1, 0], "only the SYN went through");
@@ -893,12 +893,12 @@ fn made_up_answers_are_rate_limited() {
         let mut syn =
             frame((CLIENT_MAC, NODE_MAC), (CLIENT, 40000 + port as u16), (NODE, 30090), 64, L4::Syn { seq: 1 }, b"");
         match e.process(&mut syn, Millis(5000), &mut out) {
-            Verdict::Reply(_) => answered += 1,
+            Verdict::Reply { .. } => answered += 1,
             v => assert_eq!(v, Verdict::Drop(DropReason::NoEndpoint)),
         }
         let mut ttl = frame((CLIENT_MAC, NODE_MAC), (CLIENT, 40000 + port as u16), SVC, 1, L4::Syn { seq: 1 }, b"");
         match e.process(&mut ttl, Millis(5000), &mut out) {
-            Verdict::Reply(_) => answered += 1,
+            Verdict::Reply { .. } => answered += 1,
             v => assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded)),
         }
     }
@@ -908,7 +908,7 @@ fn made_up_answers_are_rate_limited() {
     // The bucket fills at the board's rate.
     let later = Millis(5000 + 1000 * burst / REPLIES_PER_SECOND as u64 + 1);
     let mut syn = frame((CLIENT_MAC, NODE_MAC), CLI, (NODE, 30090), 64, L4::Syn { seq: 1 }, b"");
-    assert!(matches!(e.process(&mut syn, later, &mut out), Verdict::Reply(_)));
+    assert!(matches!(e.process(&mut syn, later, &mut out), Verdict::Reply { .. }));
 }
 
 /// `datagram` (an IPv4 packet) cut into fragments of at most `mtu` bytes, as Ethernet frames.

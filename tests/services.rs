@@ -172,7 +172,7 @@ fn cluster_ip_and_external_ips_forward_like_the_node_port_and_answer_arp() {
 
     let mut out = [0u8; 1514];
     let mut who_has = arp(1, CLIENT_MAC, CLIENT_A, [10, 77, 0, 50]);
-    let Verdict::Reply(len) = e.process(&mut who_has, Millis(0), &mut out) else { panic!("no ARP reply") };
+    let Verdict::Reply { len, .. } = e.process(&mut who_has, Millis(0), &mut out) else { panic!("no ARP reply") };
     let h = PacketHeaders::from_ethernet_slice(&out[..len]).unwrap();
     let Some(NetHeaders::Arp(reply)) = h.net else { panic!() };
     assert_eq!(reply.sender_hw_addr(), &NODE_MAC[..]);

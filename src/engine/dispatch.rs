@@ -2,6 +2,7 @@
 //! first packet of a new one.
 
 use core::net::Ipv4Addr;
+use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
 
 use super::egress::to_stack;
 use super::packet::{self, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
@@ -11,19 +12,16 @@ use crate::time::Millis;
 
 impl Engine<'_> {
     pub(super) fn classify(&mut self, frame: &mut [u8], offload: Offload, now: Millis, out: &mut [u8]) -> Verdict {
-        if frame.len() < packet::ETH_HEADER {
-            return Verdict::Drop(DropReason::Truncated);
-        }
-        let dst_mac = &frame[0..6];
-        if frame[6] & 1 != 0 {
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else { return Verdict::Drop(DropReason::Truncated) };
+        if eth.src_addr().is_multicast() {
             return Verdict::Drop(DropReason::MartianSource);
         }
-        if dst_mac != self.services.node.mac.0 && dst_mac[0] & 1 == 0 {
+        if eth.dst_addr() != self.services.node.mac && eth.dst_addr().is_unicast() {
             return Verdict::Drop(DropReason::OtherMac);
         }
-        match u16::from_be_bytes([frame[12], frame[13]]) {
-            0x0806 => self.arp(frame, now, out),
-            0x0800 => match Ipv4Frame::parse(frame, offload) {
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.arp(frame, now, out),
+            EthernetProtocol::Ipv4 => match Ipv4Frame::parse(frame, offload) {
                 Ok(f) => match self.ipv4(frame, &f, now, out) {
                     Verdict::Stack => to_stack(frame, &f),
                     verdict => verdict,
@@ -37,20 +35,25 @@ impl Engine<'_> {
     /// Learns `sender IP is at sender MAC` from any ARP frame on one of the node's subnets, and
     /// answers requests for the services' virtual IPs (smoltcp answers for the node's own).
     fn arp(&mut self, frame: &[u8], now: Millis, out: &mut [u8]) -> Verdict {
-        let a = &frame[packet::ETH_HEADER..];
-        if a.len() < 28 || a[0..6] != [0, 1, 8, 0, 6, 4] {
+        let packet = ArpPacket::new_checked(&frame[packet::ETH_HEADER..]);
+        let Ok(ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr: mac,
+            source_protocol_addr: ip,
+            target_protocol_addr: target,
+            ..
+        }) = packet.and_then(|p| ArpRepr::parse(&p))
+        else {
             return Verdict::Drop(DropReason::Malformed);
+        };
+        let node = &self.services.node;
+        if node.address_on_link(ip).is_some() && !node.owns(ip) && mac.is_unicast() {
+            self.neighbors.learn(ip, mac.0, now);
         }
-        let mac: [u8; 6] = [a[8], a[9], a[10], a[11], a[12], a[13]];
-        let ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
-        let target = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
-        let request = a[6..8] == [0, 1];
-        if self.services.node.address_on_link(ip).is_some() && !self.services.node.owns(ip) && mac[0] & 1 == 0 {
-            self.neighbors.learn(ip, mac, now);
-        }
-        if request && self.services.virtual_ips.binary_search(&target).is_ok() && mac[0] & 1 == 0 {
-            self.counters.answered += 1;
-            return Verdict::Reply(reply::arp_reply(self.services.node.mac.0, target, mac, ip, out));
+        let for_a_vip = self.services.virtual_ips.binary_search(&target).is_ok();
+        if operation == ArpOperation::Request && for_a_vip && mac.is_unicast() {
+            let len = reply::arp_reply(node.mac.0, target, mac.0, ip, out);
+            return Verdict::Reply { len, dropped: None };
         }
         Verdict::Stack
     }

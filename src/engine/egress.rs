@@ -111,8 +111,7 @@ impl Engine<'_> {
         if self.parked.park(hop, frame, now) {
             Verdict::Parked(ask)
         } else {
-            self.counters.drop(DropReason::NeighborMissing);
-            Verdict::Reply(ask)
+            Verdict::Reply { len: ask, dropped: Some(DropReason::NeighborMissing) }
         }
     }
 

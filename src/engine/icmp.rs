@@ -1,15 +1,10 @@
 //! ICMP errors about tracked flows, translated back; the answers the engine makes up (RST,
 //! port unreachable, time exceeded), within the rate limit.
 
-use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
+use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite, icmp};
 use super::{DropReason, Engine, Verdict, reply};
 use crate::conntrack::Direction;
 use crate::time::Millis;
-
-/// ICMP types and codes the engine sends.
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_PORT_UNREACHABLE: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
 
 impl Engine<'_> {
     /// Translates an ICMP error about a packet of a tracked flow, so that it reaches the host
@@ -58,7 +53,7 @@ impl Engine<'_> {
         let mac = self.services.node.mac.0;
         self.answer(DropReason::NoEndpoint, now, || match f.proto {
             PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
-            _ => reply::icmp_error(frame, f, ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, f.dst, mac, out),
+            _ => reply::icmp_error(frame, f, icmp::DESTINATION_UNREACHABLE, icmp::PORT_UNREACHABLE, f.dst, mac, out),
         })
     }
 
@@ -69,19 +64,17 @@ impl Engine<'_> {
         }
         let (from, mac) = (self.address_for(f.src), self.services.node.mac.0);
         Some(self.answer(DropReason::TtlExceeded, now, || {
-            reply::icmp_error(frame, f, ICMP_TIME_EXCEEDED, 0, from, mac, out)
+            reply::icmp_error(frame, f, icmp::TIME_EXCEEDED, 0, from, mac, out)
         }))
     }
 
     /// A frame dropped for `reason` and answered with the frame `build` writes, when the rate
-    /// limit lets an answer go now (else dropped unanswered, and the refusal counted). Counted
-    /// under its reason here either way: a `Reply` is not counted by the caller.
+    /// limit lets an answer go now (else dropped unanswered, and the refusal counted).
     fn answer(&mut self, reason: DropReason, now: Millis, build: impl FnOnce() -> usize) -> Verdict {
         if !self.replies.allow(now) {
             self.counters.replies_suppressed += 1;
             return Verdict::Drop(reason);
         }
-        self.counters.drop(reason);
-        Verdict::Reply(build())
+        Verdict::Reply { len: build(), dropped: Some(reason) }
     }
 }

@@ -44,13 +44,15 @@ pub use services::{PortTraffic, Reload, ServiceCounters};
 pub enum Verdict {
     /// The frame was translated in place: send it.
     Forward,
-    /// The frame was answered (or dropped and answered): send `out[..len]`.
-    Reply(usize),
+    /// The frame was answered: send `out[..len]`. `dropped`: the frame itself was dropped for
+    /// this reason and the answer tells its sender (an RST, an ICMP error, or the ARP request of
+    /// a frame that could not wait); `None`: the answer is what it asked for (ARP for a VIP).
+    Reply { len: usize, dropped: Option<DropReason> },
     /// The frame is for the node itself: hand it to the stack.
     Stack,
     /// The frame waits for its next hop's MAC; send `out[..len]` (an ARP request) if `len > 0`.
     Parked(usize),
-    /// The frame was dropped, for this reason (already counted).
+    /// The frame was dropped, for this reason.
     Drop(DropReason),
 }
 
@@ -157,13 +159,14 @@ impl<'a> Engine<'a> {
     pub fn process_offloaded(&mut self, frame: &mut [u8], offload: Offload, now: Millis, out: &mut [u8]) -> Verdict {
         self.counters.received += 1;
         let verdict = self.classify(frame, offload, now, out);
+        // Every frame's fate is counted here, but a parked frame's: it is counted when it
+        // leaves (next_output), forwarded or dropped.
         match verdict {
             Verdict::Forward => self.counters.forwarded += 1,
             Verdict::Stack => self.counters.to_stack += 1,
-            Verdict::Drop(reason) => self.counters.drop(reason),
-            // Counted where they are decided: a reply to a dropped frame under its drop reason,
-            // an ARP answer as answered, a parked frame when it leaves.
-            Verdict::Reply(_) | Verdict::Parked(_) => {}
+            Verdict::Drop(reason) | Verdict::Reply { dropped: Some(reason), .. } => self.counters.drop(reason),
+            Verdict::Reply { dropped: None, .. } => self.counters.answered += 1,
+            Verdict::Parked(_) => {}
         }
         verdict
     }

@@ -17,6 +17,19 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// The ICMP message types and codes the engine reads or writes (RFC 792).
+pub mod icmp {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DESTINATION_UNREACHABLE: u8 = 3;
+    /// Code of DESTINATION_UNREACHABLE.
+    pub const PORT_UNREACHABLE: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// The types whose message quotes the packet that caused it.
+    pub const ERRORS: [u8; 3] = [DESTINATION_UNREACHABLE, TIME_EXCEEDED, PARAMETER_PROBLEM];
+}
+
 /// What the kernel left undone on a frame read from a TAP with offloads (its virtio-net
 /// header), to finish once nodegate sends the frame on: a frame from a local sender, whether a
 /// VM, a container or the host itself, comes this way, unsegmented and without its checksum.
@@ -277,13 +290,9 @@ pub struct Quoted {
     pub tuple: Tuple,
 }
 
-/// ICMP types whose message quotes the packet that caused it.
-const ICMP_ERRORS: [u8; 3] =
-    [3 /* destination unreachable */, 11 /* time exceeded */, 12 /* parameter problem */];
-
 /// The quoted packet of an ICMP error about TCP or UDP, if `f` is one.
 pub fn quoted(frame: &[u8], f: &Ipv4Frame) -> Option<Quoted> {
-    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 + 20 || !ICMP_ERRORS.contains(&frame[f.l4]) {
+    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 + 20 || !icmp::ERRORS.contains(&frame[f.l4]) {
         return None;
     }
     let ip = f.l4 + 8;
@@ -341,7 +350,12 @@ pub fn src_mac(frame: &[u8]) -> [u8; 6] {
 /// Turns an ICMP echo request in `frame` into its reply, in place: addresses and MACs swapped,
 /// type 0, checksums updated. False (frame untouched) for anything but an echo request.
 pub fn echo_reply(frame: &mut [u8], f: &Ipv4Frame, our_mac: [u8; 6]) -> bool {
-    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 || frame[f.l4] != 8 || frame[f.l4 + 1] != 0 {
+    if f.proto != PROTO_ICMP
+        || f.fragment
+        || f.end < f.l4 + 8
+        || frame[f.l4] != icmp::ECHO_REQUEST
+        || frame[f.l4 + 1] != 0
+    {
         return false;
     }
     let client_mac = src_mac(frame);
@@ -356,7 +370,7 @@ pub fn echo_reply(frame: &mut [u8], f: &Ipv4Frame, our_mac: [u8; 6]) -> bool {
     put16(frame, ETH_HEADER + IP_TTL, new_ttl_word);
     put16(frame, ETH_HEADER + IP_CHECKSUM, check);
     let type_word = get16(frame, f.l4);
-    frame[f.l4] = 0;
+    frame[f.l4] = icmp::ECHO_REPLY;
     let icmp_check = checksum::update(get16(frame, f.l4 + 2), type_word, get16(frame, f.l4));
     put16(frame, f.l4 + 2, icmp_check);
     true

@@ -3,6 +3,7 @@
 //! too small, which the caller's fixed buffers never are).
 
 use core::net::Ipv4Addr;
+use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol};
 
 use super::checksum;
 use super::packet::{ETH_HEADER, Ipv4Frame, PROTO_ICMP, PROTO_TCP, set_macs, src_mac};
@@ -37,7 +38,7 @@ pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) 
     let seg = &frame[f.l4..f.end];
     let ack = u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]);
     set_macs(out, our_mac, src_mac(frame));
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
     ipv4_header(out, f.dst, f.src, PROTO_TCP, 20);
     let t = &mut out[ETH_HEADER + 20..len];
     t.fill(0);
@@ -76,7 +77,7 @@ pub fn icmp_error(
         return 0;
     }
     set_macs(out, our_mac, src_mac(frame));
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
     ipv4_header(out, from, f.src, PROTO_ICMP, icmp_len);
     let m = &mut out[ETH_HEADER + 20..len];
     m[..8].fill(0);
@@ -90,34 +91,35 @@ pub fn icmp_error(
 
 /// A broadcast ARP request: who has `target`? tell `sender` (at `our_mac`).
 pub fn arp_request(our_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr, out: &mut [u8]) -> usize {
-    const LEN: usize = ETH_HEADER + 28;
-    if out.len() < LEN {
-        return 0;
-    }
-    set_macs(out, our_mac, [0xff; 6]);
-    out[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let a = &mut out[ETH_HEADER..LEN];
-    a[0..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, request
-    a[8..14].copy_from_slice(&our_mac);
-    a[14..18].copy_from_slice(&sender.octets());
-    a[18..24].fill(0);
-    a[24..28].copy_from_slice(&target.octets());
-    LEN
+    arp(ArpOperation::Request, our_mac, sender, [0xff; 6], [0; 6], target, out)
 }
 
 /// An ARP reply: `ip` is at `our_mac`, to the asker at `to_mac`/`to_ip`.
 pub fn arp_reply(our_mac: [u8; 6], ip: Ipv4Addr, to_mac: [u8; 6], to_ip: Ipv4Addr, out: &mut [u8]) -> usize {
-    const LEN: usize = ETH_HEADER + 28;
-    if out.len() < LEN {
-        return 0;
-    }
-    set_macs(out, our_mac, to_mac);
-    out[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let a = &mut out[ETH_HEADER..LEN];
-    a[0..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]); // Ethernet, IPv4, reply
-    a[8..14].copy_from_slice(&our_mac);
-    a[14..18].copy_from_slice(&ip.octets());
-    a[18..24].copy_from_slice(&to_mac);
-    a[24..28].copy_from_slice(&to_ip.octets());
-    LEN
+    arp(ArpOperation::Reply, our_mac, ip, to_mac, to_mac, to_ip, out)
+}
+
+/// An ARP frame from `mac`/`ip`, sent to `dst_mac`, about `target_mac`/`target_ip`.
+fn arp(
+    operation: ArpOperation,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    dst_mac: [u8; 6],
+    target_mac: [u8; 6],
+    target_ip: Ipv4Addr,
+    out: &mut [u8],
+) -> usize {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr: EthernetAddress(mac),
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress(target_mac),
+        target_protocol_addr: target_ip,
+    };
+    let len = ETH_HEADER + repr.buffer_len();
+    let Some(frame) = out.get_mut(..len) else { return 0 };
+    set_macs(frame, mac, dst_mac);
+    frame[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Arp).to_be_bytes());
+    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH_HEADER..]));
+    len
 }

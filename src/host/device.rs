@@ -120,7 +120,7 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
             let out = &mut self.out[VNET_HEADER..];
             match self.engine.process_offloaded(frame, offload(header), self.now, out) {
                 Verdict::Forward => send(&self.tap, &self.rx[..n], self.engine),
-                Verdict::Reply(len) | Verdict::Parked(len) => {
+                Verdict::Reply { len, .. } | Verdict::Parked(len) => {
                     send(&self.tap, &self.out[..VNET_HEADER + len], self.engine)
                 }
                 Verdict::Drop(_) => {}
