@@ -5,7 +5,7 @@ use core::net::Ipv4Addr;
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
 
 use super::egress::to_stack;
-use super::packet::{self, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
+use super::packet::{self, Ipv4Fields, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
 use super::{DropReason, Engine, Verdict, reply};
 use crate::conntrack::{Check, Direction, Tuple};
 use crate::time::Millis;
@@ -22,8 +22,8 @@ impl Engine<'_> {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp(frame, now, out),
             EthernetProtocol::Ipv4 => match Ipv4Frame::parse(frame, offload) {
-                Ok(f) => match self.ipv4(frame, &f, now, out) {
-                    Verdict::Stack => to_stack(frame, &f),
+                Ok(mut p) => match self.ipv4(&mut p, now, out) {
+                    Verdict::Stack => to_stack(&mut p),
                     verdict => verdict,
                 },
                 Err(reason) => Verdict::Drop(reason),
@@ -63,34 +63,32 @@ impl Engine<'_> {
         self.services.node.owns(ip) || self.services.virtual_ips.binary_search(&ip).is_ok()
     }
 
-    fn ipv4(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+    fn ipv4(&mut self, p: &mut Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
         // The node's own addresses too: a packet from one would share its tuples with the node's
         // own connections (a health probe's SYN-ACK translated to whoever sent it).
-        if f.src.is_broadcast() || f.src.is_multicast() || f.src.is_unspecified() || self.is_local(f.src) {
+        if p.src.is_broadcast() || p.src.is_multicast() || p.src.is_unspecified() || self.is_local(p.src) {
             return Verdict::Drop(DropReason::MartianSource);
         }
-        let for_node = self.is_local(f.dst);
-        let Some((src_port, dst_port)) = f.ports else {
-            if let Some(v) = self.translate_icmp_error(frame, f, now, out) {
+        let for_node = self.is_local(p.dst);
+        let Some((src_port, dst_port)) = p.ports else {
+            if let Some(v) = self.translate_icmp_error(p, now, out) {
                 return v;
             }
-            if f.proto == packet::PROTO_ICMP && self.services.virtual_ips.binary_search(&f.dst).is_ok() {
+            if p.proto == packet::PROTO_ICMP && self.services.virtual_ips.binary_search(&p.dst).is_ok() {
                 // smoltcp answers ping for the node's addresses; the node answers for its VIPs.
-                return if packet::echo_reply(frame, f, self.services.node.mac.0) {
+                return if p.echo_reply(self.services.node.mac.0) {
                     Verdict::Forward
                 } else {
                     Verdict::Drop(DropReason::OtherAddress)
                 };
             }
             return match () {
-                _ if f.later_fragment && matches!(f.proto, PROTO_TCP | PROTO_UDP) => {
-                    self.later_fragment(frame, f, now, out)
-                }
-                _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+                _ if p.later_fragment && matches!(p.proto, PROTO_TCP | PROTO_UDP) => self.later_fragment(p, now, out),
+                _ if for_node || p.dst.is_broadcast() || p.dst.is_multicast() => Verdict::Stack,
                 _ => Verdict::Drop(DropReason::OtherAddress),
             };
         };
-        let tuple = Tuple { src: f.src, dst: f.dst, src_port, dst_port, proto: f.proto };
+        let tuple = Tuple { src: p.src, dst: p.dst, src_port, dst_port, proto: p.proto };
         let secs = now.secs();
         let found = self.conntrack.lookup(&tuple, secs);
         if let Some((slot, _)) = found
@@ -99,12 +97,12 @@ impl Engine<'_> {
             // Its endpoint stopped serving: the packet starts a flow to a live one.
             self.conntrack.remove(slot);
             self.counters.udp_flows_flushed += 1;
-            return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
+            return self.untracked(p, for_node, (src_port, dst_port), now, out);
         }
         match found {
             Some((slot, Direction::Original)) => {
                 let flow = self.conntrack.flow(slot);
-                if f.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
+                if p.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
                     // A new connection on the tuple of a closing one is a new flow, and passes
                     // every check a first packet passes (the service, its source ranges and
                     // endpoints as they are now).
@@ -117,48 +115,47 @@ impl Engine<'_> {
                         // Without SNAT the new flow's reply tuple is the old one's.
                         self.conntrack.remove(slot);
                     }
-                    return self.untracked(frame, f, for_node, (src_port, dst_port), now, out);
+                    return self.untracked(p, for_node, (src_port, dst_port), now, out);
                 }
-                if let Some(v) = self.ttl_expired(frame, f, now, out) {
+                if let Some(v) = self.ttl_expired(p, now, out) {
                     return v;
                 }
-                if let Some(v) = self.judge(slot, Direction::Original, f, now) {
+                if let Some(v) = self.judge(slot, Direction::Original, p, now) {
                     return v;
                 }
-                self.account(&flow, Direction::Original, f);
+                self.account(&flow, Direction::Original, p);
                 // To the endpoint, as the tuple its replies come back with, reversed.
                 let to = Rewrite::from(flow.reply().reversed());
-                self.forward(frame, f, to, None, flow.endpoint, now, out)
+                self.forward(p, to, None, flow.endpoint, now, out)
             }
             Some((slot, Direction::Reply)) => {
-                if let Some(v) = self.ttl_expired(frame, f, now, out) {
+                if let Some(v) = self.ttl_expired(p, now, out) {
                     return v;
                 }
-                if let Some(v) = self.judge(slot, Direction::Reply, f, now) {
+                if let Some(v) = self.judge(slot, Direction::Reply, p, now) {
                     return v;
                 }
                 let flow = self.conntrack.flow(slot);
-                self.account(&flow, Direction::Reply, f);
+                self.account(&flow, Direction::Reply, p);
                 let to = Rewrite::from(flow.original().reversed());
-                self.forward(frame, f, to, Some(flow.client_mac), flow.client, now, out)
+                self.forward(p, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None => self.untracked(frame, f, for_node, (src_port, dst_port), now, out),
+            None => self.untracked(p, for_node, (src_port, dst_port), now, out),
         }
     }
 
     /// A TCP or UDP packet of no tracked flow: the first of a new flow when it is for a service.
     fn untracked(
         &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
+        p: &mut Ipv4Frame<'_>,
         for_node: bool,
         (src_port, dst_port): (u16, u16),
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        match self.services.listener(f.proto, f.dst, dst_port) {
-            Some(listener) if for_node => self.new_flow(frame, f, listener, src_port, dst_port, now, out),
-            _ if for_node || f.dst.is_broadcast() || f.dst.is_multicast() => Verdict::Stack,
+        match self.services.listener(p.proto, p.dst, dst_port) {
+            Some(listener) if for_node => self.new_flow(p, listener, src_port, dst_port, now, out),
+            _ if for_node || p.dst.is_broadcast() || p.dst.is_multicast() => Verdict::Stack,
             _ => Verdict::Drop(DropReason::OtherAddress),
         }
     }
@@ -166,8 +163,8 @@ impl Engine<'_> {
     /// Records a packet of the flow in `slot`; `Some` when the flow refuses it: a FIN or RST
     /// outside its sender's window is dropped, and an RST that is not at the sender's sequence
     /// passes unrecorded (see [`crate::conntrack::tcp::check`]).
-    fn judge(&mut self, slot: usize, dir: Direction, f: &Ipv4Frame, now: Millis) -> Option<Verdict> {
-        match self.conntrack.seen(slot, dir, f.tcp, now) {
+    fn judge(&mut self, slot: usize, dir: Direction, p: &Ipv4Fields, now: Millis) -> Option<Verdict> {
+        match self.conntrack.seen(slot, dir, p.tcp, now) {
             Check::InWindow => None,
             Check::ResetNotExact => {
                 self.counters.resets_not_exact += 1;

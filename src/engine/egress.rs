@@ -4,18 +4,18 @@
 use core::net::Ipv4Addr;
 
 use super::fragments::{Key as FragmentKey, Translation};
-use super::packet::{self, Ipv4Frame, Rewrite};
+use super::packet::{Ipv4Frame, Rewrite};
 use super::{DropReason, Engine, Verdict, reply};
 use crate::board;
 use crate::time::Millis;
 
 /// A frame for smoltcp, which takes whole packets with their checksums.
-pub(super) fn to_stack(frame: &mut [u8], f: &Ipv4Frame) -> Verdict {
-    if f.offload.segment_size > 0 {
+pub(super) fn to_stack(p: &mut Ipv4Frame<'_>) -> Verdict {
+    if p.offload.segment_size > 0 {
         return Verdict::Drop(DropReason::Oversized);
     }
-    if f.offload.partial_checksum {
-        packet::complete_checksum(frame, f);
+    if p.offload.partial_checksum {
+        p.complete_checksum();
     }
     Verdict::Stack
 }
@@ -34,46 +34,43 @@ impl Engine<'_> {
         self.services.node.address_on_link(peer).unwrap_or(self.services.node.addresses[0].address())
     }
 
-    /// Rewrites `frame` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
-    #[allow(clippy::too_many_arguments)]
+    /// Rewrites `p` and addresses it to `dst_mac`, or to the MAC of `to_ip`'s next hop.
     pub(super) fn forward(
         &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
+        p: &mut Ipv4Frame<'_>,
         to: Rewrite,
         dst_mac: Option<[u8; 6]>,
         to_ip: Ipv4Addr,
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        packet::rewrite(frame, f, to);
-        if f.fragment {
+        p.rewrite(to);
+        if p.fragment {
             // The first fragment: the ones after it will need the same addresses.
             let translation = Translation { src: to.src, dst: to.dst, dst_mac, to_ip };
             let secs = now.secs();
-            self.fragments.record(FragmentKey::of(f), translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
+            self.fragments.record(FragmentKey::of(p), translation, secs, secs.saturating_add(board::FRAGMENT_SECONDS));
         }
-        self.send_to(frame, f, dst_mac, to_ip, now, out)
+        self.send_to(p, dst_mac, to_ip, now, out)
     }
 
     /// A fragment after the first: it goes where the first fragment of its datagram went.
-    pub(super) fn later_fragment(&mut self, frame: &mut [u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
-        let Some(t) = self.fragments.lookup(&FragmentKey::of(f), now.secs()) else {
+    pub(super) fn later_fragment(&mut self, p: &mut Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
+        let Some(t) = self.fragments.lookup(&FragmentKey::of(p), now.secs()) else {
             return Verdict::Drop(DropReason::Fragment);
         };
-        if let Some(v) = self.ttl_expired(frame, f, now, out) {
+        if let Some(v) = self.ttl_expired(p, now, out) {
             return v;
         }
-        packet::rewrite_addresses(frame, t.src, t.dst);
-        self.send_to(frame, f, t.dst_mac, t.to_ip, now, out)
+        p.rewrite_addresses(t.src, t.dst);
+        self.send_to(p, t.dst_mac, t.to_ip, now, out)
     }
 
-    /// Addresses a translated `frame` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held
+    /// Addresses a translated `p` to `dst_mac`, or to the MAC of `to_ip`'s next hop (held
     /// back while that is being resolved).
     pub(super) fn send_to(
         &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
+        p: &mut Ipv4Frame<'_>,
         dst_mac: Option<[u8; 6]>,
         to_ip: Ipv4Addr,
         now: Millis,
@@ -86,29 +83,22 @@ impl Engine<'_> {
                 let Some(hop) = self.next_hop(to_ip) else { return Verdict::Drop(DropReason::NoRoute) };
                 match self.neighbors.lookup(hop, now) {
                     Some(mac) => mac,
-                    None => return self.park(frame, f, hop, now, out),
+                    None => return self.park(p, hop, now, out),
                 }
             }
         };
-        packet::set_macs(frame, our_mac, mac);
+        p.set_macs(our_mac, mac);
         Verdict::Forward
     }
 
-    /// Holds `frame` until `hop` answers ARP. It leaves later without its offload, so a partial
+    /// Holds `p` until `hop` answers ARP. It leaves later without its offload, so a partial
     /// checksum is finished now (a super-frame is too large to hold and is dropped).
-    pub(super) fn park(
-        &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
-        hop: Ipv4Addr,
-        now: Millis,
-        out: &mut [u8],
-    ) -> Verdict {
-        if f.offload.partial_checksum {
-            packet::complete_checksum(frame, f);
+    pub(super) fn park(&mut self, p: &mut Ipv4Frame<'_>, hop: Ipv4Addr, now: Millis, out: &mut [u8]) -> Verdict {
+        if p.offload.partial_checksum {
+            p.complete_checksum();
         }
         let ask = self.arp_request(hop, now, out);
-        if self.parked.park(hop, frame, now) {
+        if self.parked.park(hop, p.bytes(), now) {
             Verdict::Parked(ask)
         } else {
             Verdict::Reply { len: ask, dropped: Some(DropReason::NeighborMissing) }

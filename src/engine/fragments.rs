@@ -6,7 +6,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::packet::Ipv4Frame;
+use super::packet::Ipv4Fields;
 
 /// What ties the fragments of one datagram together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Key {
 
 impl Key {
     /// The datagram fragment `f` belongs to.
-    pub fn of(f: &Ipv4Frame) -> Key {
+    pub fn of(f: &Ipv4Fields) -> Key {
         Key { src: f.src, dst: f.dst, proto: f.proto, ident: f.ident }
     }
 }

@@ -1,7 +1,7 @@
 //! ICMP errors about tracked flows, translated back; the answers the engine makes up (RST,
 //! port unreachable, time exceeded), within the rate limit.
 
-use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite, icmp};
+use super::packet::{Ipv4Frame, PROTO_TCP, Rewrite, icmp};
 use super::{DropReason, Engine, Verdict, reply};
 use crate::conntrack::Direction;
 use crate::time::Millis;
@@ -12,60 +12,57 @@ impl Engine<'_> {
     /// through the gateway). `None`: not such an error.
     pub(super) fn translate_icmp_error(
         &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
+        p: &mut Ipv4Frame<'_>,
         now: Millis,
         out: &mut [u8],
     ) -> Option<Verdict> {
-        let q = packet::quoted(frame, f)?;
+        let q = p.quoted()?;
         // The quoted packet left the gateway translated; the reverse of what it says is one of
         // its flow's tuples.
         let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
         let flow = self.conntrack.flow(slot);
         // As nf_conntrack takes an error as related: sent to the host that sent the quoted
         // packet, and intact (it leaves with a checksum computed anew, so it is checked first).
-        if f.dst != q.tuple.src || !packet::icmp_checksum_ok(frame, f) {
+        if p.dst != q.tuple.src || !p.icmp_checksum_ok() {
             return Some(Verdict::Drop(DropReason::BadIcmpError));
         }
-        if f.ttl <= 1 {
+        if p.ttl <= 1 {
             // No ICMP error is ever sent about an ICMP error (RFC 1122 3.2.2).
             return Some(Verdict::Drop(DropReason::TtlExceeded));
         }
         Some(match dir {
             // About a reply on its way to the client: tell the endpoint, about what it sent.
             Direction::Original => {
-                let outer_src = if flow.is_snat() { flow.source } else { f.src };
+                let outer_src = if flow.is_snat() { flow.source } else { p.src };
                 let inner = Rewrite::from(flow.reply());
-                packet::rewrite_icmp_error(frame, f, &q, outer_src, flow.endpoint, inner);
-                self.send_to(frame, f, None, flow.endpoint, now, out)
+                p.rewrite_icmp_error(&q, outer_src, flow.endpoint, inner);
+                self.send_to(p, None, flow.endpoint, now, out)
             }
             // About a packet on its way to the endpoint: tell the client, about what it sent.
             Direction::Reply => {
                 let inner = Rewrite::from(flow.original());
-                packet::rewrite_icmp_error(frame, f, &q, flow.service_ip, flow.client, inner);
-                self.send_to(frame, f, Some(flow.client_mac), flow.client, now, out)
+                p.rewrite_icmp_error(&q, flow.service_ip, flow.client, inner);
+                self.send_to(p, Some(flow.client_mac), flow.client, now, out)
             }
         })
     }
 
     /// Answers a packet for a service without endpoints: RST for TCP, port unreachable for UDP.
-    pub(super) fn reject(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Verdict {
+    pub(super) fn reject(&mut self, p: &Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
         let mac = self.services.node.mac.0;
-        self.answer(DropReason::NoEndpoint, now, || match f.proto {
-            PROTO_TCP => reply::tcp_reset(frame, f, mac, out),
-            _ => reply::icmp_error(frame, f, icmp::DESTINATION_UNREACHABLE, icmp::PORT_UNREACHABLE, f.dst, mac, out),
+        self.answer(DropReason::NoEndpoint, now, || match p.proto {
+            PROTO_TCP => reply::tcp_reset(p, mac, out),
+            _ => reply::icmp_error(p, icmp::DESTINATION_UNREACHABLE, icmp::PORT_UNREACHABLE, p.dst, mac, out),
         })
     }
 
     /// A packet that would leave with TTL 0 is dropped and answered with ICMP time exceeded.
-    pub(super) fn ttl_expired(&mut self, frame: &[u8], f: &Ipv4Frame, now: Millis, out: &mut [u8]) -> Option<Verdict> {
-        if f.ttl > 1 {
+    pub(super) fn ttl_expired(&mut self, p: &Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Option<Verdict> {
+        if p.ttl > 1 {
             return None;
         }
-        let (from, mac) = (self.address_for(f.src), self.services.node.mac.0);
-        Some(self.answer(DropReason::TtlExceeded, now, || {
-            reply::icmp_error(frame, f, icmp::TIME_EXCEEDED, 0, from, mac, out)
-        }))
+        let (from, mac) = (self.address_for(p.src), self.services.node.mac.0);
+        Some(self.answer(DropReason::TtlExceeded, now, || reply::icmp_error(p, icmp::TIME_EXCEEDED, 0, from, mac, out)))
     }
 
     /// A frame dropped for `reason` and answered with the frame `build` writes, when the rate

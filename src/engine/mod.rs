@@ -148,7 +148,7 @@ impl<'a> Engine<'a> {
         self.counters.drop(reason);
     }
 
-    /// Decides what happens to `frame`, rewriting it in place or writing a reply into `out`
+    /// Decides what happens to `frame`, rewriting it in place or writing an answer into `out`
     /// (which must hold a full frame).
     pub fn process(&mut self, frame: &mut [u8], now: Millis, out: &mut [u8]) -> Verdict {
         self.process_offloaded(frame, Offload::NONE, now, out)

@@ -2,7 +2,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::packet::{self, Ipv4Frame, PROTO_TCP, Rewrite};
+use super::packet::{self, Ipv4Fields, Ipv4Frame, PROTO_TCP, Rewrite};
 use super::services::Listener;
 use super::{DropReason, Engine, Verdict};
 use crate::balance::maglev::flow_hash;
@@ -13,18 +13,16 @@ use crate::time::Millis;
 
 impl Engine<'_> {
     /// The first packet of a flow to a service: choose the endpoint and the source, track it.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_flow(
         &mut self,
-        frame: &mut [u8],
-        f: &Ipv4Frame,
+        p: &mut Ipv4Frame<'_>,
         listener: Listener,
         src_port: u16,
         dst_port: u16,
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        if let Some(t) = f.tcp.map(|t| t.flags)
+        if let Some(t) = p.tcp.map(|t| t.flags)
             && !(t.syn && !t.ack && !t.rst && !t.fin)
         {
             return Verdict::Drop(DropReason::TcpNoFlow);
@@ -32,24 +30,24 @@ impl Engine<'_> {
         let s = listener.service_index as usize;
         let secs = now.secs();
         let svc = &mut self.services.list[s];
-        if !svc.config.admits(f.src) {
+        if !svc.config.admits(p.src) {
             svc.counters.source_range_drops += 1;
             return Verdict::Drop(DropReason::SourceRange);
         }
         // A live pin wins while its endpoint still takes new flows; else Maglev decides.
         let pinned = match svc.config.session_affinity {
-            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service_index, f.src, secs),
+            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service_index, p.src, secs),
             SessionAffinity::None => None,
         };
         let ep = match pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)) {
             Some(e) => e,
-            None => match svc.maglev.pick(flow_hash(f.src, src_port, f.dst, dst_port, f.proto)) {
+            None => match svc.maglev.pick(flow_hash(p.src, src_port, p.dst, dst_port, p.proto)) {
                 Some(e) => e,
                 None => {
                     svc.counters.no_endpoint_drops += 1;
                     return match svc.config.external_traffic_policy {
                         TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
-                        TrafficPolicy::Cluster => self.reject(frame, f, now, out),
+                        TrafficPolicy::Cluster => self.reject(p, now, out),
                     };
                 }
             },
@@ -57,35 +55,35 @@ impl Engine<'_> {
         let endpoint = svc.config.endpoints[ep].ip;
         let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
         let policy = svc.config.external_traffic_policy;
-        if let Some(v) = self.ttl_expired(frame, f, now, out) {
+        if let Some(v) = self.ttl_expired(p, now, out) {
             return v;
         }
         let Some(hop) = self.next_hop(endpoint) else { return Verdict::Drop(DropReason::NoRoute) };
         // Local keeps the client's address, but not for an endpoint that is its own client
         // (hairpin): it would get a packet from itself and answer itself, so it sees the node's
         // address, as kube-proxy masquerades hairpin traffic.
-        let snat = policy == TrafficPolicy::Cluster || f.src == endpoint;
+        let snat = policy == TrafficPolicy::Cluster || p.src == endpoint;
         let (source, source_port) = if snat {
-            let snat_ip = self.services.node.address_on_link(hop).unwrap_or(f.dst);
-            match self.snat_port(endpoint, endpoint_port, snat_ip, f.proto, src_port, secs) {
+            let snat_ip = self.services.node.address_on_link(hop).unwrap_or(p.dst);
+            match self.snat_port(endpoint, endpoint_port, snat_ip, p.proto, src_port, secs) {
                 Some(port) => (snat_ip, port),
                 None => return Verdict::Drop(DropReason::SnatExhausted),
             }
         } else {
-            (f.src, src_port)
+            (p.src, src_port)
         };
         let flow = Flow {
-            client: f.src,
-            service_ip: f.dst,
+            client: p.src,
+            service_ip: p.dst,
             endpoint,
             source,
             client_port: src_port,
             service_port: dst_port,
             endpoint_port,
             source_port,
-            client_mac: packet::src_mac(frame),
-            proto: f.proto,
-            state: if f.proto == PROTO_TCP { State::SynSent } else { State::None },
+            client_mac: packet::src_mac(p.bytes()),
+            proto: p.proto,
+            state: if p.proto == PROTO_TCP { State::SynSent } else { State::None },
             service_index: listener.service_index,
             port_index: listener.port_index,
             endpoint_index: ep as u8,
@@ -97,15 +95,15 @@ impl Engine<'_> {
         }
         let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
         // The SYN starts the client's sequence.
-        self.conntrack.seen(slot, Direction::Original, f.tcp, now);
+        self.conntrack.seen(slot, Direction::Original, p.tcp, now);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
-            self.affinity.pin(listener.service_index, f.src, ep as u8, secs, timeout_seconds);
+            self.affinity.pin(listener.service_index, p.src, ep as u8, secs, timeout_seconds);
         }
         self.counters.new_flows += 1;
         self.services.list[s].counters.ports[listener.port_index as usize].connections += 1;
-        self.account(&flow, Direction::Original, f);
-        self.forward(frame, f, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
+        self.account(&flow, Direction::Original, p);
+        self.forward(p, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
     }
 
     /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses
@@ -138,7 +136,7 @@ impl Engine<'_> {
     }
 
     /// Counts a packet of `flow` going `dir`.
-    pub(super) fn account(&mut self, flow: &Flow, dir: Direction, f: &Ipv4Frame) {
+    pub(super) fn account(&mut self, flow: &Flow, dir: Direction, p: &Ipv4Fields) {
         let Some(t) = self
             .services
             .list
@@ -148,7 +146,7 @@ impl Engine<'_> {
             return;
         };
         let d = usize::from(dir == Direction::Reply);
-        t.packets[d] += f.packets as u64;
-        t.bytes[d] += (f.end - packet::ETH_HEADER) as u64;
+        t.packets[d] += p.packets as u64;
+        t.bytes[d] += (p.end - packet::ETH_HEADER) as u64;
     }
 }

@@ -1,9 +1,11 @@
 //! Reading and rewriting the headers of an Ethernet/IPv4/TCP|UDP frame in place.
 //!
-//! [`Ipv4Frame::parse`] checks every length once (with smoltcp's `wire` types), so the setters
-//! after it index only inside checked bounds; the checksums are updated incrementally.
+//! [`Ipv4Frame::parse`] checks every length once (with smoltcp's `wire` types) and keeps what it
+//! read ([`Ipv4Fields`]) with the bytes, so the setters after it index only inside checked
+//! bounds; the checksums are updated incrementally (RFC 1624).
 
 use core::net::Ipv4Addr;
+use core::ops::Deref;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet};
 
 use super::checksum;
@@ -48,9 +50,9 @@ impl Offload {
     pub const NONE: Offload = Offload { partial_checksum: false, segment_size: 0 };
 }
 
-/// Offsets and fields of a checked IPv4 frame.
+/// What [`Ipv4Frame::parse`] read from a frame: offsets and fields.
 #[derive(Debug, Clone, Copy)]
-pub struct Ipv4Frame {
+pub struct Ipv4Fields {
     /// Offset of the transport header.
     pub l4: usize,
     /// End of the IP packet (Ethernet padding excluded).
@@ -74,11 +76,142 @@ pub struct Ipv4Frame {
     pub packets: u16,
 }
 
-impl Ipv4Frame {
+/// A checked Ethernet/IPv4 frame: its bytes and what was read from them, travelling together.
+/// The fields read through [`Deref`]; the bytes change only through its rewrites.
+pub struct Ipv4Frame<'b> {
+    bytes: &'b mut [u8],
+    fields: Ipv4Fields,
+}
+
+impl Deref for Ipv4Frame<'_> {
+    type Target = Ipv4Fields;
+
+    fn deref(&self) -> &Ipv4Fields {
+        &self.fields
+    }
+}
+
+impl<'b> Ipv4Frame<'b> {
+    /// Checks an Ethernet frame that carries IPv4 (see [`Ipv4Fields::parse`]).
+    pub fn parse(bytes: &'b mut [u8], offload: Offload) -> Result<Self, DropReason> {
+        let fields = Ipv4Fields::parse(bytes, offload)?;
+        Ok(Ipv4Frame { bytes, fields })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    /// The Ethernet header is the caller's to set; the IP packet is not.
+    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
+        set_macs(self.bytes, src, dst);
+    }
+
+    /// Translates a TCP/UDP frame in place: addresses, ports, TTL - 1, and the IP and
+    /// transport checksums, each updated for just the words that changed. For a first fragment
+    /// the transport checksum (of the whole datagram) is updated just the same.
+    pub fn rewrite(&mut self, to: Rewrite) {
+        let f = self.fields;
+        rewrite_ports(self.bytes, ETH_HEADER, f.l4, f.end, f.proto, to, f.offload.partial_checksum);
+        rewrite_ip(self.bytes, ETH_HEADER, to.src, to.dst, true);
+    }
+
+    /// Translates a fragment after the first: addresses and TTL - 1 (its datagram's ports and
+    /// transport checksum travel in the first fragment).
+    pub fn rewrite_addresses(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        rewrite_ip(self.bytes, ETH_HEADER, src, dst, true);
+    }
+
+    /// Finishes a partial TCP/UDP checksum (see [`Offload`]): for a frame that leaves without
+    /// its offload (parked, or for the node's own stack).
+    pub fn complete_checksum(&mut self) {
+        let f = self.fields;
+        let check_at = checksum_at(f.l4, f.proto);
+        if f.ports.is_none() || check_at + 2 > f.end {
+            return;
+        }
+        // The field holds the pseudo-header's sum: summing the segment over it adds in the rest.
+        let check = checksum::finish(checksum::sum(&self.bytes[f.l4..f.end]));
+        put16(self.bytes, check_at, if f.proto == PROTO_UDP && check == 0 { 0xffff } else { check });
+    }
+
+    /// The quoted packet of an ICMP error about TCP or UDP, if this is one.
+    pub fn quoted(&self) -> Option<Quoted> {
+        let (frame, f) = (&*self.bytes, &self.fields);
+        if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 + 20 || !icmp::ERRORS.contains(&frame[f.l4]) {
+            return None;
+        }
+        let ip = f.l4 + 8;
+        let ihl = (frame[ip] & 0x0f) as usize * 4;
+        let proto = frame[ip + 9];
+        if frame[ip] >> 4 != 4 || ihl < 20 || ip + ihl + 8 > f.end || !matches!(proto, PROTO_TCP | PROTO_UDP) {
+            return None;
+        }
+        let l4 = ip + ihl;
+        let tuple = Tuple {
+            src: Ipv4Addr::from(get_ip(frame, ip + IP_SRC)),
+            dst: Ipv4Addr::from(get_ip(frame, ip + IP_DST)),
+            src_port: get16(frame, l4),
+            dst_port: get16(frame, l4 + 2),
+            proto,
+        };
+        Some(Quoted { ip, l4, tuple })
+    }
+
+    /// The ICMP message's checksum is right.
+    pub fn icmp_checksum_ok(&self) -> bool {
+        checksum::finish(checksum::sum(&self.bytes[self.l4..self.end])) == 0
+    }
+
+    /// Translates an ICMP error in place: the outer header to `outer_src` -> `outer_dst` (TTL -
+    /// 1), the quoted packet `q` to `inner` (addresses, ports, its checksums), and the ICMP
+    /// checksum.
+    pub fn rewrite_icmp_error(&mut self, q: &Quoted, outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: Rewrite) {
+        let (frame, f) = (&mut *self.bytes, self.fields);
+        rewrite_ports(frame, q.ip, q.l4, f.end, q.tuple.proto, inner, false);
+        rewrite_ip(frame, q.ip, inner.src, inner.dst, false);
+        rewrite_ip(frame, ETH_HEADER, outer_src, outer_dst, true);
+        put16(frame, f.l4 + 2, 0);
+        let check = checksum::finish(checksum::sum(&frame[f.l4..f.end]));
+        put16(frame, f.l4 + 2, check);
+    }
+
+    /// Turns an ICMP echo request into its reply, in place: addresses and MACs swapped, type 0,
+    /// checksums updated. False (frame untouched) for anything but an echo request.
+    pub fn echo_reply(&mut self, our_mac: [u8; 6]) -> bool {
+        let (frame, f) = (&mut *self.bytes, self.fields);
+        if f.proto != PROTO_ICMP
+            || f.fragment
+            || f.end < f.l4 + 8
+            || frame[f.l4] != icmp::ECHO_REQUEST
+            || frame[f.l4 + 1] != 0
+        {
+            return false;
+        }
+        let client_mac = src_mac(frame);
+        set_macs(frame, our_mac, client_mac);
+        // Same addresses swapped: the IP checksum does not change; a fresh TTL does.
+        let (src, dst) = (get_ip(frame, ETH_HEADER + IP_SRC), get_ip(frame, ETH_HEADER + IP_DST));
+        frame[ETH_HEADER + IP_SRC..ETH_HEADER + IP_SRC + 4].copy_from_slice(&dst);
+        frame[ETH_HEADER + IP_DST..ETH_HEADER + IP_DST + 4].copy_from_slice(&src);
+        let ttl_word = get16(frame, ETH_HEADER + IP_TTL);
+        let new_ttl_word = (64 << 8) | (ttl_word & 0x00ff);
+        let check = checksum::update(get16(frame, ETH_HEADER + IP_CHECKSUM), ttl_word, new_ttl_word);
+        put16(frame, ETH_HEADER + IP_TTL, new_ttl_word);
+        put16(frame, ETH_HEADER + IP_CHECKSUM, check);
+        let type_word = get16(frame, f.l4);
+        frame[f.l4] = icmp::ECHO_REPLY;
+        let icmp_check = checksum::update(get16(frame, f.l4 + 2), type_word, get16(frame, f.l4));
+        put16(frame, f.l4 + 2, icmp_check);
+        true
+    }
+}
+
+impl Ipv4Fields {
     /// Checks an Ethernet frame that carries IPv4: version, header and total lengths, header
     /// checksum, and the transport header's length; a super-frame (`offload`) must be TCP
     /// whose segments fit the MTU.
-    pub fn parse(frame: &[u8], offload: Offload) -> Result<Ipv4Frame, DropReason> {
+    pub fn parse(frame: &[u8], offload: Offload) -> Result<Ipv4Fields, DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         debug_assert_eq!(eth.ethertype(), EthernetProtocol::Ipv4);
         let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
@@ -136,7 +269,7 @@ impl Ipv4Frame {
         if ports.is_some_and(|(src, dst)| src == 0 || dst == 0) {
             return Err(DropReason::ZeroPort);
         }
-        Ok(Ipv4Frame {
+        Ok(Ipv4Fields {
             l4,
             end,
             proto,
@@ -255,32 +388,6 @@ fn rewrite_ports(frame: &mut [u8], ip: usize, l4: usize, end: usize, proto: u8, 
     put16(frame, check_at, check);
 }
 
-/// Translates a fragment after the first: addresses and TTL - 1 (its datagram's ports and
-/// transport checksum travel in the first fragment).
-pub fn rewrite_addresses(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
-    rewrite_ip(frame, ETH_HEADER, src, dst, true);
-}
-
-/// Translates a checked TCP/UDP frame in place: addresses, ports, TTL - 1, and the IP and
-/// transport checksums, each updated for just the words that changed. For a first fragment the
-/// transport checksum (of the whole datagram) is updated just the same.
-pub fn rewrite(frame: &mut [u8], f: &Ipv4Frame, to: Rewrite) {
-    rewrite_ports(frame, ETH_HEADER, f.l4, f.end, f.proto, to, f.offload.partial_checksum);
-    rewrite_ip(frame, ETH_HEADER, to.src, to.dst, true);
-}
-
-/// Finishes the partial TCP/UDP checksum of a checked frame (see [`Offload`]): for a frame
-/// that leaves without its offload (parked, or for the node's own stack).
-pub fn complete_checksum(frame: &mut [u8], f: &Ipv4Frame) {
-    let check_at = checksum_at(f.l4, f.proto);
-    if f.ports.is_none() || check_at + 2 > f.end {
-        return;
-    }
-    // The field holds the pseudo-header's sum: summing the segment over it adds in the rest.
-    let check = checksum::finish(checksum::sum(&frame[f.l4..f.end]));
-    put16(frame, check_at, if f.proto == PROTO_UDP && check == 0 { 0xffff } else { check });
-}
-
 /// The packet an ICMP error quotes (its IP header and at least the first 8 bytes of its TCP or
 /// UDP header): where it lies in the frame, and its addresses and ports.
 #[derive(Debug, Clone, Copy)]
@@ -288,51 +395,6 @@ pub struct Quoted {
     ip: usize,
     l4: usize,
     pub tuple: Tuple,
-}
-
-/// The quoted packet of an ICMP error about TCP or UDP, if `f` is one.
-pub fn quoted(frame: &[u8], f: &Ipv4Frame) -> Option<Quoted> {
-    if f.proto != PROTO_ICMP || f.fragment || f.end < f.l4 + 8 + 20 || !icmp::ERRORS.contains(&frame[f.l4]) {
-        return None;
-    }
-    let ip = f.l4 + 8;
-    let ihl = (frame[ip] & 0x0f) as usize * 4;
-    let proto = frame[ip + 9];
-    if frame[ip] >> 4 != 4 || ihl < 20 || ip + ihl + 8 > f.end || !matches!(proto, PROTO_TCP | PROTO_UDP) {
-        return None;
-    }
-    let l4 = ip + ihl;
-    let tuple = Tuple {
-        src: Ipv4Addr::from(get_ip(frame, ip + IP_SRC)),
-        dst: Ipv4Addr::from(get_ip(frame, ip + IP_DST)),
-        src_port: get16(frame, l4),
-        dst_port: get16(frame, l4 + 2),
-        proto,
-    };
-    Some(Quoted { ip, l4, tuple })
-}
-
-/// The ICMP message's checksum is right.
-pub fn icmp_checksum_ok(frame: &[u8], f: &Ipv4Frame) -> bool {
-    checksum::finish(checksum::sum(&frame[f.l4..f.end])) == 0
-}
-
-/// Translates an ICMP error in place: the outer header to `outer_src` -> `outer_dst` (TTL - 1),
-/// the quoted packet to `inner` (addresses, ports, its checksums), and the ICMP checksum.
-pub fn rewrite_icmp_error(
-    frame: &mut [u8],
-    f: &Ipv4Frame,
-    q: &Quoted,
-    outer_src: Ipv4Addr,
-    outer_dst: Ipv4Addr,
-    inner: Rewrite,
-) {
-    rewrite_ports(frame, q.ip, q.l4, f.end, q.tuple.proto, inner, false);
-    rewrite_ip(frame, q.ip, inner.src, inner.dst, false);
-    rewrite_ip(frame, ETH_HEADER, outer_src, outer_dst, true);
-    put16(frame, f.l4 + 2, 0);
-    let check = checksum::finish(checksum::sum(&frame[f.l4..f.end]));
-    put16(frame, f.l4 + 2, check);
 }
 
 /// Sets the Ethernet addresses of an outgoing frame.
@@ -345,33 +407,4 @@ pub fn src_mac(frame: &[u8]) -> [u8; 6] {
     let mut m = [0; 6];
     m.copy_from_slice(&frame[6..12]);
     m
-}
-
-/// Turns an ICMP echo request in `frame` into its reply, in place: addresses and MACs swapped,
-/// type 0, checksums updated. False (frame untouched) for anything but an echo request.
-pub fn echo_reply(frame: &mut [u8], f: &Ipv4Frame, our_mac: [u8; 6]) -> bool {
-    if f.proto != PROTO_ICMP
-        || f.fragment
-        || f.end < f.l4 + 8
-        || frame[f.l4] != icmp::ECHO_REQUEST
-        || frame[f.l4 + 1] != 0
-    {
-        return false;
-    }
-    let client_mac = src_mac(frame);
-    set_macs(frame, our_mac, client_mac);
-    // Same addresses swapped: the IP checksum does not change; a fresh TTL does.
-    let (src, dst) = (get_ip(frame, ETH_HEADER + IP_SRC), get_ip(frame, ETH_HEADER + IP_DST));
-    frame[ETH_HEADER + IP_SRC..ETH_HEADER + IP_SRC + 4].copy_from_slice(&dst);
-    frame[ETH_HEADER + IP_DST..ETH_HEADER + IP_DST + 4].copy_from_slice(&src);
-    let ttl_word = get16(frame, ETH_HEADER + IP_TTL);
-    let new_ttl_word = (64 << 8) | (ttl_word & 0x00ff);
-    let check = checksum::update(get16(frame, ETH_HEADER + IP_CHECKSUM), ttl_word, new_ttl_word);
-    put16(frame, ETH_HEADER + IP_TTL, new_ttl_word);
-    put16(frame, ETH_HEADER + IP_CHECKSUM, check);
-    let type_word = get16(frame, f.l4);
-    frame[f.l4] = icmp::ECHO_REPLY;
-    let icmp_check = checksum::update(get16(frame, f.l4 + 2), type_word, get16(frame, f.l4));
-    put16(frame, f.l4 + 2, icmp_check);
-    true
 }

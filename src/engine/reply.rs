@@ -28,8 +28,9 @@ fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// A RST answering the TCP segment in `frame`, as from its destination (RFC 9293 3.10.7.1).
-pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+/// A RST answering the TCP segment `p`, as from its destination (RFC 9293 3.10.7.1).
+pub fn tcp_reset(p: &Ipv4Frame<'_>, our_mac: [u8; 6], out: &mut [u8]) -> usize {
+    let (frame, f) = (p.bytes(), &**p);
     let len = ETH_HEADER + 20 + 20;
     let (Some((sport, dport)), Some(segment)) = (f.ports, f.tcp) else { return 0 };
     if out.len() < len {
@@ -59,17 +60,17 @@ pub fn tcp_reset(frame: &[u8], f: &Ipv4Frame, our_mac: [u8; 6], out: &mut [u8]) 
     len
 }
 
-/// An ICMP error of `icmp_type`/`code` about the packet in `frame`, from `from`, quoting its IP
+/// An ICMP error of `icmp_type`/`code` about the packet `p`, from `from`, quoting its IP
 /// header and the first 8 bytes of its payload.
 pub fn icmp_error(
-    frame: &[u8],
-    f: &Ipv4Frame,
+    p: &Ipv4Frame<'_>,
     icmp_type: u8,
     code: u8,
     from: Ipv4Addr,
     our_mac: [u8; 6],
     out: &mut [u8],
 ) -> usize {
+    let (frame, f) = (p.bytes(), &**p);
     let quoted = &frame[ETH_HEADER..f.end.min(f.l4 + QUOTED_PAYLOAD)];
     let icmp_len = 8 + quoted.len();
     let len = ETH_HEADER + 20 + icmp_len;
