@@ -397,6 +397,11 @@ fn reloads_over_a_full_table_lose_no_datagram_of_a_running_stream() {
     let tracked = wait_for(&lab, ENTRIES, 58_000);
     assert!(tracked >= 58_000, "the flood's flows are tracked: {tracked}\n{}", lab.gateway_log());
 
+    let loop_line = |lab: &Lab| {
+        let status = String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).to_string();
+        status.lines().find(|l| l.starts_with("loop: ")).unwrap_or_default().to_string()
+    };
+    println!("after the flood, before any reload: {}", loop_line(&lab));
     // A datagram every 2 ms, each waiting for its answer, across three reloads.
     let stream = lab.spawn_client("client2", &["udpstream", NODE_IP, "30053", "4", "5555", "2"]);
     sleep(Duration::from_millis(500));
@@ -415,9 +420,8 @@ fn reloads_over_a_full_table_lose_no_datagram_of_a_running_stream() {
     }
     let (ok, said) = finish(stream);
     let summary = said.lines().last().unwrap_or_default().to_string();
-    let status = String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).to_string();
-    let turns = status.lines().find(|l| l.starts_with("loop: ")).unwrap_or_default().to_string();
-    println!("{summary}; {turns}");
-    assert!(ok, "the stream lost datagrams across the reloads: {summary}\n{status}\n{}", lab.gateway_log());
+    let turns = loop_line(&lab);
+    println!("{summary}; after three reloads: {turns}");
+    assert!(ok, "the stream lost datagrams across the reloads: {summary}\n{turns}\n{}", lab.gateway_log());
     assert!(turns.ends_with("; 0 flows to renumber"), "every flow renumbered: {turns}");
 }

@@ -523,8 +523,8 @@ impl<'a> Table<'a> {
     }
 
     /// Adds `flow`, seen at `now`. Both its tuples must be free of live flows; expired ones
-    /// holding them go first. A full table then gives up a flow (the order is `victim`'s);
-    /// never a live one.
+    /// holding them go first. A full table then takes the slot of an expired flow the sweep has
+    /// not reached yet, else gives up a flow (the order is `victim`'s); never a live one.
     ///
     /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
     /// window when nothing in it could go): the search goes round the table like a clock hand, so
@@ -533,7 +533,12 @@ impl<'a> Table<'a> {
     pub fn insert(&mut self, flow: Flow, now: Millis) -> Result<usize, Full> {
         self.release(&flow.original(), now.secs());
         self.release(&flow.reply(), now.secs());
-        let slot = if self.len == self.capacity() {
+        let full = self.len == self.capacity();
+        let slot = if let Some(slot) = full.then(|| self.expired_in_window(now.secs())).flatten() {
+            self.unlink(slot);
+            self.cursor = slot + 1;
+            slot
+        } else if full {
             let Some(victim) = self.victim() else {
                 // The next search looks at the next window.
                 self.cursor = (self.cursor + board::CONNTRACK_EVICTION_WINDOW) % self.len;
@@ -650,6 +655,12 @@ impl<'a> Table<'a> {
         self.remove(slot);
         self.port_evictions += 1;
         Some(port)
+    }
+
+    /// An expired flow in the eviction window.
+    fn expired_in_window(&self, now: u32) -> Option<usize> {
+        let window = board::CONNTRACK_EVICTION_WINDOW.min(self.len);
+        (0..window).map(|i| (self.cursor + i) % self.len).find(|&slot| self.expires(slot) <= now)
     }
 
     /// The flow a full table gives up: one that never saw a reply, else one still in its

@@ -466,3 +466,19 @@ fn a_full_pool_takes_back_the_oldest_port_that_is_not_established() {
     assert_eq!(t.take_port(&[4, 1], reply, 1), Some(1));
     assert_eq!((t.port_evictions(), t.len()), (2, 2));
 }
+
+#[test]
+fn a_full_table_takes_the_slot_of_an_expired_flow_before_it_evicts() {
+    let mut s = Small::new();
+    let mut t = Table::from_storage(&mut s, [1, 2], T);
+    // A full table of established flows, all idle past their timeout, none swept yet.
+    for i in 0..t.capacity() as u16 {
+        let slot = t.insert(flow(1000 + i, 1000 + i), at(0)).unwrap();
+        establish(&mut t, slot, 0);
+    }
+    let later = T.tcp_established + 1;
+    assert_eq!(t.len(), t.capacity());
+    let slot = t.insert(flow(9000, 9000), at(later)).expect("an expired flow gives way");
+    assert_eq!(t.lookup(&flow(9000, 9000).original(), later), Some((slot, Direction::Original)));
+    assert_eq!((t.len(), t.evictions()), (t.capacity(), 0), "taking an expired flow's slot is no eviction");
+}
