@@ -6,7 +6,7 @@
 
 use core::net::Ipv4Addr;
 use core::ops::Deref;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, TcpPacket, UdpPacket};
 
 use super::checksum;
 use super::counters::DropReason;
@@ -231,36 +231,39 @@ impl Ipv4Fields {
         let later_fragment = ip.frag_offset() != 0;
         let proto = u8::from(ip.next_header());
         let seg = &frame[l4..end];
-        // The TCP header's length, from its data offset (0 when the segment is too short).
-        let tcp_header = seg.get(12).map_or(0, |offset| (offset >> 4) as usize * 4);
         let mut packets = 1;
         let (ports, tcp) = match proto {
             _ if later_fragment => (None, None),
-            PROTO_TCP if (20..=seg.len()).contains(&tcp_header) => {
-                let f = seg[13];
-                if !TCP_VALID_FLAGS.contains(&(f & TCP_FLAGS_CHECKED)) {
+            PROTO_TCP => {
+                let Ok(t) = TcpPacket::new_checked(seg) else { return Err(DropReason::Truncated) };
+                let checked = [(t.fin(), 0x01), (t.syn(), 0x02), (t.rst(), 0x04), (t.ack(), 0x10), (t.urg(), 0x20)];
+                let bits = checked.iter().filter(|(set, _)| *set).fold(0, |bits, (_, bit)| bits | bit);
+                if !TCP_VALID_FLAGS.contains(&bits) {
                     return Err(DropReason::BadTcpFlags);
                 }
+                let tcp_header = usize::from(t.header_len());
                 if ip.header_len() as usize + tcp_header + offload.segment_size as usize > MTU {
                     return Err(DropReason::Oversized);
                 }
                 if super_frame {
                     packets = (seg.len() - tcp_header).div_ceil(offload.segment_size as usize).max(1) as u16;
                 }
-                let flags =
-                    tcp::Flags { fin: f & 0x01 != 0, syn: f & 0x02 != 0, rst: f & 0x04 != 0, ack: f & 0x10 != 0 };
-                let seq = u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]);
+                let flags = tcp::Flags { fin: t.fin(), syn: t.syn(), rst: t.rst(), ack: t.ack() };
                 let len = (seg.len() - tcp_header) as u32 + u32::from(flags.syn) + u32::from(flags.fin);
-                (Some(ports_of(seg)), Some(tcp::Segment { flags, seq, len }))
+                let segment = tcp::Segment { flags, seq: t.seq_number().0 as u32, len };
+                (Some((t.src_port(), t.dst_port())), Some(segment))
             }
-            // A first fragment holds only the start of the datagram its UDP length counts.
-            PROTO_UDP
-                if seg.len() >= 8
-                    && (fragment || (8..=seg.len()).contains(&(u16::from_be_bytes([seg[4], seg[5]]) as usize))) =>
-            {
-                (Some(ports_of(seg)), None)
+            // A first fragment holds only the start of the datagram its UDP length counts, so
+            // only its header is checked.
+            PROTO_UDP if fragment && seg.len() >= 8 => {
+                let u = UdpPacket::new_unchecked(seg);
+                (Some((u.src_port(), u.dst_port())), None)
             }
-            PROTO_TCP | PROTO_UDP => return Err(DropReason::Truncated),
+            PROTO_UDP if !fragment => {
+                let Ok(u) = UdpPacket::new_checked(seg) else { return Err(DropReason::Truncated) };
+                (Some((u.src_port(), u.dst_port())), None)
+            }
+            PROTO_UDP => return Err(DropReason::Truncated),
             _ => (None, None),
         };
         if super_frame && tcp.is_none() {
@@ -287,20 +290,14 @@ impl Ipv4Fields {
     }
 }
 
-/// The TCP flags judged: FIN, SYN, RST, ACK and URG (PSH, ECE and CWR go with any of them).
-const TCP_FLAGS_CHECKED: u8 = 0x37;
-/// The combinations of [`TCP_FLAGS_CHECKED`] a TCP stack sends, as nf_conntrack's
-/// `tcp_valid_flags` lists them: SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, FIN+ACK+URG, ACK,
-/// ACK+URG.
+/// The combinations of FIN (0x01), SYN (0x02), RST (0x04), ACK (0x10) and URG (0x20) a TCP
+/// stack sends (PSH, ECE and CWR go with any of them), as nf_conntrack's `tcp_valid_flags`
+/// lists them: SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, FIN+ACK+URG, ACK, ACK+URG.
 const TCP_VALID_FLAGS: [u8; 9] = [0x02, 0x22, 0x12, 0x04, 0x14, 0x11, 0x31, 0x10, 0x30];
 
 /// Where the checksum of a TCP or UDP header at `l4` is.
 fn checksum_at(l4: usize, proto: u8) -> usize {
     l4 + if proto == PROTO_TCP { 16 } else { 6 }
-}
-
-fn ports_of(seg: &[u8]) -> (u16, u16) {
-    (u16::from_be_bytes([seg[0], seg[1]]), u16::from_be_bytes([seg[2], seg[3]]))
 }
 
 /// The new addresses and ports of a translated packet.
