@@ -23,8 +23,16 @@ const CONFIG: &str = r#"{
 /// engine with a small table, with time moving on and the engine's own output drained. The two
 /// top bits of a length give the frame an offload: a partial checksum, a super-frame.
 pub fn engine_frames(data: &[u8]) {
+    thread_local! {
+        // Made once: an engine starts afresh in it (an empty table, services built anew, pins
+        // cleared), and allocating its tables for every input would be most of the run.
+        static ROOM: std::cell::RefCell<support::Room> = std::cell::RefCell::new(support::Room::new(16));
+    }
+    ROOM.with(|room| run_frames(&mut room.borrow_mut(), data));
+}
+
+fn run_frames(room: &mut support::Room, data: &[u8]) {
     let cfg = config::parse(CONFIG.as_bytes()).expect("the harness config is valid");
-    let mut room = support::Room::new(16);
     let mut engine = room.engine(&cfg, None);
     let (mut buf, mut out) = ([0u8; 4096], [0u8; 1514]);
     let mut rest = data;

@@ -300,6 +300,25 @@ impl<const N: usize, const B: usize> Default for Storage<N, B> {
     }
 }
 
+/// What a [`Table::lookup`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The live flow in this slot, seen from this direction.
+    Live(usize, Direction),
+    /// A flow past its deadline that still holds the tuple.
+    Expired(usize),
+    Absent,
+}
+
+impl Lookup {
+    pub const fn live(self) -> Option<(usize, Direction)> {
+        match self {
+            Lookup::Live(slot, dir) => Some((slot, dir)),
+            _ => None,
+        }
+    }
+}
+
 /// Why a flow could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -501,38 +520,45 @@ impl<'a> Table<'a> {
         f.last_seen().saturating_add(f.state.timeout(f.replied(), self.under_pressure(f), &self.timeouts))
     }
 
-    /// The live flow a packet with `tuple` belongs to, and its direction (an expired flow is
-    /// not: the sweep or [`Table::insert`] takes it out).
-    pub fn lookup(&self, tuple: &Tuple, now: u32) -> Option<(usize, Direction)> {
-        let (_, slot, dir) = self.find(tuple)?;
-        (self.expires(slot) > now).then_some((slot, dir))
+    /// What holds `tuple`: a live flow (the one a packet with it belongs to, and its
+    /// direction), an expired one the sweep has not taken out yet, or nothing. A query: the
+    /// caller decides what to do with an expired flow.
+    pub fn lookup(&self, tuple: &Tuple, now: u32) -> Lookup {
+        match self.find(tuple) {
+            Some((_, slot, dir)) if self.expires(slot) > now => Lookup::Live(slot, dir),
+            Some((_, slot, _)) => Lookup::Expired(slot),
+            None => Lookup::Absent,
+        }
     }
 
     /// No live flow uses `tuple` in either direction.
     pub fn is_free(&self, tuple: &Tuple, now: u32) -> bool {
-        self.lookup(tuple, now).is_none()
+        self.lookup(tuple, now).live().is_none()
     }
 
-    /// Takes out an expired flow that still holds `tuple`.
-    fn release(&mut self, tuple: &Tuple, now: u32) {
-        if let Some((_, slot, _)) = self.find(tuple)
-            && self.expires(slot) <= now
-        {
-            self.remove(slot);
+    /// Makes `tuple` free for a new flow, if no live flow holds it: an expired holder is taken
+    /// out. False when a live flow holds it.
+    pub fn claim(&mut self, tuple: &Tuple, now: u32) -> bool {
+        match self.lookup(tuple, now) {
+            Lookup::Live(..) => false,
+            Lookup::Expired(slot) => {
+                self.remove(slot);
+                true
+            }
+            Lookup::Absent => true,
         }
     }
 
-    /// Adds `flow`, seen at `now`. Both its tuples must be free of live flows; expired ones
-    /// holding them go first. A full table then takes the slot of an expired flow the sweep has
-    /// not reached yet, else gives up a flow (the order is `victim`'s); never a live one.
+    /// Adds `flow`, seen at `now`. Both its tuples must be held by no flow, live or expired
+    /// ([`Table::claim`] them, or have found them [`Lookup::Absent`]). A full table takes the
+    /// slot of an expired flow the sweep has not reached yet, else gives up a flow (the order is
+    /// `victim`'s); never a live one.
     ///
     /// The new flow takes the evicted one's slot, and the cursor moves past it (or past the whole
     /// window when nothing in it could go): the search goes round the table like a clock hand, so
     /// the flows it gives up are the ones it has passed least recently, and a new flow (a real
     /// client's among a flood's) lives a whole turn.
     pub fn insert(&mut self, flow: Flow, now: Millis) -> Result<usize, Full> {
-        self.release(&flow.original(), now.secs());
-        self.release(&flow.reply(), now.secs());
         let full = self.len == self.capacity();
         let slot = if let Some(slot) = full.then(|| self.expired_in_window(now.secs())).flatten() {
             self.unlink(slot);
@@ -642,7 +668,7 @@ impl<'a> Table<'a> {
     pub fn take_port(&mut self, ports: &[u16], reply: impl Fn(u16) -> Tuple, now: u32) -> Option<u16> {
         let mut best: Option<((u32, u8), u16)> = None;
         for &port in ports {
-            let Some((slot, _)) = self.lookup(&reply(port), now) else { continue };
+            let Some((slot, _)) = self.lookup(&reply(port), now).live() else { continue };
             let flow = &self.flows[slot];
             let Some(rank) = flow.port_eviction_rank() else { continue };
             let order = (flow.seen, rank);
@@ -651,7 +677,7 @@ impl<'a> Table<'a> {
             }
         }
         let (_, port) = best?;
-        let (slot, _) = self.lookup(&reply(port), now)?;
+        let (slot, _) = self.lookup(&reply(port), now).live()?;
         self.remove(slot);
         self.port_evictions += 1;
         Some(port)

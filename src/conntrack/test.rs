@@ -71,27 +71,29 @@ fn finds_a_flow_from_both_directions() {
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let f = flow(40000, 40000);
     let slot = t.insert(f, at(0)).unwrap();
-    assert_eq!(t.lookup(&f.original(), 1), Some((slot, Direction::Original)));
-    assert_eq!(t.lookup(&f.reply(), 1), Some((slot, Direction::Reply)));
+    assert_eq!(t.lookup(&f.original(), 1).live(), Some((slot, Direction::Original)));
+    assert_eq!(t.lookup(&f.reply(), 1).live(), Some((slot, Direction::Reply)));
     let other = Tuple { src_port: 40001, ..f.original() };
-    assert_eq!(t.lookup(&other, 1), None);
+    assert_eq!(t.lookup(&other, 1).live(), None);
 }
 
 #[test]
-fn expired_flows_are_not_found_and_give_way_to_a_new_flow_on_their_tuples() {
+fn expired_flows_are_not_found_and_a_claim_on_their_tuples_takes_them_out() {
     let mut s = Small::new();
     let mut t = Table::from_storage(&mut s, [1, 2], T);
     let f = flow(40000, 40000);
     t.insert(f, at(0)).unwrap();
-    assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).is_some());
-    assert!(t.lookup(&f.original(), T.tcp_syn_sent).is_none());
+    assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).live().is_some());
+    assert_eq!(t.lookup(&f.original(), T.tcp_syn_sent), Lookup::Expired(0));
     assert!(t.is_free(&f.reply(), T.tcp_syn_sent));
     assert_eq!(t.len(), 1, "a query leaves the table as it is");
-    // A new flow on the same tuples takes the expired one's place, and the index holds one of each.
+    // Claiming its tuples takes it out; a new flow on them leaves one entry of each in the index.
+    assert!(t.claim(&f.original(), T.tcp_syn_sent) && t.claim(&f.reply(), T.tcp_syn_sent));
+    assert!(t.is_empty());
     let later = Millis(u64::from(T.tcp_syn_sent) * 1000);
     let slot = t.insert(f, later).unwrap();
     assert_eq!(t.len(), 1);
-    assert_eq!(t.lookup(&f.original(), T.tcp_syn_sent), Some((slot, Direction::Original)));
+    assert_eq!(t.lookup(&f.original(), T.tcp_syn_sent).live(), Some((slot, Direction::Original)));
     assert_eq!(t.buckets.iter().filter(|&&b| b != 0).count(), 2);
     // The sweep takes out what nobody asks for again.
     assert_eq!(t.sweep(2 * T.tcp_syn_sent, 4, |_| true).expired, 1);
@@ -111,12 +113,12 @@ fn removal_keeps_every_other_flow_reachable() {
         }
         let gone = [3usize, 0, 7];
         for g in gone {
-            let (slot, _) = t.lookup(&flows[g].original(), 1).unwrap();
+            let (slot, _) = t.lookup(&flows[g].original(), 1).live().unwrap();
             t.remove(slot);
         }
         for (i, f) in flows.iter().enumerate() {
-            let found_o = t.lookup(&f.original(), 1).map(|(s, _)| t.flow(s));
-            let found_r = t.lookup(&f.reply(), 1).map(|(s, _)| t.flow(s));
+            let found_o = t.lookup(&f.original(), 1).live().map(|(s, _)| t.flow(s));
+            let found_r = t.lookup(&f.reply(), 1).live().map(|(s, _)| t.flow(s));
             if gone.contains(&i) {
                 assert_eq!((found_o, found_r), (None, None), "key {key} flow {i}");
             } else {
@@ -157,22 +159,22 @@ fn full_table_evicts_unreplied_then_handshaking_then_closing_never_live() {
     }
     assert_eq!(t.insert(flow(2000, 2000), at(0)), Err(Full), "every flow is established");
     // A flow answered by its endpoint but never acknowledged by its client (a spoofed SYN).
-    let (slot, _) = t.lookup(&flow(1005, 1005).original(), 0).unwrap();
+    let (slot, _) = t.lookup(&flow(1005, 1005).original(), 0).live().unwrap();
     t.remove(slot);
     let half_open = t.insert(flow(1005, 1005), at(0)).unwrap();
     t.seen(half_open, Direction::Reply, Some(SYN_ACK), at(0));
     t.insert(flow(3000, 3000), at(0)).expect("the half-open flow makes room");
-    assert!(t.lookup(&flow(1005, 1005).original(), 0).is_none());
+    assert!(t.lookup(&flow(1005, 1005).original(), 0).live().is_none());
     assert_eq!(t.evictions(), 1);
-    let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).unwrap();
+    let (slot, _) = t.lookup(&flow(3000, 3000).original(), 0).live().unwrap();
     establish(&mut t, slot, 0);
-    let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).unwrap();
+    let (slot, _) = t.lookup(&flow(1003, 1003).original(), 0).live().unwrap();
     t.seen(slot, Direction::Reply, Some(RST), at(0));
     t.insert(flow(2000, 2000), at(0)).expect("the reset flow makes room");
     assert_eq!(t.evictions(), 2);
-    assert!(t.lookup(&flow(1003, 1003).original(), 0).is_none());
+    assert!(t.lookup(&flow(1003, 1003).original(), 0).live().is_none());
     assert!(t.insert(flow(2001, 2001), at(0)).is_ok(), "the unreplied new flow is evicted");
-    assert!(t.lookup(&flow(2000, 2000).original(), 0).is_none());
+    assert!(t.lookup(&flow(2000, 2000).original(), 0).live().is_none());
     assert_eq!(t.flows().filter(|f| f.state == State::Established).count(), 7);
 }
 
@@ -188,12 +190,12 @@ fn a_full_table_of_unreplied_flows_evicts_the_oldest_first() {
     t.insert(real, at(0)).unwrap();
     for i in 0..7u16 {
         t.insert(flow(2000 + i, 2000 + i), at(0)).unwrap();
-        assert!(t.lookup(&real.reply(), 0).is_some(), "the real flow survives flood flow {i}");
+        assert!(t.lookup(&real.reply(), 0).live().is_some(), "the real flow survives flood flow {i}");
     }
-    assert!((0..7).all(|i| t.lookup(&flow(2000 + i, 2000 + i).original(), 0).is_some()));
-    assert!((0..8).all(|i| t.lookup(&flow(1000 + i, 1000 + i).original(), 0).is_none()), "the oldest went");
+    assert!((0..7).all(|i| t.lookup(&flow(2000 + i, 2000 + i).original(), 0).live().is_some()));
+    assert!((0..8).all(|i| t.lookup(&flow(1000 + i, 1000 + i).original(), 0).live().is_none()), "the oldest went");
     t.insert(flow(3000, 3000), at(0)).unwrap();
-    assert!(t.lookup(&real.reply(), 0).is_none(), "now the real flow is the oldest");
+    assert!(t.lookup(&real.reply(), 0).live().is_none(), "now the real flow is the oldest");
     assert_eq!(t.evictions(), 9);
 }
 
@@ -211,7 +213,7 @@ fn a_search_that_finds_nothing_to_evict_moves_on() {
     }
     assert_eq!(t.insert(flow(2000, 2000), at(0)), Err(Full), "the first window holds only established flows");
     t.insert(flow(2001, 2001), at(0)).expect("the next window holds the unreplied flow");
-    assert!(t.lookup(&flow(1100, 1100).original(), 0).is_none());
+    assert!(t.lookup(&flow(1100, 1100).original(), 0).live().is_none());
     assert_eq!(t.flows().filter(|f| f.state == State::Established).count(), 127);
 }
 
@@ -240,7 +242,7 @@ fn the_index_matches_the_flows_through_any_sequence_of_changes() {
                     let mut f = flow(1000 + next(40) as u16, 2000 + next(40) as u16);
                     f.source = if next(2) == 0 { f.client } else { ip(1) };
                     (f.service_index, f.endpoint_index) = (next(3) as u8, next(3) as u8);
-                    if t.is_free(&f.original(), now) && t.is_free(&f.reply(), now) {
+                    if t.claim(&f.original(), now) && t.claim(&f.reply(), now) {
                         let _ = t.insert(f, at(now));
                     }
                 }
@@ -301,9 +303,9 @@ fn detached_original_keeps_reply_reserved() {
     assert!(!t.is_free(&old.reply(), 1));
     let new = flow(40000, 51000);
     let new_slot = t.insert(new, at(1)).unwrap();
-    assert_eq!(t.lookup(&old.original(), 1), Some((new_slot, Direction::Original)));
+    assert_eq!(t.lookup(&old.original(), 1).live(), Some((new_slot, Direction::Original)));
     t.remove(slot);
-    assert_eq!(t.lookup(&new.original(), 1).map(|(s, _)| t.flow(s).source_port), Some(51000));
+    assert_eq!(t.lookup(&new.original(), 1).live().map(|(s, _)| t.flow(s).source_port), Some(51000));
     assert!(t.is_free(&old.reply(), 1));
 }
 
@@ -344,7 +346,7 @@ fn a_renumbering_reads_at_once_and_moves_a_slice_at_a_time() {
     assert_eq!(snat(&t, 7, 5, 2), 3);
     // Every tuple is still found, at its slot.
     for (slot, f) in t.flows().enumerate() {
-        assert_eq!(t.lookup(&f.reply(), 0), Some((slot, Direction::Reply)));
+        assert_eq!(t.lookup(&f.reply(), 0).live(), Some((slot, Direction::Reply)));
     }
     // A flow added meanwhile is numbered for the new config already: the next renumbering
     // takes it like the others.
@@ -479,6 +481,6 @@ fn a_full_table_takes_the_slot_of_an_expired_flow_before_it_evicts() {
     let later = T.tcp_established + 1;
     assert_eq!(t.len(), t.capacity());
     let slot = t.insert(flow(9000, 9000), at(later)).expect("an expired flow gives way");
-    assert_eq!(t.lookup(&flow(9000, 9000).original(), later), Some((slot, Direction::Original)));
+    assert_eq!(t.lookup(&flow(9000, 9000).original(), later).live(), Some((slot, Direction::Original)));
     assert_eq!((t.len(), t.evictions()), (t.capacity(), 0), "taking an expired flow's slot is no eviction");
 }

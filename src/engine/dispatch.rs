@@ -7,7 +7,7 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetPro
 use super::egress::to_stack;
 use super::packet::{self, Ipv4Fields, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
 use super::{DropReason, Engine, Verdict, reply};
-use crate::conntrack::{Check, Direction, Tuple};
+use crate::conntrack::{Check, Direction, Lookup, Tuple};
 use crate::time::Millis;
 
 impl Engine<'_> {
@@ -90,18 +90,27 @@ impl Engine<'_> {
         };
         let tuple = Tuple { src: p.src, dst: p.dst, src_port, dst_port, proto: p.proto };
         let secs = now.secs();
-        let found = self.conntrack.lookup(&tuple, secs);
-        if let Some((slot, _)) = found
-            && !self.services.keeps(&self.conntrack.flow(slot))
-        {
-            // Its endpoint stopped serving: the packet starts a flow to a live one.
-            self.conntrack.remove(slot);
-            self.counters.udp_flows_flushed += 1;
-            return self.untracked(p, for_node, (src_port, dst_port), now, out);
-        }
-        match found {
-            Some((slot, Direction::Original)) => {
+        let found = match self.conntrack.lookup(&tuple, secs) {
+            Lookup::Live(slot, dir) => {
                 let flow = self.conntrack.flow(slot);
+                if self.services.keeps(&flow) {
+                    Some((slot, dir, flow))
+                } else {
+                    // Its endpoint stopped serving: the packet starts a flow to a live one.
+                    self.conntrack.remove(slot);
+                    self.counters.udp_flows_flushed += 1;
+                    None
+                }
+            }
+            Lookup::Expired(slot) => {
+                // Its tuples are free for the flow this packet may start.
+                self.conntrack.remove(slot);
+                None
+            }
+            Lookup::Absent => None,
+        };
+        match found {
+            Some((slot, Direction::Original, flow)) => {
                 if p.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
                     // A new connection on the tuple of a closing one is a new flow, and passes
                     // every check a first packet passes (the service, its source ranges and
@@ -128,14 +137,13 @@ impl Engine<'_> {
                 let to = Rewrite::from(flow.reply().reversed());
                 self.forward(p, to, None, flow.endpoint, now, out)
             }
-            Some((slot, Direction::Reply)) => {
+            Some((slot, Direction::Reply, flow)) => {
                 if let Some(v) = self.ttl_expired(p, now, out) {
                     return v;
                 }
                 if let Some(v) = self.judge(slot, Direction::Reply, p, now) {
                     return v;
                 }
-                let flow = self.conntrack.flow(slot);
                 self.account(&flow, Direction::Reply, p);
                 let to = Rewrite::from(flow.original().reversed());
                 self.forward(p, to, Some(flow.client_mac), flow.client, now, out)

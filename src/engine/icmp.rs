@@ -19,7 +19,7 @@ impl Engine<'_> {
         let q = p.quoted()?;
         // The quoted packet left the gateway translated; the reverse of what it says is one of
         // its flow's tuples.
-        let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs())?;
+        let (slot, dir) = self.conntrack.lookup(&q.tuple.reversed(), now.secs()).live()?;
         let flow = self.conntrack.flow(slot);
         // As nf_conntrack takes an error as related: sent to the host that sent the quoted
         // packet, and intact (it leaves with a checksum computed anew, so it is checked first).

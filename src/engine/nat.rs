@@ -90,7 +90,7 @@ impl Engine<'_> {
             ..Flow::EMPTY
         };
         // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
-        if !snat && !self.conntrack.is_free(&flow.reply(), secs) {
+        if !snat && !self.conntrack.claim(&flow.reply(), secs) {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
         let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
@@ -121,13 +121,13 @@ impl Engine<'_> {
     ) -> Option<u16> {
         let reply = |port| Tuple { src: endpoint, dst: snat_ip, src_port: endpoint_port, dst_port: port, proto };
         let range = PortRange::SNAT.ports();
-        if range.contains(&client_port) && self.conntrack.is_free(&reply(client_port), now) {
+        if range.contains(&client_port) && self.conntrack.claim(&reply(client_port), now) {
             return Some(client_port);
         }
         let mut tried = [0u16; board::SNAT_ATTEMPTS];
         for slot in tried.iter_mut() {
             let port = self.rng.in_range(range.clone());
-            if self.conntrack.is_free(&reply(port), now) {
+            if self.conntrack.claim(&reply(port), now) {
                 return Some(port);
             }
             *slot = port;
