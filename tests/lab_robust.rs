@@ -416,7 +416,10 @@ fn reloads_over_a_full_table_lose_no_datagram_of_a_running_stream() {
             .find_map(|part| part.strip_suffix(" tracked flow(s) to renumber\n")?.parse().ok())
             .unwrap_or_else(|| panic!("{said}"));
         assert!(pending >= 58_000, "renumbered after the swap, not in it: {said}");
-        sleep(Duration::from_millis(800));
+        // The second comes while the first's flows are being renumbered, and waits for that.
+        if round == 1 {
+            sleep(Duration::from_millis(800));
+        }
     }
     let (ok, said) = finish(stream);
     let summary = said.lines().last().unwrap_or_default().to_string();

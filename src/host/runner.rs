@@ -164,6 +164,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
     let mut turns = Turns::default();
+    let mut waiting_reload = None;
 
     let result = loop {
         if SHUTDOWN.load(Ordering::Relaxed) {
@@ -189,20 +190,30 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
             let answer = match request {
                 Request::Status => Reply::Text(status(source, device.engine, now, &turns)),
                 Request::Flows { from } => Reply::Flows(flows_from(device.engine, from, now)),
-                Request::Apply(mut prepared) => {
-                    device.engine.apply(&mut prepared.reload);
-                    // The node's own sockets (probes, HTTP answers) route by smoltcp's table.
-                    iface.routes_mut().remove_default_ipv4_route();
-                    if let Some(gw) = device.engine.node().gateway {
-                        let _ = iface.routes_mut().add_default_ipv4_route(gw);
-                    }
-                    core::mem::swap(&mut *config, &mut prepared.config);
-                    own.remove(&mut sockets);
-                    own = NodeSockets::new(&config, &mut sockets, key[1] ^ now.0, device.engine);
-                    Reply::Text(format!("; {} tracked flow(s) to renumber\n", device.engine.flows_to_renumber()))
+                Request::Apply(prepared) => {
+                    // Reloads come one at a time (the control thread waits for each answer).
+                    waiting_reload = Some((prepared, reply));
+                    continue;
                 }
             };
             let _ = reply.send(answer);
+        }
+        // A reload is swapped in once the last one's flows are all renumbered, so that no turn
+        // has to finish that renumbering in one step.
+        if device.engine.flows_to_renumber() == 0
+            && let Some((mut prepared, reply)) = waiting_reload.take()
+        {
+            device.engine.apply(&mut prepared.reload);
+            // The node's own sockets (probes, HTTP answers) route by smoltcp's table.
+            iface.routes_mut().remove_default_ipv4_route();
+            if let Some(gw) = device.engine.node().gateway {
+                let _ = iface.routes_mut().add_default_ipv4_route(gw);
+            }
+            core::mem::swap(&mut *config, &mut prepared.config);
+            own.remove(&mut sockets);
+            own = NodeSockets::new(&config, &mut sockets, key[1] ^ now.0, device.engine);
+            let pending = device.engine.flows_to_renumber();
+            let _ = reply.send(Reply::Text(format!("; {pending} tracked flow(s) to renumber\n")));
         }
         watch.check(now, device.engine);
         turns.record(woke.elapsed().as_micros() as u64, sys::thread_cpu_micros().saturating_sub(cpu_at_wake));
