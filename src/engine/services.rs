@@ -112,35 +112,34 @@ impl Services {
         self.list.clear();
         self.listeners.clear();
         self.virtual_ips.clear();
-        let services = self;
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
-            let _ = services.list.push(ServiceState {
+            let _ = self.list.push(ServiceState {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
                 counters: ServiceCounters::default(),
             });
-            services.rebuild(s);
+            self.rebuild(s);
             for (p, port) in svc.ports.iter().enumerate() {
                 let proto = port.protocol.number();
                 let listener =
                     |port: u16, ip: Ipv4Addr| Listener { proto, port, ip, service_index: s as u8, port_index: p as u8 };
                 if let (ServiceType::NodePort, Some(node_port)) = (svc.kind, port.node_port) {
-                    let _ = services.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
+                    let _ = self.listeners.push(listener(node_port, Ipv4Addr::UNSPECIFIED));
                 }
                 for vip in svc.virtual_ips() {
-                    let _ = services.listeners.push(listener(port.port, vip));
+                    let _ = self.listeners.push(listener(port.port, vip));
                 }
             }
             for vip in svc.virtual_ips() {
-                if !services.virtual_ips.contains(&vip) {
-                    let _ = services.virtual_ips.push(vip);
+                if !self.virtual_ips.contains(&vip) {
+                    let _ = self.virtual_ips.push(vip);
                 }
             }
         }
-        services.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
-        services.virtual_ips.sort_unstable();
+        self.listeners.sort_unstable_by_key(|l| (l.proto, l.port, l.ip));
+        self.virtual_ips.sort_unstable();
         Ok(())
     }
 
