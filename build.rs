@@ -35,6 +35,8 @@ struct Board<'a> {
     node_client_port_min: u16,
     affinity_ways: u32,
     neighbor_refresh_millis: u32,
+    gratuitous_arp_count: u32,
+    gratuitous_arp_interval_millis: u32,
     health_check_defaults: HealthCheckDefaults,
     timeouts: Timeouts,
 }
@@ -110,6 +112,9 @@ fn main() {
     if !b.affinity_ways.is_power_of_two() || b.affinity_ways > b.affinity_capacity {
         fail("affinityWays", "must be a power of two, at most affinityCapacity");
     }
+    if b.gratuitous_arp_count > 255 {
+        fail("gratuitousArpCount", "must be at most 255");
+    }
     let h = &b.health_check_defaults;
     if h.timeout_seconds > h.interval_seconds {
         fail("healthCheckDefaults.timeoutSeconds", "must not be longer than intervalSeconds");
@@ -125,6 +130,8 @@ fn main() {
         ("conntrackEvictionWindow", b.conntrack_eviction_window),
         ("snatAttempts", b.snat_attempts),
         ("neighborRefreshMillis", b.neighbor_refresh_millis),
+        ("gratuitousArpCount", b.gratuitous_arp_count),
+        ("gratuitousArpIntervalMillis", b.gratuitous_arp_interval_millis),
         ("healthCheckDefaults.intervalSeconds", h.interval_seconds),
         ("healthCheckDefaults.timeoutSeconds", h.timeout_seconds),
         ("healthCheckDefaults.unhealthyThreshold", h.unhealthy_threshold),
@@ -230,6 +237,10 @@ fn main() {
              pub const AFFINITY_WAYS: usize = {ways};\n\
              /// Milliseconds between two walks of the endpoints that refresh their next hops' ARP.\n\
              pub const NEIGHBOR_REFRESH_MILLIS: u64 = {refresh};\n\
+             /// Rounds of gratuitous ARP for every address that moves to a gateway becoming\n\
+             /// active, and the time between two rounds.\n\
+             pub const GRATUITOUS_ARP_COUNT: u8 = {garps};\n\
+             pub const GRATUITOUS_ARP_INTERVAL_MILLIS: u64 = {garp_ms};\n\
              /// What a service's `healthCheck` leaves out.\n\
              pub const HEALTH_CHECK_DEFAULTS: crate::config::HealthCheck = crate::config::HealthCheck {{\n\
                  interval_seconds: {hi}, timeout_seconds: {ht}, unhealthy_threshold: {hu}, healthy_threshold: {hh},\n\
@@ -239,6 +250,8 @@ fn main() {
             clients = b.node_client_port_min,
             ways = b.affinity_ways,
             refresh = b.neighbor_refresh_millis,
+            garps = b.gratuitous_arp_count,
+            garp_ms = b.gratuitous_arp_interval_millis,
             hi = h.interval_seconds,
             ht = h.timeout_seconds,
             hu = h.unhealthy_threshold,

@@ -31,8 +31,22 @@ enum Command {
     },
     /// Validate a config and show its services as `kubectl get svc` does.
     Check(Target),
-    /// Show the running gateway: uptime, services, endpoints, counters, table fill.
+    /// Show the running gateway: uptime, role, services, endpoints, counters, table fill.
     Status {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+        /// Print nothing and exit 0 only when the gateway is fit to be active: its loop answers
+        /// and every service has an endpoint taking new flows (keepalived's `vrrp_script`).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Make the running gateway the active or the standby one of its high-availability pair
+    /// (keepalived's notify scripts call this).
+    Ha {
+        #[arg(value_parser = ["active", "standby"])]
+        role: String,
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
@@ -104,7 +118,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(t) => check(&t),
         Command::Run { target, control, user } => run(&target, control, user),
-        Command::Status { target, control } => ask(&target, &control, "status"),
+        Command::Status { target, control, check: false } => ask(&target, &control, "status"),
+        Command::Status { target, control, check: true } => ask(&target, &control, "check"),
+        Command::Ha { role, target, control } => ask(&target, &control, &format!("ha {role}")),
         Command::Conntrack { target, control, service } => {
             ask(&target, &control, &format!("conntrack {}", service.unwrap_or_default()))
         }

@@ -6,7 +6,7 @@ use core::fmt::{self, Write};
 use crate::board;
 use crate::config::ServicePort;
 use crate::conntrack::POOL_PORTS;
-use crate::engine::{DropReason, Engine, PortTraffic};
+use crate::engine::{DropReason, Engine, PortTraffic, Role};
 use crate::time::Turns;
 
 /// A port's label: its name, or its number when it has none.
@@ -167,6 +167,14 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
     writeln!(w, "nodegate_affinity_evictions_total {}", engine.affinity_evictions())?;
     header(w, "nodegate_conntrack_flows_to_renumber", "gauge", "Flows not yet renumbered for the last reload.")?;
     writeln!(w, "nodegate_conntrack_flows_to_renumber {}", engine.flows_to_renumber())?;
+
+    header(
+        w,
+        "nodegate_ha_active",
+        "gauge",
+        "1 while this gateway is the active one (always, without highAvailability); 0 while standby.",
+    )?;
+    writeln!(w, "nodegate_ha_active {}", u8::from(engine.role() == Role::Active))?;
 
     header(w, "nodegate_loop_turns_total", "counter", "Turns of the packet loop (wake up, work, wait).")?;
     writeln!(w, "nodegate_loop_turns_total {}", turns.count)?;

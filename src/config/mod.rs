@@ -227,11 +227,30 @@ impl Service {
 }
 
 /// A validated site configuration.
+/// Two or more gateways on one segment acting as one, the election left to keepalived: the
+/// active one answers ARP for the services' virtual IPs and for these floating addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighAvailability {
+    /// The source endpoints see with `externalTrafficPolicy: Cluster`, so that their replies
+    /// follow the active gateway.
+    pub snat_address: Ipv4Addr,
+    /// The address endpoints of `Local` services route client traffic back through.
+    pub endpoint_gateway_address: Option<Ipv4Addr>,
+}
+
+impl HighAvailability {
+    /// The addresses that move with the active role.
+    pub fn floating(&self) -> impl Iterator<Item = Ipv4Addr> {
+        core::iter::once(self.snat_address).chain(self.endpoint_gateway_address)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_port_range: PortRange,
     pub nodes: Vec<Node, { board::MAX_NODES }>,
     pub services: Vec<Service, { board::MAX_SERVICES }>,
+    pub high_availability: Option<HighAvailability>,
 }
 
 impl Config {

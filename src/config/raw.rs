@@ -69,6 +69,15 @@ pub struct RawConfig<'a> {
     pub nodes: Bounded<RawNode<'a>, { board::MAX_NODES }>,
     #[serde(borrow, default)]
     pub services: Bounded<RawService<'a>, { board::MAX_SERVICES }>,
+    #[serde(borrow)]
+    pub high_availability: Option<RawHighAvailability<'a>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawHighAvailability<'a> {
+    pub snat_address: Option<&'a str>,
+    pub endpoint_gateway_address: Option<&'a str>,
 }
 
 #[derive(Debug, serde::Deserialize)]

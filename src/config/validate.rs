@@ -6,7 +6,7 @@ use core::str::FromStr;
 use heapless::{String, Vec};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
-use super::raw::{Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawNode, RawPort, RawService};
+use super::raw::{Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawHighAvailability, RawNode, RawPort, RawService};
 use super::*;
 
 type Result<T> = core::result::Result<T, ConfigError>;
@@ -27,7 +27,7 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
     if raw.nodes.items.is_empty() {
         fail!(format_args!("nodes"), "at least one node is needed");
     }
-    let mut cfg = Config { node_port_range, nodes: Vec::new(), services: Vec::new() };
+    let mut cfg = Config { node_port_range, nodes: Vec::new(), services: Vec::new(), high_availability: None };
     for (i, n) in raw.nodes.items.iter().enumerate() {
         let node = node(i, n)?;
         if cfg.nodes.iter().any(|o| o.name == node.name) {
@@ -41,6 +41,9 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
             fail!(format_args!("services[{i}].name"), "{:?} is used by an earlier service", svc.name);
         }
         let _ = cfg.services.push(svc);
+    }
+    if let Some(ha) = &raw.high_availability {
+        cfg.high_availability = Some(high_availability(ha, &cfg)?);
     }
     allocate_node_ports(&mut cfg)?;
     check_health_check_node_ports(&cfg)?;
@@ -414,6 +417,39 @@ fn virtual_ips(i: usize, svc: &Service, cfg: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The floating addresses: on a subnet of every node (each gateway must be able to hold them),
+/// and none of the site's other addresses.
+fn high_availability(raw: &RawHighAvailability, cfg: &Config) -> Result<HighAvailability> {
+    let floating = |field: &str, text: &str| -> Result<Ipv4Addr> {
+        let path = format_args!("highAvailability.{field}");
+        let ip = ipv4(path, text)?;
+        if let Some(n) = cfg.nodes.iter().find(|n| n.address_on_link(ip).is_none()) {
+            fail!(path, "{ip} is on none of node {}'s subnets", n.name);
+        }
+        if cfg.nodes.iter().any(|n| n.owns(ip) || n.gateway == Some(ip)) {
+            fail!(path, "{ip} is a node address or gateway");
+        }
+        if let Some(s) =
+            cfg.services.iter().find(|s| s.virtual_ips().any(|v| v == ip) || s.endpoints.iter().any(|e| e.ip == ip))
+        {
+            fail!(path, "{ip} is a virtual IP or an endpoint of service {:?}", s.name);
+        }
+        Ok(ip)
+    };
+    let Some(snat) = raw.snat_address else {
+        fail!(format_args!("highAvailability.snatAddress"), "is required");
+    };
+    let snat_address = floating("snatAddress", snat)?;
+    let endpoint_gateway_address = match raw.endpoint_gateway_address {
+        Some(text) => Some(floating("endpointGatewayAddress", text)?),
+        None => None,
+    };
+    if endpoint_gateway_address == Some(snat_address) {
+        fail!(format_args!("highAvailability.endpointGatewayAddress"), "{snat_address} is the snatAddress too");
+    }
+    Ok(HighAvailability { snat_address, endpoint_gateway_address })
 }
 
 fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {

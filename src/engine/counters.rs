@@ -74,6 +74,9 @@ drop_reasons! {
     NoRoute => "no_route",
     /// The next hop did not answer ARP in time, or too many frames were waiting for it.
     NeighborMissing => "neighbor_missing",
+    /// Service traffic reaching a standby gateway of a high-availability pair (the active one
+    /// carries it).
+    Standby => "standby",
     /// The TAP device would not take the frame.
     TxBusy => "tx_busy",
 }

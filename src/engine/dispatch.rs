@@ -6,7 +6,7 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetPro
 
 use super::egress::to_stack;
 use super::packet::{self, Ipv4Fields, Ipv4Frame, Offload, PROTO_TCP, PROTO_UDP, Rewrite};
-use super::{DropReason, Engine, Verdict, reply};
+use super::{DropReason, Engine, Role, Verdict, reply};
 use crate::conntrack::{Check, Direction, Lookup, Tuple};
 use crate::time::Millis;
 
@@ -47,20 +47,29 @@ impl Engine<'_> {
             return Verdict::Drop(DropReason::Malformed);
         };
         let node = &self.services.node;
-        if node.address_on_link(ip).is_some() && !node.owns(ip) && mac.is_unicast() {
+        if node.address_on_link(ip).is_some() && !self.is_local(ip) && mac.is_unicast() {
             self.neighbors.learn(ip, mac.0, now);
         }
-        let for_a_vip = self.services.virtual_ips.binary_search(&target).is_ok();
-        if operation == ArpOperation::Request && for_a_vip && mac.is_unicast() {
+        if operation == ArpOperation::Request && self.answers_for(target) && mac.is_unicast() {
             let len = reply::arp_reply(node.mac.0, target, mac.0, ip, out);
             return Verdict::Reply { len, dropped: None };
         }
         Verdict::Stack
     }
 
-    /// A node address, clusterIP or externalIP.
+    /// A node address, clusterIP, externalIP or floating address.
     fn is_local(&self, ip: Ipv4Addr) -> bool {
-        self.services.node.owns(ip) || self.services.virtual_ips.binary_search(&ip).is_ok()
+        self.services.node.owns(ip) || self.moves_with_role(ip)
+    }
+
+    /// A virtual IP or floating address: what the active gateway of a pair answers for.
+    fn moves_with_role(&self, ip: Ipv4Addr) -> bool {
+        self.services.virtual_ips.binary_search(&ip).is_ok() || self.services.floating.contains(&ip)
+    }
+
+    /// The engine answers ARP for `ip` (smoltcp answers for the node's own addresses).
+    fn answers_for(&self, ip: Ipv4Addr) -> bool {
+        self.role == Role::Active && self.moves_with_role(ip)
     }
 
     fn ipv4(&mut self, p: &mut Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
@@ -70,6 +79,9 @@ impl Engine<'_> {
             return Verdict::Drop(DropReason::MartianSource);
         }
         let for_node = self.is_local(p.dst);
+        if self.role == Role::Standby && self.is_service_traffic(p) {
+            return Verdict::Drop(DropReason::Standby);
+        }
         let Some((src_port, dst_port)) = p.ports else {
             if let Some(v) = self.translate_icmp_error(p, now, out) {
                 return v;
@@ -150,6 +162,13 @@ impl Engine<'_> {
             }
             None => self.untracked(p, for_node, (src_port, dst_port), now, out),
         }
+    }
+
+    /// A packet a standby gateway leaves to the active one: to a virtual IP or floating address,
+    /// or to a service port of the node's own address.
+    fn is_service_traffic(&self, p: &Ipv4Frame<'_>) -> bool {
+        self.moves_with_role(p.dst)
+            || p.ports.is_some_and(|(_, dst_port)| self.services.listener(p.proto, p.dst, dst_port).is_some())
     }
 
     /// A TCP or UDP packet of no tracked flow: the first of a new flow when it is for a service.

@@ -5,7 +5,7 @@ use core::net::Ipv4Addr;
 
 use super::fragments::{Key as FragmentKey, Translation};
 use super::packet::{Ipv4Frame, Rewrite};
-use super::{DropReason, Engine, Verdict, reply};
+use super::{DropReason, Engine, Role, Verdict, reply};
 use crate::board;
 use crate::time::Millis;
 
@@ -111,6 +111,26 @@ impl Engine<'_> {
             return 0;
         }
         reply::arp_request(self.services.node.mac.0, self.address_for(ip), ip, out)
+    }
+
+    /// The next gratuitous ARP of a gateway that became active: each floating address and
+    /// virtual IP in turn, the board's count of rounds, spaced (as keepalived repeats its own),
+    /// so that the segment's caches move to this gateway's MAC.
+    pub(super) fn announce(&mut self, now: Millis, out: &mut [u8]) -> Option<usize> {
+        let (rounds, next, at) = self.announce;
+        if rounds == 0 || now < next || self.role != Role::Active {
+            return None;
+        }
+        let services = &*self.services;
+        let mut addresses = services.floating.iter().chain(services.virtual_ips.iter());
+        let Some(&ip) = addresses.nth(at) else {
+            // A round is through: the next one after the interval.
+            let later = Millis(now.0 + board::GRATUITOUS_ARP_INTERVAL_MILLIS);
+            self.announce = (rounds - 1, later, 0);
+            return None;
+        };
+        self.announce.2 += 1;
+        Some(reply::gratuitous_arp(services.node.mac.0, ip, out))
     }
 
     /// Keeps the MACs of every endpoint's next hop (and the gateway) fresh, so that new flows

@@ -39,6 +39,23 @@ use rate_limit::RateLimit;
 use services::Services;
 pub use services::{PortTraffic, Reload, ServiceCounters};
 
+/// A gateway's part in a high-availability pair (keepalived decides which): only the active one
+/// answers for the virtual IPs and floating addresses and carries service traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// What to do with a frame after [`Engine::process`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -89,6 +106,10 @@ pub struct Engine<'a> {
     replies: RateLimit,
     /// SNAT ports: unpredictable to a client.
     rng: Rng,
+    role: Role,
+    /// Gratuitous ARP after becoming active: rounds left, when the next one goes, and the
+    /// address it is at.
+    announce: (u8, Millis, usize),
     /// (service, endpoint) the periodic ARP refresh looks at next.
     resolve_cursor: (usize, usize),
     last_resolve: Option<Millis>,
@@ -105,6 +126,8 @@ impl<'a> Engine<'a> {
         seed: u64,
     ) -> Result<Self, ConfigError> {
         resources.services.build(config, node_name)?;
+        // With high availability a gateway starts standby, until keepalived makes it active.
+        let role = if config.high_availability.is_some() { Role::Standby } else { Role::Active };
         resources.affinity.reset([seed, seed.rotate_left(32)]);
         Ok(Engine {
             services: &mut resources.services,
@@ -116,6 +139,8 @@ impl<'a> Engine<'a> {
             counters: Counters::default(),
             replies: RateLimit::new(board::REPLIES_PER_SECOND, board::REPLY_BURST),
             rng: Rng::new(seed),
+            role,
+            announce: (0, Millis(0), 0),
             resolve_cursor: (0, 0),
             last_resolve: None,
         })
@@ -123,6 +148,24 @@ impl<'a> Engine<'a> {
 
     pub fn node(&self) -> &Node {
         &self.services.node
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Takes `role`. Becoming active, the gateway announces every virtual IP and floating
+    /// address by gratuitous ARP, the board's count of rounds, spaced; becoming standby, it stops
+    /// answering for them. Returns the role it had.
+    pub fn set_role(&mut self, role: Role, now: Millis) -> Role {
+        let was = self.role;
+        self.role = role;
+        self.announce = match role {
+            Role::Active if was == Role::Standby => (board::GRATUITOUS_ARP_COUNT, now, 0),
+            _ if role == Role::Standby => (0, now, 0),
+            _ => self.announce,
+        };
+        was
     }
 
     pub fn counters(&self) -> &Counters {
@@ -198,7 +241,7 @@ impl<'a> Engine<'a> {
                     return Some(len);
                 }
                 Some(Err(())) => self.counters.drop(DropReason::NeighborMissing),
-                None => return self.refresh_next_hop(now, out),
+                None => return self.announce(now, out).or_else(|| self.refresh_next_hop(now, out)),
             }
         }
     }

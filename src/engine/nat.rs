@@ -64,7 +64,8 @@ impl Engine<'_> {
         // address, as kube-proxy masquerades hairpin traffic.
         let snat = policy == TrafficPolicy::Cluster || p.src == endpoint;
         let (source, source_port) = if snat {
-            let snat_ip = self.services.node.address_on_link(hop).unwrap_or(p.dst);
+            let on_link = self.services.node.address_on_link(hop).unwrap_or(p.dst);
+            let snat_ip = self.services.snat_address.unwrap_or(on_link);
             match self.snat_port(endpoint, endpoint_port, snat_ip, p.proto, src_port, secs) {
                 Some(port) => (snat_ip, port),
                 None => return Verdict::Drop(DropReason::SnatExhausted),

@@ -95,6 +95,12 @@ pub fn arp_request(our_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr, out: &m
     arp(ArpOperation::Request, our_mac, sender, [0xff; 6], [0; 6], target, out)
 }
 
+/// A gratuitous ARP: a broadcast request for `ip` from `ip` at `our_mac`, which every host on the
+/// segment takes as the new place of `ip`.
+pub fn gratuitous_arp(our_mac: [u8; 6], ip: Ipv4Addr, out: &mut [u8]) -> usize {
+    arp(ArpOperation::Request, our_mac, ip, [0xff; 6], [0; 6], ip, out)
+}
+
 /// An ARP reply: `ip` is at `our_mac`, to the asker at `to_mac`/`to_ip`.
 pub fn arp_reply(our_mac: [u8; 6], ip: Ipv4Addr, to_mac: [u8; 6], to_ip: Ipv4Addr, out: &mut [u8]) -> usize {
     arp(ArpOperation::Reply, our_mac, ip, to_mac, to_mac, to_ip, out)

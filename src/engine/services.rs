@@ -90,6 +90,11 @@ pub struct Services {
     pub(super) listeners: Vec<Listener, MAX_LISTENERS>,
     /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
     pub(super) virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
+    /// With high availability: the floating SNAT and endpoint gateway addresses, which move
+    /// with the active role like the virtual IPs.
+    pub(super) floating: Vec<Ipv4Addr, 2>,
+    /// The source endpoints see with Cluster policy, when it is not the node's own address.
+    pub(super) snat_address: Option<Ipv4Addr>,
 }
 
 impl Services {
@@ -101,6 +106,8 @@ impl Services {
             list: Vec::new(),
             listeners: Vec::new(),
             virtual_ips: Vec::new(),
+            floating: Vec::new(),
+            snat_address: None,
         }
     }
 
@@ -112,6 +119,11 @@ impl Services {
         self.list.clear();
         self.listeners.clear();
         self.virtual_ips.clear();
+        self.floating.clear();
+        if let Some(ha) = &config.high_availability {
+            self.floating.extend(ha.floating());
+        }
+        self.snat_address = config.high_availability.map(|ha| ha.snat_address);
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = self.list.push(ServiceState {

@@ -28,11 +28,15 @@ use super::load::{self, LoadError};
 use super::sys::{RELOAD, SHUTDOWN};
 use crate::config::{Config, ConfigError, Service};
 use crate::conntrack::Flow;
-use crate::engine::Reload;
+use crate::engine::{Reload, Role};
 
 /// What the control thread asks of the loop.
 pub enum Request {
     Status,
+    /// Whether the gateway is fit to be active (`nodegate status --check`).
+    Check,
+    /// Take this role.
+    Role(Role),
     /// A copy of the flows in slots `from..` (at most [`FLOWS_PER_ANSWER`]), for
     /// `nodegate conntrack`.
     Flows {
@@ -56,6 +60,8 @@ pub const FLOWS_PER_ANSWER: usize = 16384;
 pub enum Reply {
     Text(String),
     Flows(FlowSnapshot),
+    /// Not fit to be active, and why.
+    Unfit(String),
 }
 
 /// What went wrong on either side of the control socket.
@@ -130,7 +136,7 @@ impl fmt::Display for ControlError {
             ControlError::Rejected { file, error } => write!(f, "{}: {error}", file.display()),
             ControlError::NoService(name) => write!(f, "no service named {name:?}"),
             ControlError::UnknownCommand(line) => {
-                write!(f, "unknown command {line:?} (status, conntrack [SERVICE], reload)")
+                write!(f, "unknown command {line:?} (status, check, conntrack [SERVICE], reload, ha active|standby)")
             }
             ControlError::WrongAnswer => f.write_str("unexpected answer"),
         }
@@ -290,7 +296,7 @@ fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, ControlError> {
 fn ask_text(tx: &Sender<Command>, request: Request) -> Result<String, ControlError> {
     match ask(tx, request)? {
         Reply::Text(text) => Ok(text),
-        Reply::Flows(_) => Err(ControlError::WrongAnswer),
+        Reply::Flows(_) | Reply::Unfit(_) => Err(ControlError::WrongAnswer),
     }
 }
 
@@ -353,7 +359,7 @@ fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, ControlError> {
         let from = all.as_ref().map_or(0, |a| a.flows.len());
         let slice = match ask(tx, Request::Flows { from })? {
             Reply::Flows(slice) => slice,
-            Reply::Text(_) => return Err(ControlError::WrongAnswer),
+            Reply::Text(_) | Reply::Unfit(_) => return Err(ControlError::WrongAnswer),
         };
         let last = slice.flows.len() < FLOWS_PER_ANSWER;
         match &mut all {
@@ -378,6 +384,19 @@ fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io
     let mut words = line.split_whitespace();
     let answer = match (words.next(), words.next()) {
         (Some("status"), None) => ask_text(tx, Request::Status),
+        (Some("check"), None) => ask(tx, Request::Check).and_then(|reply| match reply {
+            Reply::Text(text) => Ok(text),
+            Reply::Unfit(why) => Err(ControlError::Refused(why)),
+            Reply::Flows(_) => Err(ControlError::WrongAnswer),
+        }),
+        (Some("ha"), Some(role @ ("active" | "standby"))) => {
+            let role = if role == "active" { Role::Active } else { Role::Standby };
+            let result = ask_text(tx, Request::Role(role));
+            if let Ok(text) = &result {
+                info!("ha (control socket): {}", text.trim_end());
+            }
+            result
+        }
         (Some("conntrack"), filter) => dump(tx).and_then(|flows| format_flows(&flows, filter)),
         (Some("reload"), None) => {
             let result = reload(site, tx);

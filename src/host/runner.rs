@@ -189,6 +189,17 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
         while let Ok(Command { request, reply }) = requests.try_recv() {
             let answer = match request {
                 Request::Status => Reply::Text(status(source, device.engine, now, &turns)),
+                Request::Check => match unfit(device.engine) {
+                    Some(why) => Reply::Unfit(why),
+                    None => Reply::Text(String::new()),
+                },
+                Request::Role(role) => {
+                    let was = device.engine.set_role(role, now);
+                    if was != role {
+                        info!("high availability: {} now (was {})", role.as_str(), was.as_str());
+                    }
+                    Reply::Text(format!("{} (was {})\n", role.as_str(), was.as_str()))
+                }
                 Request::Flows { from } => Reply::Flows(flows_from(device.engine, from, now)),
                 Request::Apply(prepared) => {
                     // Reloads come one at a time (the control thread waits for each answer).
@@ -265,12 +276,13 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
     let node = engine.node();
     let _ = writeln!(
         out,
-        "nodegate {} on board {}, node {} ({}), config {source}, up {}s",
+        "nodegate {} on board {}, node {} ({}), config {source}, up {}s, {}",
         env!("CARGO_PKG_VERSION"),
         board::NAME,
         node.name,
         node.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-        now.0 / 1000
+        now.0 / 1000,
+        engine.role().as_str()
     );
     let _ = writeln!(
         out,
@@ -322,6 +334,16 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
         drops(engine)
     );
     out
+}
+
+/// Why the gateway should not be the active one, if it should not: a service with no
+/// endpoint taking new flows. (That the loop answers at all is the rest of the check.)
+fn unfit(engine: &Engine) -> Option<String> {
+    let idle = engine
+        .services()
+        .enumerate()
+        .find(|(s, (svc, _))| !(0..svc.endpoints.len()).any(|e| engine.endpoint_serving(*s, e)));
+    idle.map(|(_, (svc, _))| format!("service {} has no endpoint taking new flows", svc.name))
 }
 
 /// `reason=count` for every reason with drops, or "none".
