@@ -170,6 +170,13 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
 
     header(
         w,
+        "nodegate_flows_picked_up_total",
+        "counter",
+        "Mid-stream TCP segments of untracked flows taken up as established (high availability).",
+    )?;
+    writeln!(w, "nodegate_flows_picked_up_total {}", c.flows_picked_up)?;
+    header(
+        w,
         "nodegate_ha_active",
         "gauge",
         "1 while this gateway is the active one (always, without highAvailability); 0 while standby.",

@@ -171,3 +171,50 @@ fn floating_addresses_are_checked_against_every_node_and_the_site() {
     let mut room = Room::new(16);
     assert_eq!(room.engine(&cfg, Some("edge-1")).role(), Role::Active);
 }
+
+/// A mid-stream segment from the client: an ACK with data, as after a failover.
+fn mid_stream(flags: &str, client_port: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(CLIENT, VIP, 64).tcp(client_port, 80, 5000, 1000);
+    match flags {
+        "A" => built!(b.ack(7000), b"more data"),
+        "FA" => built!(b.fin().ack(7000), b""),
+        _ => built!(b.rst().ack(7000), b""),
+    }
+}
+
+#[test]
+fn the_active_gateway_takes_up_a_mid_stream_flow_as_established() {
+    let mut room = Room::new(64);
+    let mut e = engine(&mut room);
+    e.set_role(Role::Active, Millis(0));
+    let (verdict, out) = send(&mut e, mid_stream("A", 40001), 0);
+    assert_eq!(verdict, Verdict::Forward, "taken up");
+    assert_eq!((&out[26..30], &out[30..34]), (&SNAT[..], &EP[..]));
+    let flow = e.conntrack().flows().next().unwrap();
+    assert_eq!((flow.state.as_str(), e.counters().flows_picked_up), ("ESTABLISHED", 1));
+    // The endpoint's answer goes back to the client as from the VIP.
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    let ack = built!(
+        PacketBuilder::ethernet2(EP_MAC, NODE_MAC).ipv4(EP, SNAT, 64).tcp(3000, port, 7000, 1000).ack(5009),
+        b""
+    );
+    let (verdict, back) = send(&mut e, ack, 0);
+    assert_eq!(verdict, Verdict::Forward);
+    assert_eq!((&back[26..30], &back[30..34]), (&VIP[..], &CLIENT[..]));
+    // A FIN or an RST of an untracked tuple is not a flow to take up.
+    for (flags, port) in [("FA", 40002), ("RA", 40003)] {
+        assert_eq!(send(&mut e, mid_stream(flags, port), 0).0, Verdict::Drop(DropReason::TcpNoFlow), "{flags}");
+    }
+    assert_eq!(e.counters().flows_picked_up, 1);
+}
+
+#[test]
+fn without_high_availability_a_mid_stream_segment_opens_nothing() {
+    let plain = CONFIG
+        .replace(r#""highAvailability": { "snatAddress": "10.77.0.5", "endpointGatewayAddress": "10.77.0.6" },"#, "");
+    let cfg = config::parse(plain.as_bytes()).unwrap();
+    let mut room = Room::new(16);
+    let mut e = room.engine(&cfg, Some("edge-1"));
+    assert_eq!(send(&mut e, mid_stream("A", 40001), 0).0, Verdict::Drop(DropReason::TcpNoFlow));
+    assert!(e.conntrack().is_empty());
+}

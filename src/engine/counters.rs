@@ -49,7 +49,8 @@ drop_reasons! {
     MartianSource => "martian_source",
     /// A later fragment of a datagram whose first fragment did not pass (or passed too long ago).
     Fragment => "fragment",
-    /// TCP segment other than a SYN to a service port, for no tracked flow.
+    /// TCP segment other than a SYN to a service port, for no tracked flow (with high
+    /// availability: other than a SYN or a plain mid-stream segment, which is taken up).
     TcpNoFlow => "tcp_no_flow",
     /// A FIN or RST of a tracked flow far from its sender's sequence: a blind attempt to end it.
     TcpOutOfWindow => "tcp_out_of_window",
@@ -102,6 +103,9 @@ pub struct Counters {
     /// RSTs of tracked flows near their sender's sequence but not at it: passed on, the flow
     /// kept (the endpoint answers with a challenge ACK, RFC 5961).
     pub resets_not_exact: u64,
+    /// Mid-stream TCP segments of untracked tuples taken up as established flows (with high
+    /// availability: flows another gateway carried).
+    pub flows_picked_up: u64,
     /// UDP flows taken out because their endpoint stopped taking new flows (it failed its
     /// health checks, or a reload took it out or made it not ready).
     pub udp_flows_flushed: u64,

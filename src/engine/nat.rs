@@ -22,11 +22,15 @@ impl Engine<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        if let Some(t) = p.tcp.map(|t| t.flags)
-            && !(t.syn && !t.ack && !t.rst && !t.fin)
-        {
-            return Verdict::Drop(DropReason::TcpNoFlow);
-        }
+        // A SYN opens a flow. With high availability a mid-stream segment opens one too, taken
+        // up as established: a flow the other gateway carried before a failover, that flow sync
+        // has not brought (as IPVS's sloppy_tcp does).
+        let picked_up = match p.tcp.map(|t| t.flags) {
+            None => false,
+            Some(t) if t.syn && !t.ack && !t.rst && !t.fin => false,
+            Some(t) if self.services.pick_up && t.ack && !t.syn && !t.rst && !t.fin => true,
+            Some(_) => return Verdict::Drop(DropReason::TcpNoFlow),
+        };
         let s = listener.service_index as usize;
         let secs = now.secs();
         let svc = &mut self.services.list[s];
@@ -84,7 +88,11 @@ impl Engine<'_> {
             source_port,
             client_mac: packet::src_mac(p.bytes()),
             proto: p.proto,
-            state: if p.proto == PROTO_TCP { State::SynSent } else { State::None },
+            state: match p.proto {
+                PROTO_TCP if picked_up => State::Established,
+                PROTO_TCP => State::SynSent,
+                _ => State::None,
+            },
             service_index: listener.service_index,
             port_index: listener.port_index,
             endpoint_index: ep as u8,
@@ -95,8 +103,9 @@ impl Engine<'_> {
             return Verdict::Drop(DropReason::SnatExhausted);
         }
         let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
-        // The SYN starts the client's sequence.
+        // The SYN (or the segment picked up) starts the client's sequence.
         self.conntrack.seen(slot, Direction::Original, p.tcp, now);
+        self.counters.flows_picked_up += u64::from(picked_up);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service_index, p.src, ep as u8, secs, timeout_seconds);

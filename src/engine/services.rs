@@ -95,6 +95,8 @@ pub struct Services {
     pub(super) floating: Vec<Ipv4Addr, 2>,
     /// The source endpoints see with Cluster policy, when it is not the node's own address.
     pub(super) snat_address: Option<Ipv4Addr>,
+    /// Mid-stream TCP segments of untracked tuples start established flows (high availability).
+    pub(super) pick_up: bool,
 }
 
 impl Services {
@@ -108,6 +110,7 @@ impl Services {
             virtual_ips: Vec::new(),
             floating: Vec::new(),
             snat_address: None,
+            pick_up: false,
         }
     }
 
@@ -124,6 +127,7 @@ impl Services {
             self.floating.extend(ha.floating());
         }
         self.snat_address = config.high_availability.map(|ha| ha.snat_address);
+        self.pick_up = config.high_availability.is_some();
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = self.list.push(ServiceState {
