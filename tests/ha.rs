@@ -218,3 +218,18 @@ fn without_high_availability_a_mid_stream_segment_opens_nothing() {
     assert_eq!(send(&mut e, mid_stream("A", 40001), 0).0, Verdict::Drop(DropReason::TcpNoFlow));
     assert!(e.conntrack().is_empty());
 }
+
+#[test]
+fn a_reload_that_drops_high_availability_leaves_no_standby() {
+    let mut room = Room::new(16);
+    let mut e = engine(&mut room);
+    assert_eq!(e.role(), Role::Standby);
+    let running = config::parse(CONFIG.as_bytes()).unwrap();
+    let plain = CONFIG
+        .replace(r#""highAvailability": { "snatAddress": "10.77.0.5", "endpointGatewayAddress": "10.77.0.6" },"#, "");
+    let mut reload = Box::<nodegate::engine::Reload>::default();
+    reload.prepare(&running, &config::parse(plain.as_bytes()).unwrap(), Some("edge-1")).unwrap();
+    e.apply(&mut reload);
+    assert_eq!(e.role(), Role::Active);
+    assert_eq!(send(&mut e, syn(VIP, 80), 0).0, Verdict::Forward);
+}

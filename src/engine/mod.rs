@@ -160,10 +160,10 @@ impl<'a> Engine<'a> {
     pub fn set_role(&mut self, role: Role, now: Millis) -> Role {
         let was = self.role;
         self.role = role;
-        self.announce = match role {
-            Role::Active if was == Role::Standby => (board::GRATUITOUS_ARP_COUNT, now, 0),
-            _ if role == Role::Standby => (0, now, 0),
-            _ => self.announce,
+        self.announce = match (was, role) {
+            (Role::Standby, Role::Active) => (board::GRATUITOUS_ARP_COUNT, now, 0),
+            (_, Role::Standby) => (0, now, 0),
+            (Role::Active, Role::Active) => self.announce,
         };
         was
     }

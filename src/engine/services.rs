@@ -4,8 +4,8 @@
 use core::net::Ipv4Addr;
 use heapless::Vec;
 
-use super::Engine;
 use super::packet::PROTO_UDP;
+use super::{Engine, Role};
 use crate::balance::Maglev;
 use crate::board;
 use crate::config::{Config, ConfigError, Endpoint, Node, Service, ServicePort, ServiceType, TrafficPolicy};
@@ -292,6 +292,10 @@ impl Engine<'_> {
     pub fn apply(&mut self, reload: &mut Reload) {
         reload.services.carry_over(self.services, &reload.renumbering);
         core::mem::swap(self.services, &mut reload.services);
+        // Without high availability there is no standby to be.
+        if self.services.snat_address.is_none() {
+            self.role = Role::Active;
+        }
         self.conntrack.renumber(reload.renumbering);
         self.affinity.clear();
         self.resolve_cursor = (0, 0);
