@@ -121,46 +121,42 @@ impl Engine<'_> {
             }
             Lookup::Absent => None,
         };
-        match found {
-            Some((slot, Direction::Original, flow)) => {
-                if p.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing() {
-                    // A new connection on the tuple of a closing one is a new flow, and passes
-                    // every check a first packet passes (the service, its source ranges and
-                    // endpoints as they are now).
-                    if flow.is_snat() {
-                        // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new flow
-                        // gets a source port of its own, so the endpoint never sees a reused
-                        // tuple it may still hold in TIME_WAIT (PAWS drops).
-                        self.conntrack.detach_original(slot);
-                    } else {
-                        // Without SNAT the new flow's reply tuple is the old one's.
-                        self.conntrack.remove(slot);
-                    }
-                    return self.untracked(p, for_node, (src_port, dst_port), now, out);
-                }
-                if let Some(v) = self.ttl_expired(p, now, out) {
-                    return v;
-                }
-                if let Some(v) = self.judge(slot, Direction::Original, p, now) {
-                    return v;
-                }
-                self.account(&flow, Direction::Original, p);
-                // To the endpoint, as the tuple its replies come back with, reversed.
-                let to = Rewrite::from(flow.reply().reversed());
-                self.forward(p, to, None, flow.endpoint, now, out)
+        let Some((slot, dir, flow)) = found else {
+            return self.untracked(p, for_node, (src_port, dst_port), now, out);
+        };
+        let reopens = p.tcp.is_some_and(|t| t.flags.syn && !t.flags.ack) && flow.state.is_closing();
+        if dir == Direction::Original && reopens {
+            // A new connection on the tuple of a closing one is a new flow, and passes every
+            // check a first packet passes (the service, its source ranges and endpoints as they
+            // are now).
+            if flow.is_snat() {
+                // The old flow keeps its SNAT tuple until TIME_WAIT ends; the new flow gets a
+                // source port of its own, so the endpoint never sees a reused tuple it may still
+                // hold in TIME_WAIT (PAWS drops).
+                self.conntrack.detach_original(slot);
+            } else {
+                // Without SNAT the new flow's reply tuple is the old one's.
+                self.conntrack.remove(slot);
             }
-            Some((slot, Direction::Reply, flow)) => {
-                if let Some(v) = self.ttl_expired(p, now, out) {
-                    return v;
-                }
-                if let Some(v) = self.judge(slot, Direction::Reply, p, now) {
-                    return v;
-                }
-                self.account(&flow, Direction::Reply, p);
+            return self.untracked(p, for_node, (src_port, dst_port), now, out);
+        }
+        if let Some(v) = self.ttl_expired(p, now, out) {
+            return v;
+        }
+        if let Some(v) = self.judge(slot, dir, p, now) {
+            return v;
+        }
+        self.account(&flow, dir, p);
+        // As the tuple the other side's packets come back with, reversed: to the endpoint, or
+        // back to the client at the MAC its packets came from.
+        match dir {
+            Direction::Original => {
+                self.forward(p, Rewrite::from(flow.reply().reversed()), None, flow.endpoint, now, out)
+            }
+            Direction::Reply => {
                 let to = Rewrite::from(flow.original().reversed());
                 self.forward(p, to, Some(flow.client_mac), flow.client, now, out)
             }
-            None => self.untracked(p, for_node, (src_port, dst_port), now, out),
         }
     }
 
