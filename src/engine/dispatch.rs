@@ -64,7 +64,7 @@ impl Engine<'_> {
 
     /// A virtual IP or floating address: what the active gateway of a pair answers for.
     fn moves_with_role(&self, ip: Ipv4Addr) -> bool {
-        self.services.virtual_ips.binary_search(&ip).is_ok() || self.services.floating.contains(&ip)
+        self.services.virtual_ips.binary_search(&ip).is_ok() || self.services.floating().any(|f| f == ip)
     }
 
     /// The engine answers ARP for `ip` (smoltcp answers for the node's own addresses).

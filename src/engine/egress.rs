@@ -122,8 +122,8 @@ impl Engine<'_> {
             return None;
         }
         let services = &*self.services;
-        let mut addresses = services.floating.iter().chain(services.virtual_ips.iter());
-        let Some(&ip) = addresses.nth(at) else {
+        let mut addresses = services.floating().chain(services.virtual_ips.iter().copied());
+        let Some(ip) = addresses.nth(at) else {
             // A round is through: the next one after the interval.
             let later = Millis(now.0 + board::GRATUITOUS_ARP_INTERVAL_MILLIS);
             self.announce = (rounds - 1, later, 0);

@@ -28,7 +28,7 @@ impl Engine<'_> {
         let picked_up = match p.tcp.map(|t| t.flags) {
             None => false,
             Some(t) if t.syn && !t.ack && !t.rst && !t.fin => false,
-            Some(t) if self.services.pick_up && t.ack && !t.syn && !t.rst && !t.fin => true,
+            Some(t) if self.services.high_availability.is_some() && t.ack && !t.syn && !t.rst && !t.fin => true,
             Some(_) => return Verdict::Drop(DropReason::TcpNoFlow),
         };
         let s = listener.service_index as usize;
@@ -69,7 +69,7 @@ impl Engine<'_> {
         let snat = policy == TrafficPolicy::Cluster || p.src == endpoint;
         let (source, source_port) = if snat {
             let on_link = self.services.node.address_on_link(hop).unwrap_or(p.dst);
-            let snat_ip = self.services.snat_address.unwrap_or(on_link);
+            let snat_ip = self.services.high_availability.map_or(on_link, |ha| ha.snat_address);
             match self.snat_port(endpoint, endpoint_port, snat_ip, p.proto, src_port, secs) {
                 Some(port) => (snat_ip, port),
                 None => return Verdict::Drop(DropReason::SnatExhausted),

@@ -8,7 +8,9 @@ use super::packet::PROTO_UDP;
 use super::{Engine, Role};
 use crate::balance::Maglev;
 use crate::board;
-use crate::config::{Config, ConfigError, Endpoint, Node, Service, ServicePort, ServiceType, TrafficPolicy};
+use crate::config::{
+    Config, ConfigError, Endpoint, HighAvailability, Node, Service, ServicePort, ServiceType, TrafficPolicy,
+};
 use crate::conntrack::{Flow, Renumbering};
 
 /// A service's balancing state.
@@ -90,13 +92,9 @@ pub struct Services {
     pub(super) listeners: Vec<Listener, MAX_LISTENERS>,
     /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
     pub(super) virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
-    /// With high availability: the floating SNAT and endpoint gateway addresses, which move
-    /// with the active role like the virtual IPs.
-    pub(super) floating: Vec<Ipv4Addr, 2>,
-    /// The source endpoints see with Cluster policy, when it is not the node's own address.
-    pub(super) snat_address: Option<Ipv4Addr>,
-    /// Mid-stream TCP segments of untracked tuples start established flows (high availability).
-    pub(super) pick_up: bool,
+    /// The config's high-availability section: its floating addresses move with the active
+    /// role like the virtual IPs, and it turns on the pick-up of mid-stream flows.
+    pub(super) high_availability: Option<HighAvailability>,
 }
 
 impl Services {
@@ -108,9 +106,7 @@ impl Services {
             list: Vec::new(),
             listeners: Vec::new(),
             virtual_ips: Vec::new(),
-            floating: Vec::new(),
-            snat_address: None,
-            pick_up: false,
+            high_availability: None,
         }
     }
 
@@ -122,12 +118,7 @@ impl Services {
         self.list.clear();
         self.listeners.clear();
         self.virtual_ips.clear();
-        self.floating.clear();
-        if let Some(ha) = &config.high_availability {
-            self.floating.extend(ha.floating());
-        }
-        self.snat_address = config.high_availability.map(|ha| ha.snat_address);
-        self.pick_up = config.high_availability.is_some();
+        self.high_availability = config.high_availability;
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = self.list.push(ServiceState {
@@ -219,6 +210,11 @@ impl Services {
         found
     }
 
+    /// The addresses that move with the active role besides the virtual IPs.
+    pub(super) fn floating(&self) -> impl Iterator<Item = Ipv4Addr> {
+        self.high_availability.iter().flat_map(|ha| ha.floating())
+    }
+
     /// A UDP flow stays only while its endpoint takes new flows (it has no end of its own: a
     /// client that keeps sending on the same 5-tuple must reach a live endpoint, as kube-proxy
     /// flushes it); TCP flows are left to finish.
@@ -293,7 +289,7 @@ impl Engine<'_> {
         reload.services.carry_over(self.services, &reload.renumbering);
         core::mem::swap(self.services, &mut reload.services);
         // Without high availability there is no standby to be.
-        if self.services.snat_address.is_none() {
+        if self.services.high_availability.is_none() {
             self.role = Role::Active;
         }
         self.conntrack.renumber(reload.renumbering);
