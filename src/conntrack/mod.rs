@@ -532,11 +532,6 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// No live flow uses `tuple` in either direction.
-    pub fn is_free(&self, tuple: &Tuple, now: u32) -> bool {
-        self.lookup(tuple, now).live().is_none()
-    }
-
     /// Makes `tuple` free for a new flow, if no live flow holds it: an expired holder is taken
     /// out. False when a live flow holds it.
     pub fn claim(&mut self, tuple: &Tuple, now: u32) -> bool {

@@ -85,7 +85,7 @@ fn expired_flows_are_not_found_and_a_claim_on_their_tuples_takes_them_out() {
     t.insert(f, at(0)).unwrap();
     assert!(t.lookup(&f.original(), T.tcp_syn_sent - 1).live().is_some());
     assert_eq!(t.lookup(&f.original(), T.tcp_syn_sent), Lookup::Expired(0));
-    assert!(t.is_free(&f.reply(), T.tcp_syn_sent));
+    assert!(t.lookup(&f.reply(), T.tcp_syn_sent).live().is_none());
     assert_eq!(t.len(), 1, "a query leaves the table as it is");
     // Claiming its tuples takes it out; a new flow on them leaves one entry of each in the index.
     assert!(t.claim(&f.original(), T.tcp_syn_sent) && t.claim(&f.reply(), T.tcp_syn_sent));
@@ -299,14 +299,14 @@ fn detached_original_keeps_reply_reserved() {
     let old = flow(40000, 40000);
     let slot = t.insert(old, at(0)).unwrap();
     t.detach_original(slot);
-    assert!(t.is_free(&old.original(), 1));
-    assert!(!t.is_free(&old.reply(), 1));
+    assert!(t.lookup(&old.original(), 1).live().is_none());
+    assert!(t.lookup(&old.reply(), 1).live().is_some());
     let new = flow(40000, 51000);
     let new_slot = t.insert(new, at(1)).unwrap();
     assert_eq!(t.lookup(&old.original(), 1).live(), Some((new_slot, Direction::Original)));
     t.remove(slot);
     assert_eq!(t.lookup(&new.original(), 1).live().map(|(s, _)| t.flow(s).source_port), Some(51000));
-    assert!(t.is_free(&old.reply(), 1));
+    assert!(t.lookup(&old.reply(), 1).live().is_none());
 }
 
 #[test]
@@ -463,7 +463,7 @@ fn a_full_pool_takes_back_the_oldest_port_that_is_not_established() {
         }
     }
     assert_eq!(t.take_port(&[2, 3, 4], reply, 1), Some(3), "the oldest of those in their handshake");
-    assert!(t.is_free(&reply(3), 1) && !t.is_free(&reply(2), 1));
+    assert!(t.lookup(&reply(3), 1).live().is_none() && t.lookup(&reply(2), 1).live().is_some());
     assert_eq!(t.take_port(&[2], reply, 1), None, "an established flow keeps its port");
     assert_eq!(t.take_port(&[4, 1], reply, 1), Some(1));
     assert_eq!((t.port_evictions(), t.len()), (2, 2));
