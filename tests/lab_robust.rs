@@ -402,6 +402,29 @@ fn reloads_over_a_full_table_lose_no_datagram_of_a_running_stream() {
         status.lines().find(|l| l.starts_with("loop: ")).unwrap_or_default().to_string()
     };
     println!("after the flood, before any reload: {}", loop_line(&lab));
+    // The listing of a table this full comes 16,384 flows per request: every flow is in it once.
+    let listing = String::from_utf8_lossy(&lab.nodegate("conntrack", &[]).stdout).to_string();
+    let (shown, tracked) = listing
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("conntrack: "))
+        .and_then(|l| l.split_once(" flow(s) shown, "))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.strip_suffix(" tracked")?.parse::<usize>().ok()?)))
+        .unwrap_or_else(|| panic!("{}", listing.lines().last().unwrap_or_default()));
+    let mut tuples: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("udp "))
+        .filter_map(|l| l.split_once(" src=")?.1.split(" service=").next())
+        .collect();
+    let listed = tuples.len();
+    tuples.sort_unstable();
+    tuples.dedup();
+    assert!(
+        shown >= 58_000 && shown == listed && tuples.len() == listed,
+        "{shown} shown, {listed} listed, {} distinct",
+        tuples.len()
+    );
+    assert!(tracked.abs_diff(shown) <= 16, "{shown} shown of {tracked} tracked");
     // A datagram every 2 ms, each waiting for its answer, across three reloads.
     let stream = lab.spawn_client("client2", &["udpstream", NODE_IP, "30053", "4", "5555", "2"]);
     sleep(Duration::from_millis(500));
