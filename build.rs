@@ -37,8 +37,21 @@ struct Board<'a> {
     neighbor_refresh_millis: u32,
     gratuitous_arp_count: u32,
     gratuitous_arp_interval_millis: u32,
+    sync: Sync,
     health_check_defaults: HealthCheckDefaults,
     timeouts: Timeouts,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Sync {
+    message_bytes: u32,
+    queued_messages: u32,
+    batch_millis: u32,
+    refresh_seconds: u32,
+    refresh_per_turn: u32,
+    table_messages_per_turn: u32,
+    request_retry_millis: u32,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +128,12 @@ fn main() {
     if b.gratuitous_arp_count > 255 {
         fail("gratuitousArpCount", "must be at most 255");
     }
+    let sync = &b.sync;
+    // A record (44 bytes) must fit beside the header (32) and tag (16); a message must fit one
+    // unfragmented UDP datagram on a 1500-byte link.
+    if !(128..=1472).contains(&sync.message_bytes) {
+        fail("sync.messageBytes", "must be 128..=1472");
+    }
     let h = &b.health_check_defaults;
     if h.timeout_seconds > h.interval_seconds {
         fail("healthCheckDefaults.timeoutSeconds", "must not be longer than intervalSeconds");
@@ -139,6 +158,12 @@ fn main() {
         ("fragmentTracks", b.fragment_tracks),
         ("repliesPerSecond", b.replies_per_second),
         ("replyBurst", b.reply_burst),
+        ("sync.queuedMessages", sync.queued_messages),
+        ("sync.batchMillis", sync.batch_millis),
+        ("sync.refreshSeconds", sync.refresh_seconds),
+        ("sync.refreshPerTurn", sync.refresh_per_turn),
+        ("sync.tableMessagesPerTurn", sync.table_messages_per_turn),
+        ("sync.requestRetryMillis", sync.request_retry_millis),
     ] {
         if value == 0 {
             fail(field, "must be positive");
@@ -256,6 +281,29 @@ fn main() {
             ht = h.timeout_seconds,
             hu = h.unhealthy_threshold,
             hh = h.healthy_threshold,
+        );
+    let out = out
+        + &format!(
+            "/// Flow sync: the largest message (UDP payload), the messages of records that may wait\n\
+             /// for the loop to send them, and how long the first record of a batch waits for more.\n\
+             pub const SYNC_MESSAGE_BYTES: usize = {bytes};\n\
+             pub const SYNC_QUEUED_MESSAGES: usize = {queued};\n\
+             pub const SYNC_BATCH_MILLIS: u64 = {batch};\n\
+             /// Seconds a round of the refresh walk takes at least (every flow with traffic in the\n\
+             /// last round is sent again), and the flows it looks at per turn.\n\
+             pub const SYNC_REFRESH_SECONDS: u32 = {refresh};\n\
+             pub const SYNC_REFRESH_PER_TURN: usize = {refresh_turn};\n\
+             /// Messages of a table a peer asked for, sent per turn.\n\
+             pub const SYNC_TABLE_MESSAGES_PER_TURN: usize = {table};\n\
+             /// Milliseconds between two table requests to a peer that has not answered.\n\
+             pub const SYNC_REQUEST_RETRY_MILLIS: u64 = {retry};\n",
+            bytes = sync.message_bytes,
+            queued = sync.queued_messages,
+            batch = sync.batch_millis,
+            refresh = sync.refresh_seconds,
+            refresh_turn = sync.refresh_per_turn,
+            table = sync.table_messages_per_turn,
+            retry = sync.request_retry_millis,
         );
     let dest = Path::new(&env::var("OUT_DIR").unwrap()).join("board.rs");
     fs::write(dest, out).unwrap();

@@ -38,6 +38,7 @@ pub mod health;
 pub mod metrics;
 pub mod neighbor;
 pub mod random;
+pub mod sync;
 pub mod text;
 pub mod time;
 

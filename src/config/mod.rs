@@ -229,13 +229,29 @@ impl Service {
 /// A validated site configuration.
 /// Two or more gateways on one segment acting as one, the election left to keepalived: the
 /// active one answers ARP for the services' virtual IPs and for these floating addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HighAvailability {
     /// The source endpoints see with `externalTrafficPolicy: Cluster`, so that their replies
     /// follow the active gateway.
     pub snat_address: Ipv4Addr,
     /// The address endpoints of `Local` services route client traffic back through.
     pub endpoint_gateway_address: Option<Ipv4Addr>,
+    /// Flow sync between the gateways (the site's nodes); off when `None`.
+    pub sync: Option<SyncConfig>,
+}
+
+/// Where flow sync listens and where its key is. The key is not in the config (which is shared
+/// and shown), only the file's name: the file is the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub port: u16,
+    pub key_file: String<{ SyncConfig::KEY_FILE_MAX }>,
+}
+
+impl SyncConfig {
+    /// The port flow sync uses when the config names none: the IPVS sync daemon's.
+    pub const DEFAULT_PORT: u16 = 8848;
+    pub const KEY_FILE_MAX: usize = 128;
 }
 
 impl HighAvailability {

@@ -78,6 +78,15 @@ pub struct RawConfig<'a> {
 pub struct RawHighAvailability<'a> {
     pub snat_address: Option<&'a str>,
     pub endpoint_gateway_address: Option<&'a str>,
+    #[serde(borrow)]
+    pub sync: Option<RawSync<'a>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawSync<'a> {
+    pub key_file: Option<&'a str>,
+    pub port: Option<u32>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -6,7 +6,9 @@ use core::str::FromStr;
 use heapless::{String, Vec};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
-use super::raw::{Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawHighAvailability, RawNode, RawPort, RawService};
+use super::raw::{
+    Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawHighAvailability, RawNode, RawPort, RawService, RawSync,
+};
 use super::*;
 
 type Result<T> = core::result::Result<T, ConfigError>;
@@ -449,7 +451,37 @@ fn high_availability(raw: &RawHighAvailability, cfg: &Config) -> Result<HighAvai
     if endpoint_gateway_address == Some(snat_address) {
         fail!(format_args!("highAvailability.endpointGatewayAddress"), "{snat_address} is the snatAddress too");
     }
-    Ok(HighAvailability { snat_address, endpoint_gateway_address })
+    let sync = match &raw.sync {
+        Some(s) => Some(sync(s, cfg)?),
+        None => None,
+    };
+    Ok(HighAvailability { snat_address, endpoint_gateway_address, sync })
+}
+
+/// The sync port must be free on the node addresses: no service's UDP nodePort.
+fn sync(raw: &RawSync, cfg: &Config) -> Result<SyncConfig> {
+    let key_file = match raw.key_file {
+        None | Some("") => fail!(format_args!("highAvailability.sync.keyFile"), "is required"),
+        Some(path) if !path.starts_with('/') => {
+            fail!(format_args!("highAvailability.sync.keyFile"), "{path:?} is not an absolute path")
+        }
+        Some(path) => String::try_from(path).map_err(|_| {
+            ConfigError::new(
+                format_args!("highAvailability.sync.keyFile"),
+                format_args!("longer than {} bytes", SyncConfig::KEY_FILE_MAX),
+            )
+        })?,
+    };
+    let port = match raw.port {
+        None => SyncConfig::DEFAULT_PORT,
+        Some(p @ 1..=65535) => p as u16,
+        Some(p) => fail!(format_args!("highAvailability.sync.port"), "{p} is outside 1-65535"),
+    };
+    let taken = |s: &Service| s.ports.iter().any(|p| p.protocol == Protocol::Udp && p.node_port == Some(port));
+    if let Some(s) = cfg.services.iter().find(|s| taken(s)) {
+        fail!(format_args!("highAvailability.sync.port"), "{port} is the UDP nodePort of service {:?}", s.name);
+    }
+    Ok(SyncConfig { port, key_file })
 }
 
 fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {

@@ -59,17 +59,12 @@ impl Engine<'_> {
 
     /// A node address, clusterIP, externalIP or floating address.
     fn is_local(&self, ip: Ipv4Addr) -> bool {
-        self.services.node.owns(ip) || self.moves_with_role(ip)
-    }
-
-    /// A virtual IP or floating address: what the active gateway of a pair answers for.
-    fn moves_with_role(&self, ip: Ipv4Addr) -> bool {
-        self.services.virtual_ips.binary_search(&ip).is_ok() || self.services.floating().any(|f| f == ip)
+        self.services.node.owns(ip) || self.services.moves_with_role(ip)
     }
 
     /// The engine answers ARP for `ip` (smoltcp answers for the node's own addresses).
     fn answers_for(&self, ip: Ipv4Addr) -> bool {
-        self.role == Role::Active && self.moves_with_role(ip)
+        self.role == Role::Active && self.services.moves_with_role(ip)
     }
 
     fn ipv4(&mut self, p: &mut Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
@@ -110,6 +105,7 @@ impl Engine<'_> {
                 } else {
                     // Its endpoint stopped serving: the packet starts a flow to a live one.
                     self.conntrack.remove(slot);
+                    self.sync_removal(&flow, now);
                     self.counters.udp_flows_flushed += 1;
                     None
                 }
@@ -146,6 +142,10 @@ impl Engine<'_> {
         if let Some(v) = self.judge(slot, dir, p, now) {
             return v;
         }
+        let after = self.conntrack.flow(slot);
+        if (after.state, after.replied()) != (flow.state, flow.replied()) {
+            self.sync_flow(slot, now);
+        }
         self.account(&flow, dir, p);
         // As the tuple the other side's packets come back with, reversed: to the endpoint, or
         // back to the client at the MAC its packets came from.
@@ -163,7 +163,7 @@ impl Engine<'_> {
     /// A packet a standby gateway leaves to the active one: to a virtual IP or floating address,
     /// or to a service port of the node's own address.
     fn is_service_traffic(&self, p: &Ipv4Frame<'_>) -> bool {
-        self.moves_with_role(p.dst)
+        self.services.moves_with_role(p.dst)
             || p.ports.is_some_and(|(_, dst_port)| self.services.listener(p.proto, p.dst, dst_port).is_some())
     }
 

@@ -22,6 +22,7 @@ mod parked;
 mod rate_limit;
 pub mod reply;
 mod services;
+mod sync;
 
 use crate::affinity::Affinity;
 use crate::board;
@@ -29,6 +30,7 @@ use crate::config::{Config, ConfigError, Node};
 use crate::conntrack::Table;
 use crate::neighbor::Neighbors;
 use crate::random::Rng;
+use crate::sync::Sync;
 use crate::time::Millis;
 pub use counters::{Counters, DropReason};
 use egress::PARK_MAX_MS;
@@ -107,6 +109,8 @@ pub struct Engine<'a> {
     /// SNAT ports: unpredictable to a client.
     rng: Rng,
     role: Role,
+    /// Flow sync with the other gateways of the pair, once [`Engine::start_sync`] started it.
+    sync: Option<Sync>,
     /// Gratuitous ARP after becoming active: rounds left, when the next one goes, and the
     /// address it is at.
     announce: (u8, Millis, usize),
@@ -140,6 +144,7 @@ impl<'a> Engine<'a> {
             replies: RateLimit::new(board::REPLIES_PER_SECOND, board::REPLY_BURST),
             rng: Rng::new(seed),
             role,
+            sync: None,
             announce: (0, Millis(0), 0),
             resolve_cursor: (0, 0),
             last_resolve: None,
@@ -215,13 +220,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Work that is not per frame, a bounded slice each call (the runner calls it every few
-    /// milliseconds): renumbers flows after a reload, expires flows and flushes UDP flows whose
-    /// endpoint stopped serving.
+    /// milliseconds): renumbers flows after a reload, expires flows, flushes UDP flows whose
+    /// endpoint stopped serving, and walks the flows flow sync refreshes on the peers.
     pub fn housekeeping(&mut self, now: Millis) {
         self.conntrack.renumber_some(board::CONNTRACK_RENUMBER_PER_TURN);
         let services = &self.services;
         let swept = self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN, |f| services.keeps(f));
         self.counters.udp_flows_flushed += swept.flushed as u64;
+        self.sync_refresh(now);
     }
 
     /// Flows still to renumber after a reload (0 once every flow is numbered for it).

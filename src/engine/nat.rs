@@ -69,7 +69,7 @@ impl Engine<'_> {
         let snat = policy == TrafficPolicy::Cluster || p.src == endpoint;
         let (source, source_port) = if snat {
             let on_link = self.services.node.address_on_link(hop).unwrap_or(p.dst);
-            let snat_ip = self.services.high_availability.map_or(on_link, |ha| ha.snat_address);
+            let snat_ip = self.services.high_availability.as_ref().map_or(on_link, |ha| ha.snat_address);
             match self.snat_port(endpoint, endpoint_port, snat_ip, p.proto, src_port, secs) {
                 Some(port) => (snat_ip, port),
                 None => return Verdict::Drop(DropReason::SnatExhausted),
@@ -105,10 +105,12 @@ impl Engine<'_> {
         let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
         // The SYN (or the segment picked up) starts the client's sequence.
         self.conntrack.seen(slot, Direction::Original, p.tcp, now);
+        self.sync_flow(slot, now);
         self.counters.flows_picked_up += u64::from(picked_up);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service_index, p.src, ep as u8, secs, timeout_seconds);
+            self.sync_pin(&flow, timeout_seconds, now);
         }
         self.counters.new_flows += 1;
         self.services.list[s].counters.ports[listener.port_index as usize].connections += 1;

@@ -118,7 +118,7 @@ impl Services {
         self.list.clear();
         self.listeners.clear();
         self.virtual_ips.clear();
-        self.high_availability = config.high_availability;
+        self.high_availability = config.high_availability.clone();
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = self.list.push(ServiceState {
@@ -208,6 +208,11 @@ impl Services {
             }
         }
         found
+    }
+
+    /// A virtual IP or floating address: what the active gateway of a pair answers for.
+    pub(super) fn moves_with_role(&self, ip: Ipv4Addr) -> bool {
+        self.virtual_ips.binary_search(&ip).is_ok() || self.floating().any(|f| f == ip)
     }
 
     /// The addresses that move with the active role besides the virtual IPs.

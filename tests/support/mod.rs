@@ -41,8 +41,13 @@ impl Room {
     /// An engine for `node` of `config` here, with a fixed table key and seed, so that every
     /// run takes the same SNAT ports.
     pub fn engine(&mut self, config: &Config, node: Option<&str>) -> Engine<'_> {
+        self.engine_seeded(config, node, 42)
+    }
+
+    /// [`Room::engine`] with another seed: another run of the gateway.
+    pub fn engine_seeded(&mut self, config: &Config, node: Option<&str>, seed: u64) -> Engine<'_> {
         let table = Table::new(&mut self.flows, &mut self.buckets, [3, 4], board::TIMEOUTS);
-        Engine::new(config, node, table, &mut self.resources, 42).unwrap_or_else(|e| panic!("{e}"))
+        Engine::new(config, node, table, &mut self.resources, seed).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
