@@ -7,6 +7,7 @@ use crate::board;
 use crate::config::ServicePort;
 use crate::conntrack::POOL_PORTS;
 use crate::engine::{DropReason, Engine, PortTraffic, Role};
+use crate::sync::{Sync, SyncDrop};
 use crate::time::Turns;
 
 /// A port's label: its name, or its number when it has none.
@@ -182,6 +183,9 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
         "1 while this gateway is the active one (always, without highAvailability); 0 while standby.",
     )?;
     writeln!(w, "nodegate_ha_active {}", u8::from(engine.role() == Role::Active))?;
+    if let Some(sync) = engine.sync_state() {
+        sync_metrics(w, sync)?;
+    }
 
     header(w, "nodegate_loop_turns_total", "counter", "Turns of the packet loop (wake up, work, wait).")?;
     writeln!(w, "nodegate_loop_turns_total {}", turns.count)?;
@@ -199,8 +203,40 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
     Ok(())
 }
 
+/// Flow sync's counters (with `highAvailability.sync` only).
+fn sync_metrics(w: &mut impl Write, sync: &Sync) -> fmt::Result {
+    let c = &sync.counters;
+    for (name, help, n) in [
+        (
+            "nodegate_sync_messages_sent_total",
+            "Flow-sync messages sealed (each goes to every peer it is for).",
+            c.messages_sent,
+        ),
+        ("nodegate_sync_messages_received_total", "Flow-sync messages received, taken or not.", c.messages_received),
+        (
+            "nodegate_sync_flows_installed_total",
+            "Peers' flow records installed (new or changed flows).",
+            c.flows_installed,
+        ),
+        ("nodegate_sync_flows_removed_total", "Flows removed as a peer said.", c.flows_removed),
+        ("nodegate_sync_pins_installed_total", "Peers' ClientIP affinity pins taken.", c.pins_installed),
+        ("nodegate_sync_tables_sent_total", "Whole tables sent to peers that asked.", c.tables_sent),
+        ("nodegate_sync_tables_requested_total", "Table requests sent to peers.", c.tables_requested),
+    ] {
+        header(w, name, "counter", help)?;
+        writeln!(w, "{name} {n}")?;
+    }
+    header(w, "nodegate_sync_dropped_total", "counter", "Flow-sync messages or records not taken, per reason.")?;
+    for r in SyncDrop::ALL {
+        writeln!(w, "nodegate_sync_dropped_total{{reason=\"{}\"}} {}", r.name(), c.dropped(*r))?;
+    }
+    header(w, "nodegate_sync_peers_in_sync", "gauge", "Peers whose flow-sync messages this gateway takes.")?;
+    writeln!(w, "nodegate_sync_peers_in_sync {}", sync.peers_in_sync())
+}
+
 /// A buffer that holds the metrics of the largest config the board allows.
 pub const MAX_TEXT: usize = 4096
     + board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * 5 * 192
     + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 2 * 160
-    + DropReason::ALL.len() * 80;
+    + DropReason::ALL.len() * 80
+    + 2048;

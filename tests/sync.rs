@@ -294,3 +294,13 @@ fn the_sync_section_names_an_absolute_key_file_and_a_free_port() {
     let sync = cfg.high_availability.unwrap().sync.unwrap();
     assert_eq!((sync.port, sync.key_file.as_str()), (8848, "/etc/nodegate/sync.key"));
 }
+
+#[test]
+fn a_reload_cannot_change_flow_sync() {
+    let running = config::parse(CONFIG.as_bytes()).unwrap();
+    let next = CONFIG.replace(r#""keyFile": "/etc/nodegate/sync.key""#, r#""keyFile": "/etc/nodegate/other.key""#);
+    let mut reload = Box::<nodegate::engine::Reload>::default();
+    let err = reload.prepare(&running, &config::parse(next.as_bytes()).unwrap(), Some("edge-1")).unwrap_err();
+    assert_eq!(err.to_string(), "highAvailability.sync: changed: restart nodegate to apply that");
+    assert!(reload.prepare(&running, &running, Some("edge-1")).is_ok());
+}

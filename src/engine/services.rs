@@ -248,7 +248,8 @@ impl Default for Reload {
 
 impl Reload {
     /// Validates `next` against `running` for node `node_name` and builds what the loop swaps
-    /// in. The node itself (TAP, MAC, addresses) cannot change without a restart. Services,
+    /// in. The node itself (TAP, MAC, addresses) and flow sync cannot change without a restart.
+    /// Services,
     /// ports and endpoints are matched by name, by name, protocol and port, and by address.
     pub fn prepare(&mut self, running: &Config, next: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
         let (was, node) = (running.node(node_name)?, next.node(node_name)?);
@@ -259,6 +260,14 @@ impl Reload {
                     "node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that",
                     node.name
                 ),
+            ));
+        }
+        let sync_of = |c: &Config| c.high_availability.as_ref().and_then(|ha| ha.sync.clone());
+        if sync_of(running) != sync_of(next) {
+            // Its socket, key and peers are set up at start.
+            return Err(ConfigError::new(
+                format_args!("highAvailability.sync"),
+                format_args!("changed: restart nodegate to apply that"),
             ));
         }
         let renumbering = &mut self.renumbering;

@@ -56,6 +56,13 @@ impl Engine<'_> {
         self.sync.as_ref().map(|s| &s.counters)
     }
 
+    /// Counts a sync message the host could not send.
+    pub fn count_sync_drop(&mut self, reason: SyncDrop) {
+        if let Some(sync) = self.sync.as_mut() {
+            sync.counters.drop(reason);
+        }
+    }
+
     /// A message to send to the peers (or one of them), sealed in `out`: a table request that
     /// is due, a batch of records, a slice of a table a peer asked for. Call until `None`;
     /// `out` must hold [`board::SYNC_MESSAGE_BYTES`].

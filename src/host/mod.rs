@@ -9,5 +9,6 @@ pub mod http;
 pub mod load;
 pub mod memory;
 pub mod runner;
+pub mod sync;
 mod sys;
 pub mod tap;

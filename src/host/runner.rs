@@ -20,12 +20,14 @@ use super::control::{self, Command, ControlError, ControlSocket, FLOWS_PER_ANSWE
 use super::device::NatDevice;
 use super::health::{self, Probes};
 use super::http::HttpServer;
+use super::sync::{self, SyncError, SyncSocket};
 use super::sys::{self, SHUTDOWN};
 use super::tap::{Tap, TapError};
 use crate::board;
 use crate::config::{Config, ConfigError};
 use crate::conntrack::{Flow, Table, buckets_for};
 use crate::engine::{DropReason, Engine, Resources};
+use crate::sync::SyncDrop;
 use crate::time::{Millis, Turns};
 
 /// How often expired flows are swept (a bounded number each time).
@@ -74,6 +76,7 @@ pub enum RunError {
     },
     Tap(TapError),
     Control(ControlError),
+    Sync(SyncError),
     /// `--user`: not found, or the switch to it failed.
     User {
         user: String,
@@ -101,6 +104,7 @@ impl fmt::Display for RunError {
             RunError::Config { source, error } => write!(f, "{source}: {error}"),
             RunError::Tap(e) => write!(f, "{e}"),
             RunError::Control(e) => write!(f, "{e}"),
+            RunError::Sync(e) => write!(f, "{e}"),
             RunError::User { user, switching: false, error } => write!(f, "--user {user}: {error}"),
             RunError::User { user, switching: true, error } => write!(f, "--user {user}: cannot switch: {error}"),
             RunError::System { step, error } => write!(f, "{step}: {error}"),
@@ -127,6 +131,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
         Engine::new(&config, opts.node.as_deref(), table, &mut resources, key[0] ^ key[1]).map_err(in_config)?,
     );
 
+    let sync_key = sync::key_of(&config).map_err(RunError::Sync)?;
     let tap = Tap::open(&node.tap, node.bridge.as_deref()).map_err(RunError::Tap)?;
     let control_path = opts.control.clone().unwrap_or_else(|| control::default_path(&node.name));
     let mut control_socket = ControlSocket::bind(&control_path).map_err(RunError::Control)?;
@@ -161,6 +166,10 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
     }
     let mut sockets = SocketSet::new(vec![]);
     let mut own = NodeSockets::new(&config, &mut sockets, key[1], device.engine);
+    let mut sync = match sync_key {
+        Some(k) => Some(SyncSocket::start(&config, k, device.engine, &mut sockets).map_err(RunError::Sync)?),
+        None => None,
+    };
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
     let mut turns = Turns::default();
@@ -184,6 +193,9 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
         if now.0 >= last_sweep.0 + SWEEP_EVERY_MS {
             device.engine.housekeeping(now);
             last_sweep = now;
+        }
+        if let Some(sync) = &mut sync {
+            sync.poll(now, &mut sockets, device.engine);
         }
         device.flush_engine_output();
         while let Ok(Command { request, reply }) = requests.try_recv() {
@@ -322,6 +334,27 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
             let snat = ct.endpoint_snat_ports(s, e);
             let _ = writeln!(out, "  endpoint {}:{target} {state}, {snat} SNAT ports in use", ep.ip);
         }
+    }
+    if let Some(sync) = engine.sync_state() {
+        let c = &sync.counters;
+        let dropped: Vec<String> = SyncDrop::ALL
+            .iter()
+            .filter(|r| c.dropped(**r) > 0)
+            .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "sync: port {}, {} of {} peer(s) in sync ({}), {} messages sent, {} received, {} flows installed, {} removed; dropped: {}",
+            sync.port,
+            sync.peers_in_sync(),
+            sync.peers().count(),
+            sync.peers().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            c.messages_sent,
+            c.messages_received,
+            c.flows_installed,
+            c.flows_removed,
+            if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") }
+        );
     }
     let c = engine.counters();
     let _ = writeln!(
