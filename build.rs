@@ -129,7 +129,7 @@ fn main() {
         fail("gratuitousArpCount", "must be at most 255");
     }
     let sync = &b.sync;
-    // A record (44 bytes) must fit beside the header (32) and tag (16); a message must fit one
+    // A record (36 bytes) must fit beside the header (32) and tag (16); a message must fit one
     // unfragmented UDP datagram on a 1500-byte link.
     if !(128..=1472).contains(&sync.message_bytes) {
         fail("sync.messageBytes", "must be 128..=1472");

@@ -143,12 +143,16 @@ fn the_standby_holds_the_active_gateways_flow_and_carries_it_on_after_a_takeover
     // nothing up, and the endpoint's answer goes back.
     g0.set_role(Role::Standby, Millis(20));
     g1.set_role(Role::Active, Millis(20));
-    let (v, out) = process(&mut g1, tcp(1, 40000, 1005, "A"), 20);
+    // The flow went on for megabytes on gateway 0 after its last record: the segments gateway 1
+    // sees are far from any sequence number a record could have carried.
+    let far_on = 1005 + 50_000_000;
+    let (v, out) = process(&mut g1, tcp(1, 40000, far_on, "A"), 20);
     assert_eq!(v, Verdict::Forward);
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), snat_port, "the same SNAT port");
     assert_eq!(&out[30..34], &EP[..]);
     assert_eq!(g1.counters().flows_picked_up, 0, "synced, not taken up");
     assert_eq!(process(&mut g1, reply(1, snat_port, "A"), 20).0, Verdict::Forward);
+    assert_eq!(process(&mut g1, tcp(1, 40000, far_on + 4, "FA"), 20).0, Verdict::Forward, "the FIN passes");
     // A new connection from the same client follows its pin to the same endpoint.
     let (v, out) = process(&mut g1, tcp(1, 40100, 1, "S"), 20);
     assert_eq!((v, &out[30..34]), (Verdict::Forward, &EP[..]));

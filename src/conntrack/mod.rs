@@ -92,9 +92,9 @@ impl Marks {
         tcp::Fins { original: self.has(Self::FIN_ORIGINAL), reply: self.has(Self::FIN_REPLY) }
     }
 
-    /// The bits another gateway's copy of the flow keeps: the TCP tracker's, not this table's.
-    const SYNCED: u8 =
-        Self::FIN_ORIGINAL | Self::FIN_REPLY | Self::REPLIED | Self::TCP_END_KNOWN[0] | Self::TCP_END_KNOWN[1];
+    /// The bits another gateway's copy of the flow keeps: the FINs and the reply seen. Not the
+    /// sequence ends, which the copy learns afresh from the first segments it sees.
+    const SYNCED: u8 = Self::FIN_ORIGINAL | Self::FIN_REPLY | Self::REPLIED;
 
     fn set_fins(&mut self, fins: tcp::Fins) {
         self.set(Self::FIN_ORIGINAL, fins.original);
@@ -215,15 +215,14 @@ impl Flow {
         Check::InWindow
     }
 
-    /// What flow sync carries of its TCP tracking: the marks another gateway's copy keeps and
-    /// the sequence ends they speak of.
-    pub(crate) const fn synced_marks(&self) -> (u8, [u32; 2]) {
-        (self.marks.0 & Marks::SYNCED, self.tcp_end)
+    /// What flow sync carries of its marks (see [`Marks::SYNCED`]).
+    pub(crate) const fn synced_marks(&self) -> u8 {
+        self.marks.0 & Marks::SYNCED
     }
 
-    /// The flow with the TCP tracking a peer sent (see [`Flow::synced_marks`]).
-    pub(crate) const fn with_synced_marks(self, marks: u8, tcp_end: [u32; 2]) -> Flow {
-        Flow { marks: Marks(marks & Marks::SYNCED), tcp_end, ..self }
+    /// The flow with the marks a peer sent (see [`Flow::synced_marks`]).
+    pub(crate) const fn with_synced_marks(self, marks: u8) -> Flow {
+        Flow { marks: Marks(marks & Marks::SYNCED), ..self }
     }
 
     fn touch(&mut self, now: Millis) {

@@ -243,7 +243,7 @@ impl Engine<'_> {
             endpoint_index: endpoint_index as u8,
             ..Flow::EMPTY
         }
-        .with_synced_marks(r.marks, r.tcp_end);
+        .with_synced_marks(r.marks);
         let seen = Millis(now.0.saturating_sub(u64::from(r.idle) * 1000));
         self.conntrack.insert(flow, seen).map_err(|_| SyncDrop::TableFull)?;
         if let Some(sync) = self.sync.as_mut() {
@@ -286,13 +286,11 @@ impl Engine<'_> {
 
 /// `flow` as its record: its tuples, state, marks and how long it has been idle.
 fn flow_record(flow: &Flow, now: Millis) -> FlowRecord {
-    let (marks, tcp_end) = flow.synced_marks();
     FlowRecord {
         key: FlowKey { original: flow.original(), reply: flow.reply() },
         state: flow.state,
-        marks,
+        marks: flow.synced_marks(),
         client_mac: flow.client_mac,
-        tcp_end,
         idle: now.secs().saturating_sub(flow.last_seen()).min(u32::from(u16::MAX)) as u16,
     }
 }

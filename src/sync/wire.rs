@@ -96,10 +96,10 @@ pub struct FlowKey {
 pub struct FlowRecord {
     pub key: FlowKey,
     pub state: State,
-    /// The flow's portable marks (FINs seen, replied, sequence ends known).
+    /// The flow's portable marks (FINs seen, replied). Not its sequence ends: they move with
+    /// every segment, so a copy would be stale by the takeover and refuse the flow's own FIN.
     pub marks: u8,
     pub client_mac: [u8; 6],
-    pub tcp_end: [u32; 2],
     /// Seconds since its last packet passed the sender.
     pub idle: u16,
 }
@@ -127,7 +127,7 @@ const TYPE_REMOVAL: u8 = 2;
 const TYPE_PIN: u8 = 3;
 /// The type byte, the protocol, two addresses and two ports per tuple.
 const KEY_LEN: usize = 2 + 2 * 12;
-pub const FLOW_LEN: usize = KEY_LEN + 1 + 1 + 6 + 8 + 2;
+pub const FLOW_LEN: usize = KEY_LEN + 1 + 1 + 6 + 2;
 const PIN_LEN: usize = 2 + 6 + 4 + 4 + 4;
 
 impl Record {
@@ -147,8 +147,6 @@ impl Record {
                 w.key(TYPE_FLOW, &f.key);
                 w.put(&[state_number(f.state), f.marks]);
                 w.put(&f.client_mac);
-                w.put(&f.tcp_end[0].to_be_bytes());
-                w.put(&f.tcp_end[1].to_be_bytes());
                 w.put(&f.idle.to_be_bytes());
             }
             Record::Removal(k) => w.key(TYPE_REMOVAL, k),
@@ -173,8 +171,7 @@ impl Record {
                 let marks = r.u8()?;
                 let mut client_mac = [0; 6];
                 client_mac.copy_from_slice(r.take(6)?);
-                let tcp_end = [r.u32()?, r.u32()?];
-                Record::Flow(FlowRecord { key, state, marks, client_mac, tcp_end, idle: r.u16()? })
+                Record::Flow(FlowRecord { key, state, marks, client_mac, idle: r.u16()? })
             }
             TYPE_REMOVAL => Record::Removal(r.key()?),
             TYPE_PIN => Record::Pin(PinRecord {
@@ -392,9 +389,8 @@ mod test {
         Record::Flow(FlowRecord {
             key: FlowKey { original, reply },
             state: State::Established,
-            marks: 0b10_0101,
+            marks: 0b101,
             client_mac: [2, 0, 0, 0, 0, 9],
-            tcp_end: [0xdead_beef, 7],
             idle: 3,
         })
     }

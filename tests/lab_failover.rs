@@ -1,0 +1,328 @@
+//! Lab tests of a gateway pair under the real keepalived, with the config this repository
+//! ships (`contrib/keepalived/keepalived.conf`): two nodegate gateways on the lab's bridge,
+//! keepalived on each gateway's "host" (a namespace of its own on the same segment), a client
+//! behind the lab's router, flows synced between the gateways. They need root and keepalived
+//! (`scripts/test` installs it; see `common::lab_available`).
+
+mod common;
+
+use common::{Lab, finish, lab_available};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.77.0.50";
+const NODE_IPS: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
+
+/// The pair's site: one service on an external IP, TCP and UDP, the floating SNAT and endpoint
+/// gateway addresses, flow sync with the key in `key`. With Local policy each gateway's node
+/// runs one of the endpoints (be1 on edge-1, be2 on edge-2), as a Kubernetes node runs its pods.
+fn site(policy: &str, key: &Path) -> String {
+    let on = |node: &str| if policy == "Local" { format!(r#", "nodeName": "{node}""#) } else { String::new() };
+    format!(
+        r#"{{ "nodes": [{{ "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01",
+                        "addresses": ["10.77.0.1/24"], "metricsPort": 9100 }},
+                      {{ "name": "edge-2", "tap": "ng1", "bridge": "br0", "mac": "02:00:00:00:00:02",
+                        "addresses": ["10.77.0.2/24"], "metricsPort": 9100 }}],
+          "highAvailability": {{ "snatAddress": "10.77.0.5", "endpointGatewayAddress": "10.77.0.6",
+                                 "sync": {{ "keyFile": "{}" }} }},
+          "services": [{{ "name": "web", "externalIPs": ["{VIP}"], "externalTrafficPolicy": "{policy}",
+                          "ports": [{{ "name": "http", "port": 80, "targetPort": 3000 }},
+                                    {{ "name": "echo", "port": 53, "targetPort": 5353, "protocol": "UDP" }}],
+                          "healthCheck": {{ "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2 }},
+                          "endpoints": [{{ "ip": "10.77.0.11"{} }}, {{ "ip": "10.77.0.12"{} }}] }}] }}"#,
+        key.display(),
+        on("edge-1"),
+        on("edge-2"),
+    )
+}
+
+/// The lab with two gateways and a keepalived beside each; everything it started is stopped
+/// by PID when it goes out of scope, the namespaces it added deleted, then the lab torn down.
+struct Pair {
+    lab: Lab,
+    /// Root-owned: keepalived runs only scripts no other user can change (enable_script_security).
+    dir: PathBuf,
+    gateways: [Option<Child>; 2],
+    keepalived: [Option<Child>; 2],
+}
+
+impl Pair {
+    fn new(test: &str, tag: &str, policy: &str) -> Option<Pair> {
+        if !lab_available(test) {
+            return None;
+        }
+        let lab = Lab::up(tag);
+        let dir = PathBuf::from("/run").join(&lab.prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("nodegate");
+        std::fs::copy(env!("CARGO_BIN_EXE_nodegate"), &bin).unwrap();
+        let key = dir.join("sync.key");
+        std::fs::write(&key, "0f4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a392817060\n").unwrap();
+        run("chmod", &["600", key.to_str().unwrap()]);
+        std::fs::write(dir.join("site.json"), site(policy, &key)).unwrap();
+        let pair = Pair { lab, dir, gateways: [None, None], keepalived: [None, None] };
+        for i in 1..=2 {
+            // Each gateway's host on the segment, where its keepalived runs.
+            let ns = pair.lab.ns(&format!("ka{i}"));
+            run("ip", &["netns", "add", &ns]);
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            let gw = pair.lab.ns("gw");
+            let veth = format!("v-ka{i}");
+            run("ip", &["-n", &gw, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            run("ip", &["-n", &gw, "link", "set", &veth, "master", "br0", "up"]);
+            run("ip", &["-n", &ns, "addr", "add", &format!("10.77.0.20{i}/24"), "dev", "eth0"]);
+            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        if policy == "Local" {
+            // The endpoints route client traffic back through the pair's floating address.
+            for be in ["be1", "be2"] {
+                pair.lab.ip(be, &["route", "replace", "default", "via", "10.77.0.6"]);
+            }
+        }
+        Some(pair)
+    }
+
+    fn control(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("edge-{n}.sock"))
+    }
+
+    /// Starts gateway `n` (1 or 2) and waits until its control socket answers.
+    fn start_gateway(&mut self, n: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("edge-{n}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns("gw")])
+            .arg(self.dir.join("nodegate"))
+            .args(["run", "--node", &format!("edge-{n}"), "--config"])
+            .arg(self.dir.join("site.json"))
+            .arg("--control")
+            .arg(self.control(n))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.gateways[n - 1] = Some(child);
+        self.wait_for(&format!("gateway {n} to answer"), Duration::from_secs(10), || {
+            self.nodegate(n, "status", &[]).status.success()
+        });
+    }
+
+    /// Starts keepalived for gateway `n` with the shipped config, its four settings filled in.
+    fn start_keepalived(&mut self, n: usize, priority: u8) {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/keepalived/keepalived.conf"))
+                .unwrap();
+        let settings = [
+            ("$INTERFACE=", "eth0".to_string()),
+            ("$PRIORITY=", priority.to_string()),
+            ("$CONTROL=", self.control(n).display().to_string()),
+            ("$NODEGATE=", self.dir.join("nodegate").display().to_string()),
+        ];
+        let conf: Vec<String> = shipped
+            .lines()
+            .map(|l| match settings.iter().find(|(name, _)| l.starts_with(name)) {
+                Some((name, value)) => format!("{name}{value}"),
+                None => l.to_string(),
+            })
+            .collect();
+        let path = self.dir.join(format!("keepalived-{n}.conf"));
+        std::fs::write(&path, conf.join("\n") + "\n").unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("keepalived-{n}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns(&format!("ka{n}")), "keepalived", "--dont-fork", "--log-console"])
+            .args(["--vrrp", "-f"])
+            .arg(&path)
+            .arg("-p")
+            .arg(self.dir.join(format!("keepalived-{n}.pid")))
+            .arg("-r")
+            .arg(self.dir.join(format!("vrrp-{n}.pid")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("keepalived runs (scripts/test installs it)");
+        self.keepalived[n - 1] = Some(child);
+    }
+
+    fn nodegate(&self, n: usize, command: &str, args: &[&str]) -> Output {
+        Command::new(self.dir.join("nodegate"))
+            .arg(command)
+            .arg("--control")
+            .arg(self.control(n))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self, n: usize) -> String {
+        String::from_utf8_lossy(&self.nodegate(n, "status", &[]).stdout).into_owned()
+    }
+
+    /// "active" or "standby" (the end of status' first line), or "down".
+    fn role(&self, n: usize) -> String {
+        let status = self.status(n);
+        status.lines().next().and_then(|l| l.rsplit(", ").next()).unwrap_or("down").to_string()
+    }
+
+    /// A number on the status line starting `prefix`, before the word `unit`.
+    fn count(&self, n: usize, prefix: &str, unit: &str) -> u64 {
+        let status = self.status(n);
+        let line = status.lines().find(|l| l.starts_with(prefix)).unwrap_or("");
+        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+        words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0)
+    }
+
+    fn forwarded(&self, n: usize) -> u64 {
+        self.count(n, "frames:", "forwarded")
+    }
+
+    fn tracked(&self, n: usize) -> u64 {
+        let status = self.status(n);
+        let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
+        line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
+    }
+
+    /// A metric of gateway `n`, scraped from the client.
+    fn metric(&self, n: usize, series: &str) -> u64 {
+        let out = self.lab.client("client", &["get", NODE_IPS[n - 1], "9100", "/metrics"]);
+        common::sample(&String::from_utf8_lossy(&out.stdout), series)
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "waited {limit:?} for {what}:\n{}", self.logs());
+            sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    }
+
+    /// Both gateways and keepalived beside each: gateway 1 active, gateway 2 standby and in sync.
+    fn elect(&mut self) {
+        self.start_gateway(1);
+        self.start_gateway(2);
+        self.start_keepalived(1, 100);
+        self.wait_for("gateway 1 to become active", Duration::from_secs(15), || self.role(1) == "active");
+        self.start_keepalived(2, 90);
+        self.wait_for("keepalived 2 to be a backup", Duration::from_secs(10), || {
+            self.log("keepalived-2.log").contains("Entering BACKUP STATE")
+        });
+        assert_eq!(self.role(2), "standby");
+    }
+
+    /// Kills gateway `n`'s nodegate at once (SIGKILL), and with `host` its keepalived too: the
+    /// gateway's host is gone.
+    fn crash(&mut self, n: usize, host: bool) {
+        if host {
+            // keepalived's VRRP process first, so that it sends no last advert with priority 0.
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("vrrp-{n}.pid"))) {
+                run("kill", &["-KILL", pid.trim()]);
+            }
+            if let Some(mut k) = self.keepalived[n - 1].take() {
+                let _ = k.kill();
+                let _ = k.wait();
+            }
+        }
+        if let Some(mut g) = self.gateways[n - 1].take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        ["edge-1.log", "edge-2.log", "keepalived-1.log", "keepalived-2.log"]
+            .iter()
+            .map(|name| format!("--- {name}\n{}", self.log(name)))
+            .collect()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for k in self.keepalived.iter_mut().filter_map(Option::take) {
+            stop(k);
+        }
+        for g in self.gateways.iter_mut().filter_map(Option::take) {
+            stop(g);
+        }
+        for i in 1..=2 {
+            let _ = Command::new("ip").args(["netns", "del", &self.lab.ns(&format!("ka{i}"))]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, and SIGKILL if it has not gone in 5 s.
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The host of the active gateway dies during a 20 s TCP stream and a UDP request/response
+/// stream from behind the router: the standby's keepalived takes over, and both streams go on
+/// through the standby with the flows it was sent.
+fn crash_during_streams(test: &str, tag: &str, policy: &str) {
+    let Some(mut pair) = Pair::new(test, tag, policy) else { return };
+    pair.elect();
+    let stream = pair.lab.spawn_client("far", &["stream", VIP, "80", "20"]);
+    let udp = pair.lab.spawn_client("far", &["udpstream", VIP, "53", "20", "40053", "50"]);
+    // With Local policy gateway 2 keeps no copy of the UDP flow: its endpoint runs on the other
+    // node, so the flow would go to one of its own (as kube-proxy flushes UDP), and will.
+    let copies = if policy == "Local" { 1 } else { 2 };
+    pair.wait_for("gateway 2 to hold the flows", Duration::from_secs(5), || pair.tracked(2) >= copies);
+    sleep(Duration::from_secs(3));
+    let before = pair.forwarded(2);
+    assert_eq!(before, 0, "the standby forwarded nothing");
+    pair.crash(1, true);
+    let failover = pair.wait_for("gateway 2 to forward", Duration::from_secs(15), || pair.forwarded(2) > before);
+    let active_after = pair.role(2);
+    let (stream_ok, stream_out) = finish(stream);
+    let (_, udp_out) = finish(udp);
+    let lost = udp_out.lines().filter(|l| *l == "lost").count();
+    let summary = udp_out.lines().last().unwrap_or("").to_string();
+    println!(
+        "failover ({policy}, host crash): {:.2} s from kill to the standby's first forwarded frame; \
+         TCP {}; UDP {lost} datagram(s) lost ({summary})",
+        failover.as_secs_f64(),
+        stream_out.trim()
+    );
+    assert_eq!(active_after, "active", "{}", pair.logs());
+    assert!(stream_ok && stream_out.contains("intact"), "the stream: {stream_out}\n{}", pair.logs());
+    // Each datagram waits 0.5 s for its answer and the next goes 50 ms later: the datagrams of
+    // the detection window and no more.
+    let window = (failover.as_secs_f64() + 1.0) / 0.55;
+    assert!(lost as f64 <= window.ceil(), "{lost} lost in {:.2} s:\n{udp_out}", failover.as_secs_f64());
+    assert!(summary.starts_with("udpstream:"), "{udp_out}");
+    assert_eq!(pair.metric(2, "nodegate_flows_picked_up_total"), 0, "the flows were synced, not taken up");
+    assert!(pair.metric(2, "nodegate_sync_flows_installed_total") >= 2);
+}
+
+#[test]
+fn a_crashed_active_hosts_streams_go_on_through_the_standby_with_cluster_policy() {
+    crash_during_streams(
+        "a_crashed_active_hosts_streams_go_on_through_the_standby_with_cluster_policy",
+        "fc",
+        "Cluster",
+    );
+}
+
+#[test]
+fn a_crashed_active_hosts_streams_go_on_through_the_standby_with_local_policy() {
+    crash_during_streams("a_crashed_active_hosts_streams_go_on_through_the_standby_with_local_policy", "fl", "Local");
+}
