@@ -326,3 +326,42 @@ fn a_crashed_active_hosts_streams_go_on_through_the_standby_with_cluster_policy(
 fn a_crashed_active_hosts_streams_go_on_through_the_standby_with_local_policy() {
     crash_during_streams("a_crashed_active_hosts_streams_go_on_through_the_standby_with_local_policy", "fl", "Local");
 }
+
+/// Only the active gateway's nodegate dies (its keepalived lives): the check script fails,
+/// keepalived hands the role over; when the gateway comes back it stays standby (nopreempt),
+/// takes the new active's table, and a flow of the new active loses nothing meanwhile.
+#[test]
+fn the_check_script_fails_over_when_nodegate_dies_and_the_old_active_does_not_preempt() {
+    let test = "the_check_script_fails_over_when_nodegate_dies_and_the_old_active_does_not_preempt";
+    let Some(mut pair) = Pair::new(test, "fk", "Cluster") else { return };
+    pair.elect();
+    let udp = pair.lab.spawn_client("far", &["udpstream", VIP, "53", "10", "40054", "50"]);
+    pair.wait_for("gateway 2 to hold the flow", Duration::from_secs(5), || pair.tracked(2) >= 1);
+    pair.crash(1, false);
+    let failover = pair.wait_for("gateway 2 to become active", Duration::from_secs(15), || pair.role(2) == "active");
+    let (_, out) = finish(udp);
+    let lost = out.lines().filter(|l| *l == "lost").count();
+    assert!(pair.log("keepalived-1.log").contains("VRRP_Script(nodegate_fit) failed"), "{}", pair.logs());
+    let window = (failover.as_secs_f64() + 1.5) / 0.55;
+    assert!(lost as f64 <= window.ceil(), "{lost} lost:\n{out}");
+    // The same flow goes on while the old active comes back: standby, in sync with the new
+    // one, and it stays standby.
+    let udp = pair.lab.spawn_client("far", &["udpstream", VIP, "53", "10", "40054", "50"]);
+    pair.start_gateway(1);
+    pair.wait_for("gateway 1 to be in sync", Duration::from_secs(10), || {
+        pair.status(1).contains("1 of 1 peer(s) in sync") && pair.tracked(1) >= 1
+    });
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(6) {
+        assert_eq!((pair.role(1).as_str(), pair.role(2).as_str()), ("standby", "active"), "{}", pair.logs());
+        sleep(Duration::from_millis(200));
+    }
+    let (ok, out) = finish(udp);
+    println!(
+        "failover (nodegate killed, check script): {:.2} s to gateway 2 active, {lost} datagram(s) lost; \
+         the old active back as standby for 6 s: no preemption, {}",
+        failover.as_secs_f64(),
+        out.lines().last().unwrap_or("")
+    );
+    assert!(ok, "nothing lost while the old active came back:\n{out}");
+}
