@@ -6,6 +6,12 @@ python3-scapy, which builds the frames).
       sends a set of malformed, truncated, oversized and odd frames, each once, and prints what
       the gateway must make of them: "expect REASON N" for each drop reason (nodegate_drops_total)
       and "expect forwarded N" for the odd but legal ones it translates
+  lab-frames.py capture-sync IFACE PORT SECONDS
+      waits (at most SECONDS) for a flow-sync update with records on its way to UDP port PORT,
+      and prints the whole frame in hex
+  lab-frames.py send IFACE HEX [forge]
+      sends the frame HEX as it is (a replay), or with "forge" one byte of its tag changed and
+      its UDP checksum left out (a forgery without the key)
   lab-frames.py replay IFACE GW_MAC CORPUS_DIR
       sends every frame of the engine's fuzz corpus (files of [u16 big-endian length][bytes]),
       addressed from IFACE to the gateway, and prints "replayed N frames"
@@ -116,5 +122,34 @@ elif mode == "replay":
     dst = bytes.fromhex(sys.argv[3].replace(":", ""))
     sent = paced(sock, corpus_frames(sys.argv[4], src, dst, socket.inet_aton(get_if_addr(iface))))
     print(f"replayed {sent} frames")
+elif mode == "capture-sync":
+    port, deadline = int(sys.argv[3]), time.monotonic() + float(sys.argv[4])
+    listen = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    listen.bind((iface, 0))
+    listen.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            frame = listen.recv(65535)
+        except TimeoutError:
+            continue
+        ihl = (frame[14] & 0x0F) * 4 if len(frame) > 14 else 0
+        udp = 14 + ihl
+        payload = frame[udp + 8:]
+        # IPv4, UDP, to the sync port, an update (kind 1) with at least one record.
+        if (frame[12:14] == b"\x08\x00" and frame[23] == 17 and len(payload) > 8
+                and int.from_bytes(frame[udp + 2:udp + 4], "big") == port
+                and payload[:4] == b"NGSY" and payload[5] == 1 and payload[6:8] != b"\0\0"):
+            print(frame.hex())
+            break
+    else:
+        sys.exit("no sync update seen")
+elif mode == "send":
+    frame = bytearray(bytes.fromhex(sys.argv[3]))
+    if len(sys.argv) > 4 and sys.argv[4] == "forge":
+        udp = 14 + (frame[14] & 0x0F) * 4
+        frame[-1] ^= 0x5A
+        frame[udp + 6:udp + 8] = b"\0\0"
+    sock.send(bytes(frame))
+    print("sent")
 else:
     sys.exit(f"unknown mode {mode}")

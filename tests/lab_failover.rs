@@ -365,3 +365,56 @@ fn the_check_script_fails_over_when_nodegate_dies_and_the_old_active_does_not_pr
     );
     assert!(ok, "nothing lost while the old active came back:\n{out}");
 }
+
+/// `scripts/lab-frames.py ARGS` in the gateways' namespace, where the bridge is.
+fn frames(pair: &Pair, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &pair.lab.ns("gw"), "/usr/bin/python3"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab-frames.py"))
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+/// A sync message recorded on the wire and sent again, the same with its tag changed (a
+/// forgery without the key), and one from a host that is not a peer: each dropped, counted by
+/// its reason, and the standby's table does not change.
+#[test]
+fn replayed_forged_and_stray_sync_messages_are_dropped_and_counted() {
+    let test = "replayed_forged_and_stray_sync_messages_are_dropped_and_counted";
+    let Some(mut pair) = Pair::new(test, "fs", "Cluster") else { return };
+    pair.start_gateway(1);
+    pair.start_gateway(2);
+    assert!(pair.nodegate(1, "ha", &["active"]).status.success());
+    pair.wait_for("the pair to be in sync", Duration::from_secs(10), || {
+        pair.status(2).contains("1 of 1 peer(s) in sync")
+    });
+    // Recorded where it leaves the bridge for gateway 2's TAP; sent back into the bridge.
+    let capture = frames(&pair, &["capture-sync", "ng1", "8848", "15"]).stdout(Stdio::piped()).spawn().unwrap();
+    sleep(Duration::from_millis(500));
+    assert_eq!(pair.lab.backends("far", VIP, 80, 2).len(), 2);
+    let (captured, hex) = finish(capture);
+    assert!(captured, "no sync message seen on the bridge:\n{}", pair.logs());
+    let hex = hex.trim().to_string();
+    pair.wait_for("gateway 2 to hold the flows", Duration::from_secs(5), || pair.tracked(2) >= 2);
+    let drops = |reason: &str| pair.metric(2, &format!(r#"nodegate_sync_dropped_total{{reason="{reason}"}}"#));
+    let (tracked, installed) = (pair.tracked(2), pair.metric(2, "nodegate_sync_flows_installed_total"));
+    let before = [drops("replayed"), drops("bad_mac"), drops("unknown_peer")];
+
+    for args in [vec!["send", "br0", &hex], vec!["send", "br0", &hex, "forge"]] {
+        let out = frames(&pair, &args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A stranger on the segment, with no key at all.
+    pair.lab.client("client", &["udp", NODE_IPS[1], "8848", "install this NAT entry"]);
+    pair.wait_for("the three to be counted", Duration::from_secs(5), || {
+        [drops("replayed"), drops("bad_mac"), drops("unknown_peer")] == [before[0] + 1, before[1] + 1, before[2] + 1]
+    });
+    assert_eq!(pair.tracked(2), tracked, "the table did not change");
+    assert_eq!(pair.metric(2, "nodegate_sync_flows_installed_total"), installed, "nothing was installed");
+    let status = pair.status(2);
+    assert!(
+        status.contains("replayed=") && status.contains("bad_mac=") && status.contains("unknown_peer="),
+        "{status}"
+    );
+}
