@@ -117,3 +117,70 @@ fn the_datapath_allocates_nothing_after_start_up() {
     assert!(engine.counters().forwarded > 10_000, "the frames were really forwarded");
     assert_eq!(allocations, 0);
 }
+
+const PAIR: &str = r#"{
+  "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] },
+            { "name": "edge-2", "tap": "ng0", "mac": "02:00:00:00:00:02", "addresses": ["10.77.0.2/24"] }],
+  "highAvailability": { "snatAddress": "10.77.0.5", "sync": { "keyFile": "/etc/nodegate/sync.key" } },
+  "services": [{ "name": "web", "externalIPs": ["10.77.0.50"], "sessionAffinity": "ClientIP",
+                 "ports": [{ "name": "http", "port": 80, "targetPort": 3000 },
+                           { "name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353 }],
+                 "endpoints": [{ "ip": "10.77.0.11" }] }]
+}"#;
+
+#[test]
+fn flow_sync_allocates_nothing_after_start_up() {
+    use nodegate::engine::Role;
+    use nodegate::sync::wire::Key;
+    let cfg = config::parse(PAIR.as_bytes()).unwrap();
+    let key = || Key::new(b"a key of the pair, 32 bytes long").unwrap();
+    let (mut a, mut b) = (Room::new(4096), Room::new(4096));
+    let mut active = a.engine_seeded(&cfg, Some("edge-1"), 1);
+    let mut standby = b.engine_seeded(&cfg, Some("edge-2"), 2);
+    active.start_sync(&cfg, key()).unwrap();
+    standby.start_sync(&cfg, key()).unwrap();
+    active.set_role(Role::Active, Millis(0));
+    let mut learn = support::arp(2, EP_MAC, support::EP, support::NODE);
+    assert_eq!(active.process(&mut learn, Millis(0), &mut [0; 1514]), nodegate::engine::Verdict::Stack);
+    let vip = [10, 77, 0, 50];
+    let frames: Vec<Vec<u8>> = (0..20_000u32)
+        .flat_map(|i| {
+            let client = [10, 77, 1 + (i >> 8) as u8 % 200, (i & 0xff) as u8];
+            let port = 1024 + (i % 30_000) as u16;
+            let from_client = || PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+            [
+                built!(from_client().ipv4(client, vip, 64).tcp(port, 80, 1, 1000).syn(), b""),
+                built!(from_client().ipv4(client, vip, 64).udp(port, 53), b"query"),
+            ]
+        })
+        .collect();
+    let (mut buf, mut out, mut message) = ([0u8; 1514], [0u8; 1514], [0u8; 1514]);
+    let mut messages = 0u64;
+
+    COUNTING.with(|c| c.set(true));
+    for (i, frame) in frames.iter().enumerate() {
+        let now = Millis(i as u64);
+        buf[..frame.len()].copy_from_slice(frame);
+        let _ = active.process(&mut buf[..frame.len()], now, &mut out);
+        active.housekeeping(now);
+        standby.housekeeping(now);
+        while let Some((_, len)) = active.sync_output(now, &mut message) {
+            standby.sync_receive([10, 77, 0, 1].into(), &message[..len], now);
+            messages += 1;
+        }
+        while let Some((_, len)) = standby.sync_output(now, &mut message) {
+            active.sync_receive([10, 77, 0, 2].into(), &message[..len], now);
+            messages += 1;
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+
+    let allocations = ALLOCATIONS.with(|n| n.get());
+    let installed = standby.sync_counters().unwrap().flows_installed;
+    println!(
+        "{} frames, {messages} sync messages, {installed} flows installed, {allocations} allocations",
+        frames.len()
+    );
+    assert!(installed > 10_000, "the flows really went across");
+    assert_eq!(allocations, 0);
+}

@@ -142,10 +142,7 @@ impl Engine<'_> {
         if let Some(v) = self.judge(slot, dir, p, now) {
             return v;
         }
-        let after = self.conntrack.flow(slot);
-        if (after.state, after.replied()) != (flow.state, flow.replied()) {
-            self.sync_flow(slot, now);
-        }
+        self.sync_if_changed(slot, &flow, now);
         self.account(&flow, dir, p);
         // As the tuple the other side's packets come back with, reversed: to the endpoint, or
         // back to the client at the MAC its packets came from.

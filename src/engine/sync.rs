@@ -133,6 +133,17 @@ impl Engine<'_> {
         }
     }
 
+    /// Queues the flow in `slot` if its packet changed its state or brought its first reply
+    /// (`was`: the flow before the packet).
+    pub(super) fn sync_if_changed(&mut self, slot: usize, was: &Flow, now: Millis) {
+        if self.sync.is_some() {
+            let flow = self.conntrack.flow(slot);
+            if (flow.state, flow.replied()) != (was.state, was.replied()) {
+                self.sync_flow(slot, now);
+            }
+        }
+    }
+
     /// Queues the removal of `flow` (taken out before it expired) for the peers.
     pub(super) fn sync_removal(&mut self, flow: &Flow, now: Millis) {
         if self.sync.is_some() && self.syncs(flow) {
