@@ -11,6 +11,10 @@ NAME = sys.argv[1]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    # Keeps a connection open for the next request when the client asks for that (HTTP/1.1);
+    # HTTP/1.0 requests, the stream's among them, still get one answer and the close.
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self):
         if self.path.startswith("/stream/"):
             return self.stream(float(self.path.split("/")[2]))

@@ -15,6 +15,11 @@
                                        a datagram every INTERVAL_MS (50) on one 5-tuple, each
                                        waiting for its answer; prints each answer's backend and
                                        "udpstream: N sent, M answered"
+  lab-client.py keepalive HOST PORT SECONDS CONNECTIONS
+                                       HTTP/1.1 GETs one after another on CONNECTIONS kept-alive
+                                       connections, in turn, for SECONDS (each answer may take 15 s);
+                                       prints "keepalive: N requests, F failed, R reconnected on C
+                                       connections" (a reconnect: a connection's source port changed)
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
   lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND [COUNT]]
                                        TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
@@ -253,6 +258,34 @@ elif mode == "udpflows":
     again = round_trip("again")
     print(f"udpflows: {count} flows, {first} answered, {again} answered again")
     failed = 0 if first == again == count else 1
+elif mode == "keepalive":
+    import http.client
+    seconds, count = float(sys.argv[4]), int(sys.argv[5])
+    conns = [http.client.HTTPConnection(host, port, timeout=15) for _ in range(count)]
+    for c in conns:
+        c.connect()
+    ports = [c.sock.getsockname()[1] for c in conns]
+    requests = errors = reconnects = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for i, c in enumerate(conns):
+            try:
+                c.request("GET", "/")
+                answer = c.getresponse()
+                answer.read()
+                requests += 1
+                if answer.status != 200:
+                    errors += 1
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                c.close()
+            if c.sock is None:
+                c.connect()
+            if c.sock.getsockname()[1] != ports[i]:
+                reconnects += 1
+                ports[i] = c.sock.getsockname()[1]
+    print(f"keepalive: {requests} requests, {errors} failed, {reconnects} reconnected on {count} connections")
+    failed = 1 if errors or reconnects else 0
 elif mode == "hold":
     with socket.create_connection((host, port), timeout=5):
         time.sleep(float(sys.argv[4]))

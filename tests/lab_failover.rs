@@ -274,17 +274,19 @@ fn run(cmd: &str, args: &[&str]) {
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The host of the active gateway dies during a 20 s TCP stream and a UDP request/response
-/// stream from behind the router: the standby's keepalived takes over, and both streams go on
-/// through the standby with the flows it was sent.
+/// The host of the active gateway dies during a 20 s TCP stream, an HTTP keep-alive load on
+/// four connections and a UDP request/response stream from behind the router: the standby's
+/// keepalived takes over, and all three go on through the standby with the flows it was sent.
 fn crash_during_streams(test: &str, tag: &str, policy: &str) {
     let Some(mut pair) = Pair::new(test, tag, policy) else { return };
     pair.elect();
     let stream = pair.lab.spawn_client("far", &["stream", VIP, "80", "20"]);
     let udp = pair.lab.spawn_client("far", &["udpstream", VIP, "53", "20", "40053", "50"]);
-    // With Local policy gateway 2 keeps no copy of the UDP flow: its endpoint runs on the other
-    // node, so the flow would go to one of its own (as kube-proxy flushes UDP), and will.
-    let copies = if policy == "Local" { 1 } else { 2 };
+    let keepalive = pair.lab.spawn_client("far", &["keepalive", VIP, "80", "20", "4"]);
+    // The stream, the four keep-alive connections and the UDP flow. With Local policy gateway 2
+    // keeps no copy of the UDP flow: its endpoint runs on the other node, so the flow would go
+    // to one of its own (as kube-proxy flushes UDP), and will.
+    let copies = if policy == "Local" { 5 } else { 6 };
     pair.wait_for("gateway 2 to hold the flows", Duration::from_secs(5), || pair.tracked(2) >= copies);
     sleep(Duration::from_secs(3));
     let before = pair.forwarded(2);
@@ -294,13 +296,15 @@ fn crash_during_streams(test: &str, tag: &str, policy: &str) {
     let active_after = pair.role(2);
     let (stream_ok, stream_out) = finish(stream);
     let (_, udp_out) = finish(udp);
+    let (keepalive_ok, keepalive_out) = finish(keepalive);
     let lost = udp_out.lines().filter(|l| *l == "lost").count();
     let summary = udp_out.lines().last().unwrap_or("").to_string();
     println!(
         "failover ({policy}, host crash): {:.2} s from kill to the standby's first forwarded frame; \
-         TCP {}; UDP {lost} datagram(s) lost ({summary})",
+         TCP {}; UDP {lost} datagram(s) lost ({summary}); HTTP {}",
         failover.as_secs_f64(),
-        stream_out.trim()
+        stream_out.trim(),
+        keepalive_out.trim()
     );
     assert_eq!(active_after, "active", "{}", pair.logs());
     assert!(stream_ok && stream_out.contains("intact"), "the stream: {stream_out}\n{}", pair.logs());
@@ -309,6 +313,8 @@ fn crash_during_streams(test: &str, tag: &str, policy: &str) {
     let window = (failover.as_secs_f64() + 1.0) / 0.55;
     assert!(lost as f64 <= window.ceil(), "{lost} lost in {:.2} s:\n{udp_out}", failover.as_secs_f64());
     assert!(summary.starts_with("udpstream:"), "{udp_out}");
+    // Every keep-alive request answered, on the connections it started with.
+    assert!(keepalive_ok, "{keepalive_out}\n{}", pair.logs());
     assert_eq!(pair.metric(2, "nodegate_flows_picked_up_total"), 0, "the flows were synced, not taken up");
     assert!(pair.metric(2, "nodegate_sync_flows_installed_total") >= 2);
 }
