@@ -5,7 +5,7 @@
 #[path = "../fuzz/harness.rs"]
 mod harness;
 
-fn replay(dir: &str, run: fn(&[u8])) -> usize {
+fn replay(dir: &str, mut run: impl FnMut(&[u8])) -> usize {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(dir);
     let mut n = 0;
     for entry in std::fs::read_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
@@ -24,4 +24,11 @@ fn engine_corpus_replays_without_panic() {
 #[test]
 fn config_corpus_replays_without_panic() {
     assert!(replay("config_parse", harness::config_parse) > 0);
+}
+
+#[test]
+fn sync_corpus_replays_without_panic_and_reaches_the_table() {
+    let mut installed = 0;
+    assert!(replay("sync_messages", |bytes| installed += harness::sync_messages(bytes)) > 0);
+    assert!(installed > 0, "the corpus's sealed records install flows");
 }
