@@ -19,6 +19,7 @@ struct Board<'a> {
     max_endpoints_per_service: u32,
     max_external_ips_per_service: u32,
     max_source_ranges_per_service: u32,
+    max_bfd_sessions: u32,
     affinity_capacity: u32,
     maglev_table_size: u32,
     neighbor_capacity: u32,
@@ -185,6 +186,8 @@ fn main() {
          pub const MAX_ENDPOINTS_PER_SERVICE: usize = {eps};\n\
          pub const MAX_EXTERNAL_IPS_PER_SERVICE: usize = {xips};\n\
          pub const MAX_SOURCE_RANGES_PER_SERVICE: usize = {ranges};\n\
+         /// BFD sessions (routers in front) a node answers.\n\
+         pub const MAX_BFD_SESSIONS: usize = {bfd};\n\
          /// ClientIP session-affinity entries (client address and service to endpoint).\n\
          pub const AFFINITY_CAPACITY: usize = {affinity};\n\
          /// Prime size of each service's Maglev lookup table.\n\
@@ -224,6 +227,7 @@ fn main() {
         eps = b.max_endpoints_per_service,
         xips = b.max_external_ips_per_service,
         ranges = b.max_source_ranges_per_service,
+        bfd = b.max_bfd_sessions,
         affinity = b.affinity_capacity,
         maglev = b.maglev_table_size,
         neigh = b.neighbor_capacity,

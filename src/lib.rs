@@ -27,8 +27,34 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+/// An enum of reasons (why something was dropped), each with its metric label, and `ALL` in
+/// counter order: `reasons! { /// doc\n pub enum Name { Variant => "label", ... } }`.
+macro_rules! reasons {
+    ($(#[doc = $tdoc:literal])* $vis:vis enum $ty:ident { $($(#[doc = $doc:literal])* $variant:ident => $name:literal,)* }) => {
+        $(#[doc = $tdoc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        $vis enum $ty {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl $ty {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant,)*];
+
+            /// The reason's metric label.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
 pub mod affinity;
 pub mod balance;
+pub mod bfd;
 pub mod board;
 pub mod config;
 pub mod conntrack;

@@ -3,6 +3,7 @@
 
 use core::fmt::{self, Write};
 
+use crate::bfd::{BfdDrop, SessionCounters};
 use crate::board;
 use crate::config::ServicePort;
 use crate::conntrack::POOL_PORTS;
@@ -186,6 +187,9 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
     if let Some(sync) = engine.sync_state() {
         sync_metrics(w, sync)?;
     }
+    if !engine.bfd_sessions().is_empty() {
+        bfd_metrics(w, engine)?;
+    }
 
     header(w, "nodegate_loop_turns_total", "counter", "Turns of the packet loop (wake up, work, wait).")?;
     writeln!(w, "nodegate_loop_turns_total {}", turns.count)?;
@@ -234,9 +238,37 @@ fn sync_metrics(w: &mut impl Write, sync: &Sync) -> fmt::Result {
     writeln!(w, "nodegate_sync_peers_in_sync {}", sync.peers_in_sync())
 }
 
+/// BFD sessions' state and counters, labelled by peer (with `bfd.sessions` only).
+fn bfd_metrics(w: &mut impl Write, engine: &Engine) -> fmt::Result {
+    header(w, "nodegate_bfd_session_state", "gauge", "A BFD session's state: 0 admin-down, 1 down, 2 init, 3 up.")?;
+    for s in engine.bfd_sessions() {
+        writeln!(w, "nodegate_bfd_session_state{{peer=\"{}\"}} {}", s.peer, s.state as u8)?;
+    }
+    type Counter = fn(&SessionCounters) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
+        ("nodegate_bfd_packets_received_total", "BFD control packets a session took.", |c| c.received),
+        ("nodegate_bfd_packets_sent_total", "BFD control packets a session sent.", |c| c.sent),
+        ("nodegate_bfd_session_up_total", "Times a BFD session came up.", |c| c.up_transitions),
+        ("nodegate_bfd_session_down_total", "Times a BFD session went down from up.", |c| c.down_transitions),
+    ];
+    for (name, help, value) in counters {
+        header(w, name, "counter", help)?;
+        for s in engine.bfd_sessions() {
+            writeln!(w, "{name}{{peer=\"{}\"}} {}", s.peer, value(&s.counters))?;
+        }
+    }
+    header(w, "nodegate_bfd_dropped_total", "counter", "BFD packets refused, per reason.")?;
+    for r in BfdDrop::ALL {
+        writeln!(w, "nodegate_bfd_dropped_total{{reason=\"{}\"}} {}", r.name(), engine.bfd_dropped(*r))?;
+    }
+    Ok(())
+}
+
 /// A buffer that holds the metrics of the largest config the board allows.
 pub const MAX_TEXT: usize = 4096
     + board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * 5 * 192
     + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 2 * 160
     + DropReason::ALL.len() * 80
+    + board::MAX_BFD_SESSIONS * 5 * 96
+    + BfdDrop::ALL.len() * 80
     + 2048;

@@ -267,6 +267,37 @@ pub struct Config {
     pub nodes: Vec<Node, { board::MAX_NODES }>,
     pub services: Vec<Service, { board::MAX_SERVICES }>,
     pub high_availability: Option<HighAvailability>,
+    /// BFD sessions each node answers (the routers in front); none configured: no BFD.
+    pub bfd: Bfd,
+}
+
+/// What the `bfd` section sets: the sessions, and how a stopping gateway leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bfd {
+    pub sessions: Vec<BfdSession, { board::MAX_BFD_SESSIONS }>,
+    /// How long a gateway that was told to stop goes on forwarding after it sent AdminDown,
+    /// so that the router moves new flows away before the old ones lose their gateway.
+    pub shutdown_drain_millis: u32,
+}
+
+impl Bfd {
+    /// Enough for the router to hear AdminDown and the connections that were opening to open.
+    pub const DEFAULT_SHUTDOWN_DRAIN_MILLIS: u32 = 2000;
+}
+
+/// One BFD session: its peer (on a node's subnet: single hop) and its timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdSession {
+    pub peer: Ipv4Addr,
+    pub desired_min_tx_millis: u32,
+    pub required_min_rx_millis: u32,
+    pub detect_multiplier: u8,
+}
+
+impl BfdSession {
+    /// 3 x 100 ms: a dead gateway is out of the router's table in 300 ms.
+    pub const DEFAULT_INTERVAL_MILLIS: u32 = 100;
+    pub const DEFAULT_DETECT_MULTIPLIER: u8 = 3;
 }
 
 impl Config {

@@ -71,6 +71,25 @@ pub struct RawConfig<'a> {
     pub services: Bounded<RawService<'a>, { board::MAX_SERVICES }>,
     #[serde(borrow)]
     pub high_availability: Option<RawHighAvailability<'a>>,
+    #[serde(borrow)]
+    pub bfd: Option<RawBfd<'a>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawBfd<'a> {
+    #[serde(borrow, default)]
+    pub sessions: Bounded<RawBfdSession<'a>, { board::MAX_BFD_SESSIONS }>,
+    pub shutdown_drain_millis: Option<u32>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawBfdSession<'a> {
+    pub peer: Option<&'a str>,
+    pub desired_min_tx_millis: Option<u32>,
+    pub required_min_rx_millis: Option<u32>,
+    pub detect_multiplier: Option<u32>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

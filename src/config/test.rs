@@ -464,3 +464,52 @@ fn more_on_link_endpoints_than_the_neighbour_table_holds_are_refused() {
     let err = parse(cfg(n + 1).as_bytes()).unwrap_err().to_string();
     assert!(err.contains(&format!("more than {n} endpoints and gateway on node n's subnets")), "{err}");
 }
+
+#[test]
+fn bfd_sessions_take_their_defaults_and_bad_ones_name_the_field() {
+    use std::format;
+    let with = |bfd: &str| {
+        format!(
+            r#"{{"nodePortRange":"3000-4000","nodes":[{{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}}],
+                "services":[{{"name":"dns","ports":[{{"protocol":"UDP","port":53,"nodePort":3053}}],"endpoints":[]}}],
+                "bfd":{bfd}}}"#
+        )
+    };
+    let cfg = parse(with(r#"{"sessions":[{"peer":"10.77.0.254"}]}"#).as_bytes()).unwrap();
+    assert_eq!(
+        cfg.bfd.sessions[..],
+        [BfdSession {
+            peer: Ipv4Addr::new(10, 77, 0, 254),
+            desired_min_tx_millis: 100,
+            required_min_rx_millis: 100,
+            detect_multiplier: 3
+        }]
+    );
+    assert_eq!(cfg.bfd.shutdown_drain_millis, 2000);
+    let rows = [
+        (r#"{"sessions":[{}]}"#, "bfd.sessions[0].peer: is required"),
+        (
+            r#"{"sessions":[{"peer":"192.0.2.1"}]}"#,
+            "bfd.sessions[0].peer: 192.0.2.1 is on none of node edge-1's subnets (BFD is single hop)",
+        ),
+        (r#"{"sessions":[{"peer":"10.77.0.1"}]}"#, "bfd.sessions[0].peer: 10.77.0.1 is a node address or a virtual IP"),
+        (
+            r#"{"sessions":[{"peer":"10.77.0.254"},{"peer":"10.77.0.254"}]}"#,
+            "bfd.sessions[1].peer: 10.77.0.254 has an earlier session",
+        ),
+        (
+            r#"{"sessions":[{"peer":"10.77.0.254","detectMultiplier":0}]}"#,
+            "bfd.sessions[0].detectMultiplier: 0 is outside 1-255",
+        ),
+        (
+            r#"{"sessions":[{"peer":"10.77.0.254","desiredMinTxMillis":5}]}"#,
+            "bfd.sessions[0].desiredMinTxMillis: 5 is outside 10-10000 milliseconds",
+        ),
+        (r#"{"shutdownDrainMillis":70000}"#, "bfd.shutdownDrainMillis: 70000 is longer than 60000"),
+    ];
+    for (bfd, want) in rows {
+        assert_eq!(error_of(&with(bfd)), want, "{bfd}");
+    }
+    let clash = with(r#"{"sessions":[{"peer":"10.77.0.254"}]}"#).replace("3053", "3784");
+    assert_eq!(error_of(&clash), "bfd: UDP port 3784 (BFD) is the nodePort of service \"dns\"");
+}

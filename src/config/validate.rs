@@ -7,7 +7,7 @@ use heapless::{String, Vec};
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
 use super::raw::{
-    Bounded, RawConfig, RawEndpoint, RawHealthCheck, RawHighAvailability, RawNode, RawPort, RawService, RawSync,
+    Bounded, RawBfd, RawConfig, RawEndpoint, RawHealthCheck, RawHighAvailability, RawNode, RawPort, RawService, RawSync,
 };
 use super::*;
 
@@ -29,7 +29,13 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
     if raw.nodes.items.is_empty() {
         fail!(format_args!("nodes"), "at least one node is needed");
     }
-    let mut cfg = Config { node_port_range, nodes: Vec::new(), services: Vec::new(), high_availability: None };
+    let mut cfg = Config {
+        node_port_range,
+        nodes: Vec::new(),
+        services: Vec::new(),
+        high_availability: None,
+        bfd: Bfd::default(),
+    };
     for (i, n) in raw.nodes.items.iter().enumerate() {
         let node = node(i, n)?;
         if cfg.nodes.iter().any(|o| o.name == node.name) {
@@ -48,6 +54,9 @@ pub(super) fn config(raw: &RawConfig) -> Result<Config> {
         cfg.high_availability = Some(high_availability(ha, &cfg)?);
     }
     allocate_node_ports(&mut cfg)?;
+    if let Some(b) = &raw.bfd {
+        cfg.bfd = bfd(b, &cfg)?;
+    }
     check_health_check_node_ports(&cfg)?;
     check_ports_apart(&cfg)?;
     check_neighbors(&cfg)?;
@@ -482,6 +491,63 @@ fn sync(raw: &RawSync, cfg: &Config) -> Result<SyncConfig> {
         fail!(format_args!("highAvailability.sync.port"), "{port} is the UDP nodePort of service {:?}", s.name);
     }
     Ok(SyncConfig { port, key_file })
+}
+
+/// Single hop: every peer is on a subnet of every node (each gateway answers each router).
+fn bfd(raw: &RawBfd, cfg: &Config) -> Result<Bfd> {
+    capacity(format_args!("bfd.sessions"), &raw.sessions, board::MAX_BFD_SESSIONS)?;
+    let mut out = Bfd { sessions: Vec::new(), shutdown_drain_millis: Bfd::DEFAULT_SHUTDOWN_DRAIN_MILLIS };
+    if let Some(ms) = raw.shutdown_drain_millis {
+        if ms > 60_000 {
+            fail!(format_args!("bfd.shutdownDrainMillis"), "{ms} is longer than 60000");
+        }
+        out.shutdown_drain_millis = ms;
+    }
+    for (i, r) in raw.sessions.items.iter().enumerate() {
+        let path = |field: &str| -> String<64> {
+            let mut p = String::new();
+            let _ = write!(p, "bfd.sessions[{i}].{field}");
+            p
+        };
+        let interval = |field: &str, value: Option<u32>| -> Result<u32> {
+            match value.unwrap_or(BfdSession::DEFAULT_INTERVAL_MILLIS) {
+                v @ 10..=10_000 => Ok(v),
+                v => fail!(format_args!("{}", path(field)), "{v} is outside 10-10000 milliseconds"),
+            }
+        };
+        let text = required(format_args!("{}", path("peer")), r.peer)?;
+        let peer = ipv4(format_args!("{}", path("peer")), text)?;
+        if let Some(n) = cfg.nodes.iter().find(|n| n.address_on_link(peer).is_none()) {
+            fail!(
+                format_args!("{}", path("peer")),
+                "{peer} is on none of node {}'s subnets (BFD is single hop)",
+                n.name
+            );
+        }
+        if cfg.nodes.iter().any(|n| n.owns(peer)) || cfg.services.iter().any(|s| s.virtual_ips().any(|v| v == peer)) {
+            fail!(format_args!("{}", path("peer")), "{peer} is a node address or a virtual IP");
+        }
+        if out.sessions.iter().any(|s| s.peer == peer) {
+            fail!(format_args!("{}", path("peer")), "{peer} has an earlier session");
+        }
+        let detect_multiplier = match r.detect_multiplier.unwrap_or(BfdSession::DEFAULT_DETECT_MULTIPLIER.into()) {
+            m @ 1..=255 => m as u8,
+            m => fail!(format_args!("{}", path("detectMultiplier")), "{m} is outside 1-255"),
+        };
+        let session = BfdSession {
+            peer,
+            desired_min_tx_millis: interval("desiredMinTxMillis", r.desired_min_tx_millis)?,
+            required_min_rx_millis: interval("requiredMinRxMillis", r.required_min_rx_millis)?,
+            detect_multiplier,
+        };
+        let _ = out.sessions.push(session);
+    }
+    let taken =
+        |s: &Service| s.ports.iter().any(|p| p.protocol == Protocol::Udp && p.node_port == Some(crate::bfd::PORT));
+    if let Some(s) = cfg.services.iter().find(|s| !out.sessions.is_empty() && taken(s)) {
+        fail!(format_args!("bfd"), "UDP port {} (BFD) is the nodePort of service {:?}", crate::bfd::PORT, s.name);
+    }
+    Ok(out)
 }
 
 fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {

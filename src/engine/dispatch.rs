@@ -74,6 +74,10 @@ impl Engine<'_> {
             return Verdict::Drop(DropReason::MartianSource);
         }
         let for_node = self.is_local(p.dst);
+        let bfd = p.proto == PROTO_UDP && p.ports.is_some_and(|(_, d)| d == crate::bfd::PORT);
+        if bfd && !self.bfd.is_empty() && self.services.node.owns(p.dst) {
+            return self.bfd_receive(p, now, out);
+        }
         if self.role == Role::Standby && self.is_service_traffic(p) {
             return Verdict::Drop(DropReason::Standby);
         }

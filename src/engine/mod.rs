@@ -10,6 +10,7 @@
 //! (a new flow: endpoint, source, tracking), [`icmp`] (errors received, answers made up), and
 //! [`egress`] (next hops, fragments, frames waiting for ARP).
 
+mod bfd;
 pub mod checksum;
 pub mod counters;
 mod dispatch;
@@ -25,6 +26,7 @@ mod services;
 mod sync;
 
 use crate::affinity::Affinity;
+use crate::bfd::BfdDrop;
 use crate::board;
 use crate::config::{Config, ConfigError, Node};
 use crate::conntrack::Table;
@@ -69,6 +71,8 @@ pub enum Verdict {
     Reply { len: usize, dropped: Option<DropReason> },
     /// The frame is for the node itself: hand it to the stack.
     Stack,
+    /// The frame was for the node and the engine took it (a BFD control packet).
+    Consumed,
     /// The frame waits for its next hop's MAC; send `out[..len]` (an ARP request) if `len > 0`.
     Parked(usize),
     /// The frame was dropped, for this reason.
@@ -111,6 +115,11 @@ pub struct Engine<'a> {
     role: Role,
     /// Flow sync with the other gateways of the pair, once [`Engine::start_sync`] started it.
     sync: Option<Sync>,
+    /// BFD sessions with the routers in front, and the packets they refused, by reason.
+    bfd: bfd::Sessions,
+    bfd_dropped: [u64; BfdDrop::ALL.len()],
+    /// The gateway is stopping ([`Engine::bfd_leave`]).
+    leaving: bool,
     /// Gratuitous ARP after becoming active: rounds left, when the next one goes, and the
     /// address it is at.
     announce: (u8, Millis, usize),
@@ -133,6 +142,8 @@ impl<'a> Engine<'a> {
         // With high availability a gateway starts standby, until keepalived makes it active.
         let role = if config.high_availability.is_some() { Role::Standby } else { Role::Active };
         resources.affinity.reset([seed, seed.rotate_left(32)]);
+        let mut rng = Rng::new(seed);
+        let bfd = bfd::sessions(config, &resources.services.node, &mut rng);
         Ok(Engine {
             services: &mut resources.services,
             conntrack,
@@ -142,9 +153,12 @@ impl<'a> Engine<'a> {
             fragments: Fragments::new(),
             counters: Counters::default(),
             replies: RateLimit::new(board::REPLIES_PER_SECOND, board::REPLY_BURST),
-            rng: Rng::new(seed),
+            rng,
             role,
             sync: None,
+            bfd,
+            bfd_dropped: [0; BfdDrop::ALL.len()],
+            leaving: false,
             announce: (0, Millis(0), 0),
             resolve_cursor: (0, 0),
             last_resolve: None,
@@ -211,7 +225,7 @@ impl<'a> Engine<'a> {
         // leaves (next_output), forwarded or dropped.
         match verdict {
             Verdict::Forward => self.counters.forwarded += 1,
-            Verdict::Stack => self.counters.to_stack += 1,
+            Verdict::Stack | Verdict::Consumed => self.counters.to_stack += 1,
             Verdict::Drop(reason) | Verdict::Reply { dropped: Some(reason), .. } => self.counters.drop(reason),
             Verdict::Reply { dropped: None, .. } => self.counters.answered += 1,
             Verdict::Parked(_) => {}
@@ -228,6 +242,7 @@ impl<'a> Engine<'a> {
         let swept = self.conntrack.sweep(now.secs(), board::CONNTRACK_SWEEP_PER_TURN, |f| services.keeps(f));
         self.counters.udp_flows_flushed += swept.flushed as u64;
         self.sync_refresh(now);
+        self.bfd_housekeeping(now);
     }
 
     /// Flows still to renumber after a reload (0 once every flow is numbered for it).
@@ -247,7 +262,12 @@ impl<'a> Engine<'a> {
                     return Some(len);
                 }
                 Some(Err(())) => self.counters.drop(DropReason::NeighborMissing),
-                None => return self.announce(now, out).or_else(|| self.refresh_next_hop(now, out)),
+                None => {
+                    return self
+                        .announce(now, out)
+                        .or_else(|| self.bfd_output(now, out))
+                        .or_else(|| self.refresh_next_hop(now, out));
+                }
             }
         }
     }

@@ -22,13 +22,13 @@ impl Engine<'_> {
         now: Millis,
         out: &mut [u8],
     ) -> Verdict {
-        // A SYN opens a flow. With high availability a mid-stream segment opens one too, taken
-        // up as established: a flow the other gateway carried before a failover, that flow sync
-        // has not brought (as IPVS's sloppy_tcp does).
+        // A SYN opens a flow. With high availability or behind ECMP a mid-stream segment opens
+        // one too, taken up as established: a flow another gateway carried before a failover
+        // (that flow sync has not brought) or before ECMP moved it (as IPVS's sloppy_tcp does).
         let picked_up = match p.tcp.map(|t| t.flags) {
             None => false,
             Some(t) if t.syn && !t.ack && !t.rst && !t.fin => false,
-            Some(t) if self.services.high_availability.is_some() && t.ack && !t.syn && !t.rst && !t.fin => true,
+            Some(t) if self.services.picks_up && t.ack && !t.syn && !t.rst && !t.fin => true,
             Some(_) => return Verdict::Drop(DropReason::TcpNoFlow),
         };
         let s = listener.service_index as usize;

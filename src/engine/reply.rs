@@ -6,7 +6,7 @@ use core::net::Ipv4Addr;
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol};
 
 use super::checksum;
-use super::packet::{ETH_HEADER, Ipv4Frame, PROTO_ICMP, PROTO_TCP, set_macs, src_mac};
+use super::packet::{ETH_HEADER, Ipv4Frame, PROTO_ICMP, PROTO_TCP, PROTO_UDP, set_macs, src_mac};
 
 /// TTL of the packets the node originates.
 const TTL: u8 = 64;
@@ -15,17 +15,55 @@ const QUOTED_PAYLOAD: usize = 8;
 
 /// Writes an IPv4 header for `payload_len` bytes of `proto` at `out[ETH_HEADER..]`.
 fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) {
+    ipv4_header_with_ttl(out, src, dst, proto, payload_len, TTL);
+}
+
+fn ipv4_header_with_ttl(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, ttl: u8) {
     let h = &mut out[ETH_HEADER..ETH_HEADER + 20];
     h.fill(0);
     h[0] = 0x45;
     h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
     h[6] = 0x40; // DF
-    h[8] = TTL;
+    h[8] = ttl;
     h[9] = proto;
     h[12..16].copy_from_slice(&src.octets());
     h[16..20].copy_from_slice(&dst.octets());
     let c = checksum::finish(checksum::sum(h));
     h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A UDP datagram of `payload` from `src` to `dst` (address and port each), sent with `ttl`
+/// to `to_mac`.
+pub fn udp_datagram(
+    (our_mac, to_mac): ([u8; 6], [u8; 6]),
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    ttl: u8,
+    payload: &[u8],
+    out: &mut [u8],
+) -> usize {
+    let udp_len = 8 + payload.len();
+    let len = ETH_HEADER + 20 + udp_len;
+    if out.len() < len {
+        return 0;
+    }
+    set_macs(out, our_mac, to_mac);
+    out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
+    ipv4_header_with_ttl(out, src.0, dst.0, PROTO_UDP, udp_len, ttl);
+    let u = &mut out[ETH_HEADER + 20..len];
+    u[0..2].copy_from_slice(&src.1.to_be_bytes());
+    u[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[6..8].fill(0);
+    u[8..].copy_from_slice(payload);
+    let sum = checksum::pseudo_header(src.0.octets(), dst.0.octets(), PROTO_UDP, udp_len as u16) + checksum::sum(u);
+    // 0 means "no checksum" in UDP: a sum that folds to it is sent as all ones (RFC 768).
+    let c = match checksum::finish(sum) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    len
 }
 
 /// A RST answering the TCP segment `p`, as from its destination (RFC 9293 3.10.7.1).

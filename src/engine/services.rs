@@ -93,8 +93,11 @@ pub struct Services {
     /// clusterIPs and externalIPs, sorted: the node answers ARP for them.
     pub(super) virtual_ips: Vec<Ipv4Addr, MAX_VIRTUAL_IPS>,
     /// The config's high-availability section: its floating addresses move with the active
-    /// role like the virtual IPs, and it turns on the pick-up of mid-stream flows.
+    /// role like the virtual IPs.
     pub(super) high_availability: Option<HighAvailability>,
+    /// Mid-stream flows are taken up: another gateway may have carried them (high
+    /// availability, or BFD sessions: a gateway behind a router's ECMP).
+    pub(super) picks_up: bool,
 }
 
 impl Services {
@@ -107,6 +110,7 @@ impl Services {
             listeners: Vec::new(),
             virtual_ips: Vec::new(),
             high_availability: None,
+            picks_up: false,
         }
     }
 
@@ -119,6 +123,7 @@ impl Services {
         self.listeners.clear();
         self.virtual_ips.clear();
         self.high_availability = config.high_availability.clone();
+        self.picks_up = config.high_availability.is_some() || !config.bfd.sessions.is_empty();
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let _ = self.list.push(ServiceState {
@@ -269,6 +274,10 @@ impl Reload {
                 format_args!("highAvailability.sync"),
                 format_args!("changed: restart nodegate to apply that"),
             ));
+        }
+        if running.bfd != next.bfd {
+            // Its sessions (discriminators, ports) are set up at start.
+            return Err(ConfigError::new(format_args!("bfd"), format_args!("changed: restart nodegate to apply that")));
         }
         let renumbering = &mut self.renumbering;
         *renumbering = Renumbering::new();

@@ -123,7 +123,7 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
                 Verdict::Reply { len, .. } | Verdict::Parked(len) => {
                     send(&self.tap, &self.out[..VNET_HEADER + len], self.engine)
                 }
-                Verdict::Drop(_) => {}
+                Verdict::Drop(_) | Verdict::Consumed => {}
                 Verdict::Stack => {
                     let rx = RxToken { frame: &self.rx[VNET_HEADER..n] };
                     let tx = TxToken { tap: &self.tap, buf: &mut self.tx, engine: self.engine };

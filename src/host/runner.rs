@@ -23,6 +23,7 @@ use super::http::HttpServer;
 use super::sync::{self, SyncError, SyncSocket};
 use super::sys::{self, SHUTDOWN};
 use super::tap::{Tap, TapError};
+use crate::bfd::BfdDrop;
 use crate::board;
 use crate::config::{Config, ConfigError};
 use crate::conntrack::{Flow, Table, buckets_for};
@@ -175,13 +176,24 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
     let mut turns = Turns::default();
     let mut waiting_reload = None;
 
+    // Told to stop with BFD sessions: when the drain after AdminDown ends.
+    let mut leaving_until = None;
     let result = loop {
-        if SHUTDOWN.load(Ordering::Relaxed) {
-            break Ok(());
-        }
         let woke = std::time::Instant::now();
         let cpu_at_wake = sys::thread_cpu_micros();
         let now = Millis(start.elapsed().as_millis() as u64);
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            let drain = u64::from(config.bfd.shutdown_drain_millis);
+            match leaving_until {
+                None if !device.engine.bfd_sessions().is_empty() && drain > 0 => {
+                    device.engine.bfd_leave(now);
+                    info!("stopping: BFD sessions admin down, forwarding for {drain} ms more");
+                    leaving_until = Some(Millis(now.0 + drain));
+                }
+                Some(until) if now < until => {}
+                _ => break Ok(()),
+            }
+        }
         let ts = smoltcp::time::Instant::from_millis(now.0 as i64);
         device.start_turn(now);
         iface.poll(ts, &mut device, &mut sockets);
@@ -241,6 +253,9 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
         watch.check(now, device.engine);
         turns.record(woke.elapsed().as_micros() as u64, sys::thread_cpu_micros().saturating_sub(cpu_at_wake));
         let wait = iface.poll_delay(ts, &sockets).map_or(MAX_WAIT_MS, |d| d.total_millis() as i64).min(MAX_WAIT_MS);
+        // A BFD packet goes on time: the router counts a late one towards taking us out.
+        let bfd_due = device.engine.bfd_next_deadline().map_or(MAX_WAIT_MS, |d| d.0.saturating_sub(now.0) as i64);
+        let wait = wait.min(bfd_due.max(1));
         if let Err(error) = sys::wait_readable(fd, wait as i32) {
             break Err(RunError::Device { tap: node.tap.to_string(), waiting: true, error });
         }
@@ -355,6 +370,28 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
             c.flows_removed,
             if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") }
         );
+    }
+    for s in engine.bfd_sessions() {
+        let _ = writeln!(
+            out,
+            "bfd: peer {} {} (remote {}, diag {}), {} packets received, {} sent, up {} times",
+            s.peer,
+            s.state.as_str(),
+            s.remote_state.as_str(),
+            s.diag as u8,
+            s.counters.received,
+            s.counters.sent,
+            s.counters.up_transitions
+        );
+    }
+    if !engine.bfd_sessions().is_empty() {
+        let dropped: Vec<String> = BfdDrop::ALL
+            .iter()
+            .filter(|r| engine.bfd_dropped(**r) > 0)
+            .map(|r| format!("{}={}", r.name(), engine.bfd_dropped(*r)))
+            .collect();
+        let _ =
+            writeln!(out, "bfd: dropped: {}", if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") });
     }
     let c = engine.counters();
     let _ = writeln!(

@@ -29,50 +29,31 @@ use wire::{HEADER_LEN, Header, Key, Kind, Record, TAG_LEN};
 /// Bytes of records one message holds.
 const RECORD_ROOM: usize = board::SYNC_MESSAGE_BYTES - HEADER_LEN - TAG_LEN;
 
-macro_rules! sync_drops {
-    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
-        /// Why a sync message (or one of its records) was not taken.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(u8)]
-        pub enum SyncDrop {
-            $($(#[doc = $doc])* $variant,)*
-        }
-
-        impl SyncDrop {
-            pub const ALL: &'static [SyncDrop] = &[$(SyncDrop::$variant,)*];
-
-            /// The reason's metric label.
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $(SyncDrop::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-sync_drops! {
-    /// A message from an address that is not one of the site's other nodes.
-    UnknownPeer => "unknown_peer",
-    /// A message too short, of another version or kind, or with records that do not parse.
-    Malformed => "malformed",
-    /// A message whose tag does not verify: not sent by a holder of the key.
-    BadMac => "bad_mac",
-    /// A message of the peer's run whose sequence number was taken already (or is too old to
-    /// tell), or one of this gateway's own.
-    Replayed => "replayed",
-    /// A message of a run this gateway has not taken (the peer restarted): dropped, and the
-    /// peer is asked for its table.
-    UnknownSession => "unknown_session",
-    /// A record for a service, port or endpoint this gateway's config does not have.
-    Unmatched => "unmatched",
-    /// A record whose tuples this active gateway uses for a flow of its own (two actives at
-    /// once): its own flow is kept.
-    Conflict => "conflict",
-    /// A record the connection table had no room for.
-    TableFull => "table_full",
-    /// A record the outgoing batches had no room for (the loop did not send them in time).
-    QueueFull => "queue_full",
+reasons! {
+    /// Why a sync message (or one of its records) was not taken.
+    pub enum SyncDrop {
+        /// A message from an address that is not one of the site's other nodes.
+        UnknownPeer => "unknown_peer",
+        /// A message too short, of another version or kind, or with records that do not parse.
+        Malformed => "malformed",
+        /// A message whose tag does not verify: not sent by a holder of the key.
+        BadMac => "bad_mac",
+        /// A message of the peer's run whose sequence number was taken already (or is too old to
+        /// tell), or one of this gateway's own.
+        Replayed => "replayed",
+        /// A message of a run this gateway has not taken (the peer restarted): dropped, and the
+        /// peer is asked for its table.
+        UnknownSession => "unknown_session",
+        /// A record for a service, port or endpoint this gateway's config does not have.
+        Unmatched => "unmatched",
+        /// A record whose tuples this active gateway uses for a flow of its own (two actives at
+        /// once): its own flow is kept.
+        Conflict => "conflict",
+        /// A record the connection table had no room for.
+        TableFull => "table_full",
+        /// A record the outgoing batches had no room for (the loop did not send them in time).
+        QueueFull => "queue_full",
+    }
 }
 
 /// What flow sync did, for status and metrics.
