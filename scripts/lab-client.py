@@ -20,6 +20,13 @@
                                        connections, in turn, for SECONDS (each answer may take 15 s);
                                        prints "keepalive: N requests, F failed, R reconnected on C
                                        connections" (a reconnect: a connection's source port changed)
+  lab-client.py longlived HOST PORT SECONDS CONNECTIONS [INTERVAL_MS]
+                                       CONNECTIONS kept-alive HTTP/1.1 connections at once, each
+                                       with a GET every INTERVAL_MS (200) for SECONDS (an answer may
+                                       take 5 s); a connection that fails once is broken and stops;
+                                       prints "via ADDRESS: N connections, B broken" per source the
+                                       backends saw (the gateway, with SNAT) and "longlived: N
+                                       connections, B broken, R requests"
   lab-client.py hold HOST PORT SECONDS one idle TCP connection held open
   lab-client.py synflood HOST PORT SECONDS A.B [PER_SECOND [COUNT]]
                                        TCP SYNs from spoofed sources A.B.x.y (a block the lab owns)
@@ -286,6 +293,52 @@ elif mode == "keepalive":
                 ports[i] = c.sock.getsockname()[1]
     print(f"keepalive: {requests} requests, {errors} failed, {reconnects} reconnected on {count} connections")
     failed = 1 if errors or reconnects else 0
+elif mode == "longlived":
+    import http.client
+    import resource
+    import threading
+    seconds, count = float(sys.argv[4]), int(sys.argv[5])
+    interval = float(sys.argv[6]) / 1000 if len(sys.argv) > 6 else 0.2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+    deadline = time.monotonic() + seconds
+    results = [None] * count
+    requests = [0] * count
+
+    def run(i):
+        via, broken = None, None
+        c = http.client.HTTPConnection(host, port, timeout=5)
+        try:
+            while time.monotonic() < deadline:
+                c.request("GET", "/")
+                answer = c.getresponse()
+                body = answer.read().decode()
+                if answer.status != 200 or " saw " not in body:
+                    raise OSError(f"answer {answer.status}")
+                via = via or body.split(" saw ")[1].split(":")[0]
+                requests[i] += 1
+                time.sleep(interval)
+        except (OSError, http.client.HTTPException) as e:
+            broken = f"{type(e).__name__} after {requests[i]} requests"
+        c.close()
+        results[i] = (via, broken)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_via = {}
+    for via, broken in results:
+        n, b = by_via.get(via, (0, 0))
+        by_via[via] = (n + 1, b + (broken is not None))
+    for via, (n, b) in sorted(by_via.items(), key=lambda kv: str(kv[0])):
+        print(f"via {via}: {n} connections, {b} broken")
+    for i, (via, broken) in enumerate(results):
+        if broken:
+            print(f"connection {i} via {via} broken: {broken}")
+    total_broken = sum(b for _, b in by_via.values())
+    print(f"longlived: {count} connections, {total_broken} broken, {sum(requests)} requests")
+    failed = 1 if total_broken else 0
 elif mode == "hold":
     with socket.create_connection((host, port), timeout=5):
         time.sleep(float(sys.argv[4]))

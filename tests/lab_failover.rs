@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Lab, finish, lab_available};
+use common::{Lab, finish, lab_available, run, stop};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -255,23 +255,6 @@ impl Drop for Pair {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// SIGTERM, and SIGKILL if it has not gone in 5 s.
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let start = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if start.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-        }
-        sleep(Duration::from_millis(20));
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The host of the active gateway dies during a 20 s TCP stream, an HTTP keep-alive load on

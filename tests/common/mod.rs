@@ -262,3 +262,20 @@ pub fn finish(client: Child) -> (bool, String) {
     let out = client.wait_with_output().expect("lab client ends");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// SIGTERM, and SIGKILL if it has not gone in 5 s.
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,326 @@
+//! Lab tests of three gateways behind a router's ECMP, under the real BIRD with the config this
+//! repository ships (`contrib/bird/router.conf`): the router (the lab's, 10.77.0.254) routes the
+//! VIP via every gateway's node address, each next hop tracked by BFD, with the L4 hash; clients
+//! sit behind it on a link of their own. They need root and BIRD (`scripts/test` installs it;
+//! see `common::lab_available`).
+
+mod common;
+
+use common::{Lab, finish, lab_available, run, stop};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.96.0.10";
+const NODE_IPS: [&str; 3] = ["10.77.0.1", "10.77.0.2", "10.77.0.3"];
+
+/// The gateways' site: the VIP of `contrib/bird/router.conf` to the lab's three backends, with
+/// SNAT (Cluster policy), a BFD session with the router, health checks each second.
+const SITE: &str = r#"{
+  "nodes": [
+    { "name": "edge-1", "tap": "ng0", "bridge": "br0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254", "metricsPort": 9100 },
+    { "name": "edge-2", "tap": "ng1", "bridge": "br0", "mac": "02:00:00:00:00:02", "addresses": ["10.77.0.2/24"], "gateway": "10.77.0.254", "metricsPort": 9100 },
+    { "name": "edge-3", "tap": "ng2", "bridge": "br0", "mac": "02:00:00:00:00:03", "addresses": ["10.77.0.3/24"], "gateway": "10.77.0.254", "metricsPort": 9100 }],
+  "bfd": { "sessions": [{ "peer": "10.77.0.254" }] },
+  "services": [{ "name": "web", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Cluster",
+                 "ports": [{ "port": 80, "targetPort": 3000 }],
+                 "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2, "healthyThreshold": 1 },
+                 "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }]
+}"#;
+
+/// The lab with three gateways and BIRD on its router; everything it started is stopped by PID
+/// when it goes out of scope, the namespace it added deleted, then the lab torn down.
+struct Ecmp {
+    lab: Lab,
+    dir: PathBuf,
+    gateways: [Option<Child>; 3],
+    bird: Option<Child>,
+}
+
+impl Ecmp {
+    fn new(test: &str, tag: &str) -> Option<Ecmp> {
+        if !lab_available(test) {
+            return None;
+        }
+        let lab = Lab::up(tag);
+        let dir = std::env::temp_dir().join(&lab.prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("site.json"), SITE).unwrap();
+        let mut ecmp = Ecmp { lab, dir, gateways: [None, None, None], bird: None };
+        // The clients' link to the router.
+        let (router, clients) = (ecmp.lab.ns("router"), ecmp.lab.ns("clients"));
+        run("ip", &["netns", "add", &clients]);
+        run("ip", &["-n", &clients, "link", "set", "lo", "up"]);
+        run("ip", &["-n", &router, "link", "add", "eth2", "type", "veth", "peer", "name", "eth0", "netns", &clients]);
+        run("ip", &["-n", &router, "addr", "add", "10.80.0.1/24", "dev", "eth2"]);
+        run("ip", &["-n", &router, "link", "set", "eth2", "up"]);
+        run("ip", &["-n", &clients, "addr", "add", "10.80.0.100/24", "dev", "eth0"]);
+        run("ip", &["-n", &clients, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &clients, "route", "add", "default", "via", "10.80.0.1"]);
+        run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+        for n in 1..=3 {
+            ecmp.start_gateway(n);
+        }
+        ecmp.start_bird();
+        ecmp.wait_for("BIRD to route the VIP via all three gateways", Duration::from_secs(15), || {
+            ecmp.next_hops().len() == 3
+        });
+        Some(ecmp)
+    }
+
+    fn control(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("edge-{n}.sock"))
+    }
+
+    /// Starts gateway `n` (1-3) and waits until its control socket answers.
+    fn start_gateway(&mut self, n: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("edge-{n}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns("gw"), env!("CARGO_BIN_EXE_nodegate")])
+            .args(["run", "--node", &format!("edge-{n}"), "--config"])
+            .arg(self.dir.join("site.json"))
+            .arg("--control")
+            .arg(self.control(n))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.gateways[n - 1] = Some(child);
+        self.wait_for(&format!("gateway {n} to answer"), Duration::from_secs(10), || {
+            self.nodegate(n, "status").status.success()
+        });
+    }
+
+    /// BIRD on the router with the shipped config, its log to stderr (the file's syslog is not
+    /// the lab's).
+    fn start_bird(&mut self) {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/bird/router.conf")).unwrap();
+        let conf = self.dir.join("bird.conf");
+        std::fs::write(&conf, shipped.replace("log syslog all;", "log stderr all;")).unwrap();
+        let log = std::fs::File::create(self.dir.join("bird.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns("router"), "bird", "-f", "-c"])
+            .arg(&conf)
+            .arg("-s")
+            .arg(self.dir.join("bird.ctl"))
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("BIRD runs (scripts/test installs bird2)");
+        self.bird = Some(child);
+    }
+
+    fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("birdc").arg("-s").arg(self.dir.join("bird.ctl")).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The gateways BIRD routes the VIP through now (`birdc show route`), in order.
+    fn next_hops(&self) -> Vec<String> {
+        let routes = self.birdc(&["show", "route", "for", VIP, "all"]);
+        let mut hops: Vec<String> = routes
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("via "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    fn nodegate(&self, n: usize, command: &str) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nodegate"))
+            .arg(command)
+            .arg("--control")
+            .arg(self.control(n))
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self, n: usize) -> String {
+        String::from_utf8_lossy(&self.nodegate(n, "status").stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "waited {limit:?} for {what}:\n{}", self.logs());
+            sleep(Duration::from_millis(10));
+        }
+        start.elapsed()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut all: String = ["edge-1.log", "edge-2.log", "edge-3.log", "bird.log"]
+            .iter()
+            .map(|name| format!("--- {name}\n{}", self.log(name)))
+            .collect();
+        all += &format!("--- birdc show bfd sessions\n{}", self.birdc(&["show", "bfd", "sessions"]));
+        all += &format!("--- birdc show route\n{}", self.birdc(&["show", "route", "all"]));
+        all
+    }
+}
+
+impl Drop for Ecmp {
+    fn drop(&mut self) {
+        if let Some(b) = self.bird.take() {
+            stop(b);
+        }
+        for g in self.gateways.iter_mut().filter_map(Option::take) {
+            stop(g);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.lab.ns("clients")]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The lines of a `longlived` client's output: connections and broken ones per gateway.
+fn per_gateway(out: &str, gateway: &str) -> (u32, u32) {
+    let line = out.lines().find(|l| l.starts_with(&format!("via {gateway}:"))).unwrap_or("");
+    let words: Vec<&str> = line.split([' ', ',', ':']).filter(|w| !w.is_empty()).collect();
+    let number = |unit: &str| words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0);
+    (number("connections"), number("broken"))
+}
+
+/// 300 long-lived connections over the three gateways; gateway 2 is killed: BFD takes it out
+/// of the router's table within a second, and no connection through the other two breaks.
+///
+/// Gateway 2 is the middle next hop, and that matters: Linux's ECMP is hash-threshold (each
+/// next hop owns a range of the hash, in order), so when the middle one goes its range is split
+/// between its neighbours and theirs stay; when an outer one goes, a sixth of all flows moves
+/// between the survivors too, and with SNAT those break. Resilient hashing (nexthop groups of
+/// type resilient, or a hardware router's) moves only the dead gateway's flows whichever it is.
+#[test]
+fn a_killed_gateway_leaves_the_route_within_a_second_and_the_others_flows_go_on() {
+    let Some(mut ecmp) =
+        Ecmp::new("a_killed_gateway_leaves_the_route_within_a_second_and_the_others_flows_go_on", "ek")
+    else {
+        return;
+    };
+    let client = ecmp.lab.spawn_client("clients", &["longlived", VIP, "80", "14", "300", "1000"]);
+    // Every connection open and answered once, spread over the three gateways.
+    ecmp.wait_for("the connections to spread", Duration::from_secs(10), || {
+        (1..=3).all(|n| tracked(&ecmp.status(n)) >= 50)
+    });
+    sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    let mut g2 = ecmp.gateways[1].take().unwrap();
+    g2.kill().unwrap();
+    g2.wait().unwrap();
+    ecmp.wait_for("BIRD to drop gateway 2", Duration::from_secs(5), || {
+        !ecmp.next_hops().contains(&"10.77.0.2".to_string())
+    });
+    let detection = killed.elapsed();
+    let (_, out) = finish(client);
+    let (on_1, broken_1) = per_gateway(&out, NODE_IPS[0]);
+    let (on_2, broken_2) = per_gateway(&out, NODE_IPS[1]);
+    let (on_3, broken_3) = per_gateway(&out, NODE_IPS[2]);
+    println!(
+        "ecmp kill -9: route withdrawn {:.0} ms after the kill; connections per gateway {on_1}/{on_2}/{on_3}, \
+         broken {broken_1}/{broken_2}/{broken_3} (gateway 2's: SNAT to its address, see README)",
+        detection.as_secs_f64() * 1000.0
+    );
+    assert!(detection < Duration::from_secs(1), "{:?}\n{}", detection, ecmp.logs());
+    assert_eq!(ecmp.next_hops(), ["10.77.0.1", "10.77.0.3"]);
+    assert_eq!(on_1 + on_2 + on_3, 300, "{out}");
+    assert!(on_1 >= 50 && on_2 >= 50 && on_3 >= 50, "the L4 hash spreads them: {out}");
+    assert_eq!((broken_1, broken_3), (0, 0), "{out}\n{}", ecmp.logs());
+}
+
+/// Flows gateway `n` tracks, from its status.
+fn tracked(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
+    line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
+/// A gateway told to stop (SIGTERM) says AdminDown first: the router takes it out at once, it
+/// goes on forwarding for its drain time, and a running HTTP load of new connections sees no
+/// error but on a connection that was open through it at the moment the route changed (its
+/// next packets go to another gateway, and with SNAT the endpoint does not know them there).
+#[test]
+fn a_stopping_gateway_says_admin_down_first_and_the_load_sees_no_error() {
+    let Some(mut ecmp) = Ecmp::new("a_stopping_gateway_says_admin_down_first_and_the_load_sees_no_error", "es") else {
+        return;
+    };
+    let load = ecmp.lab.spawn_client("clients", &["connects", VIP, "80", "8", "3"]);
+    sleep(Duration::from_secs(2));
+    let g2 = ecmp.gateways[1].as_ref().unwrap().id();
+    let (told, told_at) = (Instant::now(), unix_now());
+    run("kill", &["-TERM", &g2.to_string()]);
+    ecmp.wait_for("BIRD to drop gateway 2", Duration::from_secs(5), || {
+        !ecmp.next_hops().contains(&"10.77.0.2".to_string())
+    });
+    let (withdrawn, withdrawn_at) = (told.elapsed(), unix_now());
+    let still_running = ecmp.gateways[1].as_mut().unwrap().try_wait().unwrap().is_none();
+    let mut g2 = ecmp.gateways[1].take().unwrap();
+    let status = g2.wait().unwrap();
+    let exited = told.elapsed();
+    let (_, out) = finish(load);
+    let summary = out.lines().last().unwrap_or("").to_string();
+    // "connect AT ok|FAILED TOOK": the failures, and those of connections open at the switch.
+    let attempts: Vec<(f64, bool, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            (w.len() == 4 && w[0] == "connect").then(|| (w[1].parse().unwrap(), w[2] == "ok", w[3].parse().unwrap()))
+        })
+        .collect();
+    let open_at_switch = |(at, _, took): &(f64, bool, f64)| *at <= withdrawn_at && at + took >= told_at;
+    let failed: Vec<_> = attempts.iter().filter(|a| !a.1).collect();
+    let failed_open = failed.iter().filter(|a| open_at_switch(a)).count();
+    println!(
+        "ecmp SIGTERM: route withdrawn {:.0} ms after the signal, gateway exited after {:.2} s; HTTP load: {summary}, \
+         {} failed ({failed_open} of them open at the switch, {} open then)",
+        withdrawn.as_secs_f64() * 1000.0,
+        exited.as_secs_f64(),
+        failed.len(),
+        attempts.iter().filter(|a| open_at_switch(a)).count()
+    );
+    assert!(still_running, "the route went before the gateway did");
+    assert!(withdrawn < Duration::from_millis(500), "AdminDown, not a timeout: {withdrawn:?}\n{}", ecmp.logs());
+    assert!(exited >= Duration::from_secs(2), "it forwarded for its drain time: {exited:?}");
+    assert!(status.success(), "{}", ecmp.logs());
+    assert!(ecmp.log("edge-2.log").contains("BFD sessions admin down"), "{}", ecmp.logs());
+    assert!(attempts.len() >= 70, "{out}");
+    assert_eq!(failed.len(), failed_open, "only connections open at the switch may fail: {out}\n{}", ecmp.logs());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// With every endpoint failing its health checks a gateway can serve nothing: it says AdminDown
+/// and the router stops sending to it; when the endpoints recover it comes back.
+#[test]
+fn gateways_whose_endpoints_all_fail_withdraw_and_return_when_they_recover() {
+    let Some(ecmp) = Ecmp::new("gateways_whose_endpoints_all_fail_withdraw_and_return_when_they_recover", "eh") else {
+        return;
+    };
+    for be in 1..=3 {
+        ecmp.lab.backend(be, false);
+    }
+    let gone = ecmp.wait_for("the VIP's route to go", Duration::from_secs(10), || ecmp.next_hops().is_empty());
+    let sessions = ecmp.birdc(&["show", "bfd", "sessions"]);
+    assert!(ecmp.status(1).contains("bfd: peer 10.77.0.254 admin-down"), "{}", ecmp.status(1));
+    for be in 1..=3 {
+        ecmp.lab.backend(be, true);
+    }
+    let back = ecmp.wait_for("the VIP's route to return", Duration::from_secs(15), || ecmp.next_hops().len() == 3);
+    println!(
+        "ecmp health: route withdrawn {:.1} s after the backends stopped, back {:.1} s after they started",
+        gone.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    assert!(sessions.contains("10.77.0.1"), "{sessions}");
+    let answers = ecmp.lab.backends("clients", VIP, 80, 6);
+    assert!(answers.iter().all(|a| a.starts_with("web-frontend-")), "{answers:?}\n{}", ecmp.logs());
+}
