@@ -51,6 +51,12 @@ def udp_echo():
 
 
 threading.Thread(target=udp_echo, daemon=True).start()
-server = http.server.ThreadingHTTPServer(("0.0.0.0", 3000), Handler)
+class Server(http.server.ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of connections (hundreds at once in the
+    # scale-out test) would overflow it, and the kernel would drop handshakes for seconds.
+    request_queue_size = 1024
+
+
+server = Server(("0.0.0.0", 3000), Handler)
 server.daemon_threads = True
 server.serve_forever()
