@@ -9,7 +9,7 @@
 mod common;
 
 use common::{Lab, finish, lab_available, run, stop};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -89,7 +89,8 @@ impl Ecmp {
             Shape::Announced => {
                 ecmp.start_bird("router", "router-bgp.conf", &[]);
                 for n in 1..=3 {
-                    ecmp.add_host(n);
+                    ecmp.lab.add_host(&format!("h{n}"), &format!("10.77.0.21{n}"));
+                    ecmp.hosts = n;
                     let (me, gateway) = (format!("10.77.0.21{n}"), NODE_IPS[n - 1].to_string());
                     let defines = [
                         ("nodegate_address", gateway),
@@ -112,34 +113,13 @@ impl Ecmp {
 
     /// Starts gateway `n` (1-3) and waits until its control socket answers.
     fn start_gateway(&mut self, n: usize) {
-        let log = std::fs::File::create(self.dir.join(format!("edge-{n}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lab.ns("gw"), env!("CARGO_BIN_EXE_nodegate")])
-            .args(["run", "--node", &format!("edge-{n}"), "--config"])
-            .arg(self.dir.join("site.json"))
-            .arg("--control")
-            .arg(self.control(n))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let (bin, site, log) =
+            (env!("CARGO_BIN_EXE_nodegate"), self.dir.join("site.json"), self.dir.join(format!("edge-{n}.log")));
+        let child = self.lab.spawn_node(Path::new(bin), &format!("edge-{n}"), &site, &self.control(n), &log);
         self.gateways[n - 1] = Some(child);
         self.wait_for(&format!("gateway {n} to answer"), Duration::from_secs(10), || {
             self.nodegate(n, "status").status.success()
         });
-    }
-
-    /// Gateway `n`'s host: a namespace on the bridge at 10.77.0.21`n`.
-    fn add_host(&mut self, n: usize) {
-        let (ns, gw, veth) = (self.lab.ns(&format!("h{n}")), self.lab.ns("gw"), format!("v-h{n}"));
-        self.hosts = n;
-        run("ip", &["netns", "add", &ns]);
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        run("ip", &["-n", &gw, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        run("ip", &["-n", &gw, "link", "set", &veth, "master", "br0", "up"]);
-        run("ip", &["-n", &ns, "addr", "add", &format!("10.77.0.21{n}/24"), "dev", "eth0"]);
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
     }
 
     /// BIRD in namespace `host` with the shipped `config`, its `define`s set to `defines` and its

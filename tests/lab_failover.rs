@@ -65,15 +65,7 @@ impl Pair {
         let pair = Pair { lab, dir, gateways: [None, None], keepalived: [None, None] };
         for i in 1..=2 {
             // Each gateway's host on the segment, where its keepalived runs.
-            let ns = pair.lab.ns(&format!("ka{i}"));
-            run("ip", &["netns", "add", &ns]);
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-            let gw = pair.lab.ns("gw");
-            let veth = format!("v-ka{i}");
-            run("ip", &["-n", &gw, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-            run("ip", &["-n", &gw, "link", "set", &veth, "master", "br0", "up"]);
-            run("ip", &["-n", &ns, "addr", "add", &format!("10.77.0.20{i}/24"), "dev", "eth0"]);
-            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            pair.lab.add_host(&format!("ka{i}"), &format!("10.77.0.20{i}"));
         }
         if policy == "Local" {
             // The endpoints route client traffic back through the pair's floating address.
@@ -90,19 +82,9 @@ impl Pair {
 
     /// Starts gateway `n` (1 or 2) and waits until its control socket answers.
     fn start_gateway(&mut self, n: usize) {
-        let log = std::fs::File::create(self.dir.join(format!("edge-{n}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lab.ns("gw")])
-            .arg(self.dir.join("nodegate"))
-            .args(["run", "--node", &format!("edge-{n}"), "--config"])
-            .arg(self.dir.join("site.json"))
-            .arg("--control")
-            .arg(self.control(n))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let (bin, site, log) =
+            (self.dir.join("nodegate"), self.dir.join("site.json"), self.dir.join(format!("edge-{n}.log")));
+        let child = self.lab.spawn_node(&bin, &format!("edge-{n}"), &site, &self.control(n), &log);
         self.gateways[n - 1] = Some(child);
         self.wait_for(&format!("gateway {n} to answer"), Duration::from_secs(10), || {
             self.nodegate(n, "status", &[]).status.success()

@@ -352,11 +352,6 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
     }
     if let Some(sync) = engine.sync_state() {
         let c = &sync.counters;
-        let dropped: Vec<String> = SyncDrop::ALL
-            .iter()
-            .filter(|r| c.dropped(**r) > 0)
-            .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
-            .collect();
         let _ = writeln!(
             out,
             "sync: port {}, {} of {} peer(s) in sync ({}), {} messages sent, {} received, {} flows installed, {} removed; dropped: {}",
@@ -368,7 +363,7 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
             c.messages_received,
             c.flows_installed,
             c.flows_removed,
-            if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") }
+            reasons(SyncDrop::ALL.iter().map(|r| (r.name(), c.dropped(*r))))
         );
     }
     for s in engine.bfd_sessions() {
@@ -385,13 +380,8 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
         );
     }
     if !engine.bfd_sessions().is_empty() {
-        let dropped: Vec<String> = BfdDrop::ALL
-            .iter()
-            .filter(|r| engine.bfd_dropped(**r) > 0)
-            .map(|r| format!("{}={}", r.name(), engine.bfd_dropped(*r)))
-            .collect();
-        let _ =
-            writeln!(out, "bfd: dropped: {}", if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") });
+        let dropped = reasons(BfdDrop::ALL.iter().map(|r| (r.name(), engine.bfd_dropped(*r))));
+        let _ = writeln!(out, "bfd: dropped: {dropped}");
     }
     let c = engine.counters();
     let _ = writeln!(
@@ -416,14 +406,15 @@ fn unfit(engine: &Engine) -> Option<String> {
     idle.map(|(_, (svc, _))| format!("service {} has no endpoint taking new flows", svc.name))
 }
 
-/// `reason=count` for every reason with drops, or "none".
+/// The engine's drops, as [`reasons`] shows them.
 fn drops(engine: &Engine) -> String {
     let c = engine.counters();
-    let items: Vec<String> = DropReason::ALL
-        .iter()
-        .filter(|r| c.dropped(**r) > 0)
-        .map(|r| format!("{}={}", r.name(), c.dropped(*r)))
-        .collect();
+    reasons(DropReason::ALL.iter().map(|r| (r.name(), c.dropped(*r))))
+}
+
+/// `reason=count` for every reason with drops, or "none".
+fn reasons(counts: impl Iterator<Item = (&'static str, u64)>) -> String {
+    let items: Vec<String> = counts.filter(|(_, n)| *n > 0).map(|(name, n)| format!("{name}={n}")).collect();
     if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -221,6 +221,36 @@ impl Lab {
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(body.starts_with("HTTP/1.1 200 OK\n"), "{body}");
         body["HTTP/1.1 200 OK\n".len()..].to_string()
+    }
+
+    /// A host of the segment: namespace `host` joined to the bridge at `address`/24. The caller
+    /// deletes it (the lab knows only its own).
+    pub fn add_host(&self, host: &str, address: &str) {
+        let (ns, gw, veth) = (self.ns(host), self.ns("gw"), format!("v-{host}"));
+        run("ip", &["netns", "add", &ns]);
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        run("ip", &["-n", &gw, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run("ip", &["-n", &gw, "link", "set", &veth, "master", "br0", "up"]);
+        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+    }
+
+    /// `bin` as node `node` of the site file `config` in the gateway namespace, its control
+    /// socket at `control`, logging to `log`: one of several gateways of one site.
+    pub fn spawn_node(&self, bin: &Path, node: &str, config: &Path, control: &Path, log: &Path) -> Child {
+        let log = std::fs::File::create(log).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("gw")])
+            .arg(bin)
+            .args(["run", "--node", node, "--config"])
+            .arg(config)
+            .arg("--control")
+            .arg(control)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nodegate starts")
     }
 
     /// Whether interface `name` exists in namespace `host`.
