@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254" }],
+  "bfd": { "sessions": [{ "peer": "10.77.0.254" }] },
   "services": [
     { "name": "web", "sessionAffinity": "ClientIP", "clusterIP": "10.96.0.10", "loadBalancerSourceRanges": ["10.0.0.0/8"],
       "ports": [{ "name": "t", "port": 80, "targetPort": 3000, "nodePort": 30080 },
