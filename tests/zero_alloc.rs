@@ -7,6 +7,8 @@ use std::cell::Cell;
 mod support;
 
 use etherparse::PacketBuilder;
+use nodegate::bfd::State;
+use nodegate::bfd::wire::Control;
 use nodegate::config;
 use nodegate::time::Millis;
 use support::{CLIENT_MAC, EP_MAC, NODE_MAC, Room};
@@ -41,6 +43,7 @@ static ALLOCATOR: Counting = Counting;
 
 const CONFIG: &str = r#"{
   "nodes": [{ "name": "edge-1", "tap": "ng0", "mac": "02:00:00:00:00:01", "addresses": ["10.77.0.1/24"] }],
+  "bfd": { "sessions": [{ "peer": "10.77.0.254" }] },
   "services": [
     { "name": "web", "sessionAffinity": "ClientIP", "clusterIP": "10.96.0.10",
       "ports": [{ "name": "http", "port": 80, "targetPort": 3000, "nodePort": 30080 },
@@ -50,8 +53,9 @@ const CONFIG: &str = r#"{
   ]
 }"#;
 
-/// The frames of one round: new flows, replies, data, rejects, ARP, junk.
-fn frames(round: u16) -> Vec<Vec<u8>> {
+/// The frames of one round: new flows, replies, data, rejects, ARP, junk, and the router's BFD
+/// packet (Down in the first round, then Up to the session `disc`).
+fn frames(round: u16, disc: u32) -> Vec<Vec<u8>> {
     let client = [10, 77, (round >> 8) as u8 % 200, (round & 0xff) as u8 % 250 + 2];
     let port = 1024 + round % 60000;
     let from_client = || PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
@@ -72,6 +76,25 @@ fn frames(round: u16) -> Vec<Vec<u8>> {
         built!(from_client().ipv4(client, node, 64).tcp(port, 30090, 1, 1000).syn(), b""),
         built!(from_client().ipv4(client, node, 1).udp(port, 30053), b"ttl"),
     ];
+    let (state, your_disc) = if round == 0 { (State::Down, 0) } else { (State::Up, disc) };
+    let mut bfd = [0u8; 24];
+    Control {
+        diag: 0,
+        state,
+        poll: round % 100 == 1,
+        final_: false,
+        demand: false,
+        detect_mult: 3,
+        my_disc: 7,
+        your_disc,
+        desired_min_tx_us: 100_000,
+        required_min_rx_us: 100_000,
+    }
+    .emit(&mut bfd);
+    out.push(built!(
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], NODE_MAC).ipv4([10, 77, 0, 254], node, 255).udp(49200, 3784),
+        &bfd
+    ));
     out.push(vec![0xff; 9]);
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&CLIENT_MAC);
@@ -90,7 +113,8 @@ fn the_datapath_allocates_nothing_after_start_up() {
     let mut room = Room::new(4096);
     let mut engine = room.engine(&cfg, None);
     // Every frame is built before counting starts; the engine gets copies in a reused buffer.
-    let rounds: Vec<Vec<Vec<u8>>> = (0..100_000u32.div_ceil(9) as u16).map(frames).collect();
+    let disc = engine.bfd_sessions()[0].local_disc;
+    let rounds: Vec<Vec<Vec<u8>>> = (0..100_000u32.div_ceil(10) as u16).map(|r| frames(r, disc)).collect();
     let mut buf = [0u8; 1514];
     let mut out = [0u8; 1514];
     let mut sent = 0u64;
@@ -115,6 +139,10 @@ fn the_datapath_allocates_nothing_after_start_up() {
     println!("{sent} frames, {} forwarded, {allocations} allocations", engine.counters().forwarded);
     assert_eq!(sent, 100_000);
     assert!(engine.counters().forwarded > 10_000, "the frames were really forwarded");
+    let bfd = &engine.bfd_sessions()[0];
+    assert_eq!(bfd.state, State::Up, "the BFD session came up and stayed up");
+    println!("BFD: {:?}", bfd.counters);
+    assert!(bfd.counters.sent > 500, "and sent at its rate for the 100 s: {:?}", bfd.counters);
     assert_eq!(allocations, 0);
 }
 
