@@ -20,8 +20,8 @@ const FIRST_SOURCE_PORT: u16 = 49152;
 
 pub(super) type Sessions = heapless::Vec<Session, { board::MAX_BFD_SESSIONS }>;
 
-/// The sessions of `config` for the node at `node_index`, down, their discriminators drawn
-/// from `rng` and told apart by the node's index (two gateways never share one).
+/// The sessions of `config` for `node`, down, each from the node's address on its peer's link,
+/// with a discriminator drawn from `rng`.
 pub(super) fn sessions(config: &Config, node: &crate::config::Node, rng: &mut Rng) -> Sessions {
     let mut out = Sessions::new();
     for (i, s) in config.bfd.sessions.iter().enumerate() {

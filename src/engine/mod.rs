@@ -7,8 +7,9 @@
 //!
 //! One concern a file, each an `impl Engine` block: [`dispatch`] (what a frame is and where it
 //! goes), [`services`] (the services, their listeners, endpoints, health and counters), [`nat`]
-//! (a new flow: endpoint, source, tracking), [`icmp`] (errors received, answers made up), and
-//! [`egress`] (next hops, fragments, frames waiting for ARP).
+//! (a new flow: endpoint, source, tracking), [`icmp`] (errors received, answers made up),
+//! [`egress`] (next hops, fragments, frames waiting for ARP), [`sync`] (flow sync's records in
+//! and out) and [`bfd`] (BFD packets in and out, AdminDown).
 
 mod bfd;
 pub mod checksum;
