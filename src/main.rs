@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nodegate::board;
-use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy};
+use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy, diff};
 
 use nodegate::host::{control, load, memory, runner};
 
@@ -29,8 +29,15 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
     },
-    /// Validate a config and show its services as `kubectl get svc` does.
-    Check(Target),
+    /// Validate a config and show its services as `kubectl get svc` does; with --diff, what a
+    /// reload from RUNNING to NEW would change.
+    Check {
+        #[command(flatten)]
+        target: Target,
+        /// Compare two config files instead: the running one and the next.
+        #[arg(long, num_args = 2, value_names = ["RUNNING", "NEW"])]
+        diff: Option<Vec<PathBuf>>,
+    },
     /// Show the running gateway: uptime, role, services, endpoints, counters, table fill.
     Status {
         #[command(flatten)]
@@ -116,7 +123,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Check(t) => check(&t),
+        Command::Check { target, diff: None } => check(&target),
+        Command::Check { target, diff: Some(files) } => diff(&target, &files),
         Command::Run { target, control, user } => run(&target, control, user),
         Command::Status { target, control, check: false } => ask(&target, &control, "status"),
         Command::Status { target, control, check: true } => ask(&target, &control, "check"),
@@ -163,6 +171,24 @@ fn check(t: &Target) -> Result<(), Box<dyn Error>> {
     let (source, config) = load::load(t.config.as_deref())?;
     let node = config.node(t.node.as_deref()).map_err(|e| format!("{source}: {e}"))?;
     print!("{}", service_table(&config, node));
+    Ok(())
+}
+
+/// What a reload from `files[0]` to `files[1]` would change, or why it would be refused.
+fn diff(t: &Target, files: &[PathBuf]) -> Result<(), Box<dyn Error>> {
+    let [running, next] = files else { return Err("--diff takes two files: RUNNING NEW".into()) };
+    let (running_source, running) = load::load(Some(running))?;
+    let (next_source, next) = load::load(Some(next))?;
+    for (source, config) in [(&running_source, &running), (&next_source, &next)] {
+        config.node(t.node.as_deref()).map_err(|e| format!("{source}: {e}"))?;
+    }
+    diff::reload_refuses(&running, &next, t.node.as_deref())
+        .map_err(|e| format!("{next_source}: a reload would be refused: {e}"))?;
+    let mut out = String::new();
+    if diff::write_changes(&running, &next, &mut out)? == 0 {
+        out.push_str("no change\n");
+    }
+    print!("{out}");
     Ok(())
 }
 

@@ -113,3 +113,54 @@ fn check_shows_allocated_node_ports_policy_and_affinity() {
     assert!(row.contains("Local (health 30100)") && row.contains("ClientIP (10800s)"), "{text}");
     assert!(row.ends_with("10.77.0.11:3000"), "Local: only this node's endpoints: {text}");
 }
+
+#[test]
+fn check_diff_says_what_a_reload_would_change_or_why_it_would_be_refused() {
+    let site = |web: &str, extra: &str, address: &str| {
+        format!(
+            r#"{{"nodes":[{{"name":"edge-1","tap":"ng0","addresses":["{address}"]}}],
+                "services":[{{"name":"web","externalTrafficPolicy":"{web}",
+                              "ports":[{{"name":"http","port":80,"targetPort":3000,"nodePort":30080}}],
+                              "endpoints":[{{"ip":"10.77.0.11"}},{{"ip":"10.77.0.12"}}]}}{extra}]}}"#
+        )
+    };
+    let running = temp_config("diff-running", &site("Cluster", "", "10.77.0.1/24"));
+    let same = temp_config("diff-same", &site("Cluster", "", "10.77.0.1/24"));
+    let changed = temp_config(
+        "diff-changed",
+        &site(
+            "Local",
+            r#",{"name":"dns","ports":[{"protocol":"UDP","port":53,"nodePort":30053}],"endpoints":[]}"#,
+            "10.77.0.1/24",
+        )
+        .replace(r#""targetPort":3000"#, r#""targetPort":3001"#)
+        .replace(r#"{"ip":"10.77.0.12"}"#, r#"{"ip":"10.77.0.12","weight":3},{"ip":"10.77.0.13"}"#)
+        .replace(r#"{"ip":"10.77.0.11"},"#, ""),
+    );
+    let moved = temp_config("diff-moved", &site("Cluster", "", "10.77.0.2/24").replace("10.77.0.1", "10.77.0.2"));
+    let diff = |new: &std::path::Path| nodegate(&["check", "--diff", running.to_str().unwrap(), new.to_str().unwrap()]);
+    let (none, some, refused) = (diff(&same), diff(&changed), diff(&moved));
+    for p in [&running, &same, &changed, &moved] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(none.status.success());
+    assert_eq!(String::from_utf8(none.stdout).unwrap(), "no change\n");
+    assert!(some.status.success(), "{}", String::from_utf8_lossy(&some.stderr));
+    assert_eq!(
+        String::from_utf8(some.stdout).unwrap(),
+        "service dns: added (1 ports, 0 endpoints)\n\
+         service web: NodePort Cluster -> NodePort Local\n\
+         service web: port http 80:30080/TCP->3000 -> http 80:30080/TCP->3001\n\
+         service web: endpoint 10.77.0.12 (weight 1, ready) -> 10.77.0.12 (weight 3, ready)\n\
+         service web: endpoint 10.77.0.13 (weight 1, ready) added\n\
+         service web: endpoint 10.77.0.11 removed\n"
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(refused.stderr).unwrap(),
+        format!(
+            "{}: a reload would be refused: nodes: node edge-1 changed its TAP, bridge, MAC or addresses: restart nodegate to apply that\n",
+            moved.display()
+        )
+    );
+}

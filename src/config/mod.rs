@@ -4,6 +4,7 @@
 //! every value is known to be good. Errors carry the field path
 //! (`services[0].ports[0].nodePort: …`), so an operator sees where a file is wrong.
 
+pub mod diff;
 mod raw;
 mod validate;
 

@@ -257,28 +257,7 @@ impl Reload {
     /// Services,
     /// ports and endpoints are matched by name, by name, protocol and port, and by address.
     pub fn prepare(&mut self, running: &Config, next: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
-        let (was, node) = (running.node(node_name)?, next.node(node_name)?);
-        if (&node.tap, &node.bridge, node.mac, &node.addresses) != (&was.tap, &was.bridge, was.mac, &was.addresses) {
-            return Err(ConfigError::new(
-                format_args!("nodes"),
-                format_args!(
-                    "node {} changed its TAP, bridge, MAC or addresses: restart nodegate to apply that",
-                    node.name
-                ),
-            ));
-        }
-        let sync_of = |c: &Config| c.high_availability.as_ref().and_then(|ha| ha.sync.clone());
-        if sync_of(running) != sync_of(next) {
-            // Its socket, key and peers are set up at start.
-            return Err(ConfigError::new(
-                format_args!("highAvailability.sync"),
-                format_args!("changed: restart nodegate to apply that"),
-            ));
-        }
-        if running.bfd != next.bfd {
-            // Its sessions (discriminators, ports) are set up at start.
-            return Err(ConfigError::new(format_args!("bfd"), format_args!("changed: restart nodegate to apply that")));
-        }
+        crate::config::diff::reload_refuses(running, next, node_name)?;
         let renumbering = &mut self.renumbering;
         *renumbering = Renumbering::new();
         for (s, before) in running.services.iter().enumerate() {
