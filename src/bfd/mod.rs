@@ -152,9 +152,9 @@ impl Session {
         u64::from(self.remote_detect_mult) * u64::from(self.required_min_rx_us.max(self.remote_desired_min_tx_us))
     }
 
-    /// Takes `c`, a checked packet from the peer at `now`. `true`: answer at once (the peer
-    /// polled, or the state changed).
-    pub fn receive(&mut self, c: &Control, now: Millis) -> bool {
+    /// Takes `c`, a checked packet from the peer at `now`. A poll or a change of state makes the
+    /// next packet due at once.
+    pub fn receive(&mut self, c: &Control, now: Millis) {
         self.counters.received += 1;
         self.heard = true;
         self.remote_disc = c.my_disc;
@@ -167,9 +167,8 @@ impl Session {
         }
         self.detect_at = after_micros(now, self.detection_time_us());
         if self.state == State::AdminDown {
-            return false;
+            return;
         }
-        let was = self.state;
         let next = match (self.state, c.state) {
             (State::Down | State::Init | State::Up, State::AdminDown) => State::Down,
             (State::Down, State::Down) => State::Init,
@@ -177,14 +176,14 @@ impl Session {
             (State::Up, State::Down) => State::Down,
             (s, _) => s,
         };
-        if next != was {
+        let changed = next != self.state;
+        if changed {
             self.enter(next, if next == State::Down { Diag::NeighborSignaledDown } else { Diag::None });
         }
         self.owe_final |= c.poll;
-        if self.owe_final || next != was {
+        if self.owe_final || changed {
             self.next_tx = now;
         }
-        self.owe_final || next != was
     }
 
     fn enter(&mut self, state: State, diag: Diag) {
@@ -223,19 +222,22 @@ impl Session {
         self.next_tx = now;
     }
 
-    /// The packet due at `now`, if one is; `jitter` (random) spaces the next one at 75-100 %
-    /// of the interval (75-90 % with a multiplier of 1), as RFC 5880 section 6.8.7 asks.
-    pub fn transmit(&mut self, now: Millis, jitter: u32) -> Option<Control> {
-        // Passive until the peer speaks; silent if it asked for no packets (required min RX 0).
-        if !self.heard || self.peer_mac.is_none() || now < self.next_tx {
-            return None;
-        }
-        if self.remote_min_rx_us == 0 && !self.owe_final {
+    /// Whether the session sends at all: passive until the peer speaks (and its MAC is known),
+    /// silent while the peer asks for no packets (required min RX 0) but a final it is owed.
+    fn sends(&self) -> bool {
+        self.heard && self.peer_mac.is_some() && (self.remote_min_rx_us > 0 || self.owe_final)
+    }
+
+    /// The packet due at `now`, if one is; `jitter` (random, drawn only then) spaces the next
+    /// one at 75-100 % of the interval (75-90 % with a multiplier of 1), as RFC 5880 section
+    /// 6.8.7 asks.
+    pub fn transmit(&mut self, now: Millis, jitter: impl FnOnce() -> u32) -> Option<Control> {
+        if !self.sends() || now < self.next_tx {
             return None;
         }
         let interval = u64::from(self.desired_tx_us().max(self.remote_min_rx_us));
         let (low, high) = if self.detect_mult == 1 { (75, 90) } else { (75, 100) };
-        let percent = low + u64::from(jitter) % (high - low + 1);
+        let percent = low + u64::from(jitter()) % (high - low + 1);
         self.next_tx = after_micros(now, interval * percent / 100);
         let final_ = core::mem::take(&mut self.owe_final);
         self.counters.sent += 1;
@@ -255,13 +257,9 @@ impl Session {
 
     /// When [`Session::transmit`] or [`Session::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let sends = self.heard && self.peer_mac.is_some() && (self.remote_min_rx_us > 0 || self.owe_final);
-        let tx = sends.then_some(self.next_tx);
+        let tx = self.sends().then_some(self.next_tx);
         let detect = matches!(self.state, State::Init | State::Up).then_some(self.detect_at);
-        match (tx, detect) {
-            (Some(a), Some(b)) => Some(if a < b { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        tx.into_iter().chain(detect).min()
     }
 }
 

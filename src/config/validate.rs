@@ -504,35 +504,26 @@ fn bfd(raw: &RawBfd, cfg: &Config) -> Result<Bfd> {
         out.shutdown_drain_millis = ms;
     }
     for (i, r) in raw.sessions.items.iter().enumerate() {
-        let path = |field: &str| -> String<64> {
-            let mut p = String::new();
-            let _ = write!(p, "bfd.sessions[{i}].{field}");
-            p
-        };
         let interval = |field: &str, value: Option<u32>| -> Result<u32> {
             match value.unwrap_or(BfdSession::DEFAULT_INTERVAL_MILLIS) {
                 v @ 10..=10_000 => Ok(v),
-                v => fail!(format_args!("{}", path(field)), "{v} is outside 10-10000 milliseconds"),
+                v => fail!(format_args!("bfd.sessions[{i}].{field}"), "{v} is outside 10-10000 milliseconds"),
             }
         };
-        let text = required(format_args!("{}", path("peer")), r.peer)?;
-        let peer = ipv4(format_args!("{}", path("peer")), text)?;
+        let path = format_args!("bfd.sessions[{i}].peer");
+        let peer = ipv4(path, required(path, r.peer)?)?;
         if let Some(n) = cfg.nodes.iter().find(|n| n.address_on_link(peer).is_none()) {
-            fail!(
-                format_args!("{}", path("peer")),
-                "{peer} is on none of node {}'s subnets (BFD is single hop)",
-                n.name
-            );
+            fail!(path, "{peer} is on none of node {}'s subnets (BFD is single hop)", n.name);
         }
         if cfg.nodes.iter().any(|n| n.owns(peer)) || cfg.services.iter().any(|s| s.virtual_ips().any(|v| v == peer)) {
-            fail!(format_args!("{}", path("peer")), "{peer} is a node address or a virtual IP");
+            fail!(path, "{peer} is a node address or a virtual IP");
         }
         if out.sessions.iter().any(|s| s.peer == peer) {
-            fail!(format_args!("{}", path("peer")), "{peer} has an earlier session");
+            fail!(path, "{peer} has an earlier session");
         }
         let detect_multiplier = match r.detect_multiplier.unwrap_or(BfdSession::DEFAULT_DETECT_MULTIPLIER.into()) {
             m @ 1..=255 => m as u8,
-            m => fail!(format_args!("{}", path("detectMultiplier")), "{m} is outside 1-255"),
+            m => fail!(format_args!("bfd.sessions[{i}].detectMultiplier"), "{m} is outside 1-255"),
         };
         let session = BfdSession {
             peer,

@@ -35,10 +35,8 @@ impl Engine<'_> {
     /// A UDP datagram to port 3784 of a node address: a control packet for one of the sessions.
     pub(super) fn bfd_receive(&mut self, p: &Ipv4Frame<'_>, now: Millis, out: &mut [u8]) -> Verdict {
         match self.bfd_take(p, now) {
-            Ok(Some(i)) => {
-                self.bfd_send(i, now, out).map_or(Verdict::Consumed, |len| Verdict::Reply { len, dropped: None })
-            }
-            Ok(None) => Verdict::Consumed,
+            // A poll or a change of state is answered at once, the rest in its time.
+            Ok(i) => self.bfd_send(i, now, out).map_or(Verdict::Consumed, |len| Verdict::Reply { len, dropped: None }),
             Err(reason) => {
                 self.bfd_dropped[reason as usize] += 1;
                 Verdict::Drop(DropReason::Bfd)
@@ -46,8 +44,8 @@ impl Engine<'_> {
         }
     }
 
-    /// Checks `p` and hands it to its session; `Some(session)` when that answers at once.
-    fn bfd_take(&mut self, p: &Ipv4Frame<'_>, now: Millis) -> Result<Option<usize>, BfdDrop> {
+    /// Checks `p` and hands it to its session; the session's index.
+    fn bfd_take(&mut self, p: &Ipv4Frame<'_>, now: Millis) -> Result<usize, BfdDrop> {
         let bytes = p.bytes();
         let udp = &bytes[p.l4..p.end];
         let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
@@ -75,18 +73,18 @@ impl Engine<'_> {
         };
         let session = &mut self.bfd[i];
         session.peer_mac = Some(packet::src_mac(bytes));
-        Ok(session.receive(&c, now).then_some(i))
+        session.receive(&c, now);
+        Ok(i)
     }
 
     /// Session `i`'s packet, if one is due, written to `out`.
     fn bfd_send(&mut self, i: usize, now: Millis, out: &mut [u8]) -> Option<usize> {
-        let jitter = self.rng.next_u64() as u32;
-        let s = &mut self.bfd[i];
-        let mac = s.peer_mac?;
-        let c = s.transmit(now, jitter)?;
+        let (rng, s) = (&mut self.rng, &mut self.bfd[i]);
+        let c = s.transmit(now, || rng.next_u64() as u32)?;
         let mut payload = [0u8; wire::LEN];
         c.emit(&mut payload);
-        let macs = (self.services.node.mac.0, mac);
+        // transmit sends only once the peer's MAC is known.
+        let macs = (self.services.node.mac.0, s.peer_mac?);
         Some(reply::udp_datagram(macs, (s.local, s.source_port), (s.peer, PORT), TTL, &payload, out))
     }
 

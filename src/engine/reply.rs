@@ -13,12 +13,9 @@ const TTL: u8 = 64;
 /// Bytes of the offending datagram an ICMP error quotes beyond its IP header (RFC 792).
 const QUOTED_PAYLOAD: usize = 8;
 
-/// Writes an IPv4 header for `payload_len` bytes of `proto` at `out[ETH_HEADER..]`.
-fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) {
-    ipv4_header_with_ttl(out, src, dst, proto, payload_len, TTL);
-}
-
-fn ipv4_header_with_ttl(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, ttl: u8) {
+/// Writes an IPv4 header for `payload_len` bytes of `proto`, sent with `ttl`, at
+/// `out[ETH_HEADER..]`.
+fn ipv4_header(out: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, ttl: u8) {
     let h = &mut out[ETH_HEADER..ETH_HEADER + 20];
     h.fill(0);
     h[0] = 0x45;
@@ -49,7 +46,7 @@ pub fn udp_datagram(
     }
     set_macs(out, our_mac, to_mac);
     out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
-    ipv4_header_with_ttl(out, src.0, dst.0, PROTO_UDP, udp_len, ttl);
+    ipv4_header(out, src.0, dst.0, PROTO_UDP, udp_len, ttl);
     let u = &mut out[ETH_HEADER + 20..len];
     u[0..2].copy_from_slice(&src.1.to_be_bytes());
     u[2..4].copy_from_slice(&dst.1.to_be_bytes());
@@ -78,7 +75,7 @@ pub fn tcp_reset(p: &Ipv4Frame<'_>, our_mac: [u8; 6], out: &mut [u8]) -> usize {
     let ack = u32::from_be_bytes([seg[8], seg[9], seg[10], seg[11]]);
     set_macs(out, our_mac, src_mac(frame));
     out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
-    ipv4_header(out, f.dst, f.src, PROTO_TCP, 20);
+    ipv4_header(out, f.dst, f.src, PROTO_TCP, 20, TTL);
     let t = &mut out[ETH_HEADER + 20..len];
     t.fill(0);
     t[0..2].copy_from_slice(&dport.to_be_bytes());
@@ -117,7 +114,7 @@ pub fn icmp_error(
     }
     set_macs(out, our_mac, src_mac(frame));
     out[12..ETH_HEADER].copy_from_slice(&u16::from(EthernetProtocol::Ipv4).to_be_bytes());
-    ipv4_header(out, from, f.src, PROTO_ICMP, icmp_len);
+    ipv4_header(out, from, f.src, PROTO_ICMP, icmp_len, TTL);
     let m = &mut out[ETH_HEADER + 20..len];
     m[..8].fill(0);
     m[0] = icmp_type;
