@@ -185,10 +185,29 @@ fn hostile_packets_are_dropped_and_counted_by_reason() {
         assert_eq!(e.bfd_dropped(*reason), before + 1, "{reason:?}");
     }
     assert_eq!(e.counters().dropped(DropReason::Bfd), cases.len() as u64);
+    let metrics = metrics_of(&e);
+    for series in [
+        r#"nodegate_bfd_session_state{peer="10.77.0.254"} 3"#,
+        r#"nodegate_bfd_packets_received_total{peer="10.77.0.254"} 2"#,
+        r#"nodegate_bfd_session_up_total{peer="10.77.0.254"} 1"#,
+        r#"nodegate_bfd_dropped_total{reason="bad_ttl"} 1"#,
+        r#"nodegate_bfd_dropped_total{reason="bad_discriminator"} 3"#,
+        r#"nodegate_drops_total{reason="bfd"} 9"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    }
     let s = &e.bfd_sessions()[0];
     assert_eq!((s.state, s.counters.received), (State::Up, 2), "nothing hostile reached the session");
     c.final_ = true;
     assert_eq!(send(&mut e, control(&c, 255), 20).0, Verdict::Consumed);
+}
+
+fn metrics_of(e: &Engine) -> String {
+    let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
+    let mut w = nodegate::text::SliceWriter::new(&mut buf);
+    nodegate::metrics::render(e, &nodegate::time::Turns::default(), &mut w).unwrap();
+    let len = w.len();
+    String::from_utf8(buf[..len].to_vec()).unwrap()
 }
 
 fn fix_udp_checksum(mut f: Vec<u8>) -> Vec<u8> {

@@ -138,9 +138,14 @@ fn check_diff_says_what_a_reload_would_change_or_why_it_would_be_refused() {
         .replace(r#"{"ip":"10.77.0.11"},"#, ""),
     );
     let moved = temp_config("diff-moved", &site("Cluster", "", "10.77.0.2/24").replace("10.77.0.1", "10.77.0.2"));
+    let with_bfd = temp_config(
+        "diff-bfd",
+        &site("Cluster", "", "10.77.0.1/24")
+            .replace(r#""services""#, r#""bfd":{"sessions":[{"peer":"10.77.0.254"}]},"services""#),
+    );
     let diff = |new: &std::path::Path| nodegate(&["check", "--diff", running.to_str().unwrap(), new.to_str().unwrap()]);
-    let (none, some, refused) = (diff(&same), diff(&changed), diff(&moved));
-    for p in [&running, &same, &changed, &moved] {
+    let (none, some, refused, bfd) = (diff(&same), diff(&changed), diff(&moved), diff(&with_bfd));
+    for p in [&running, &same, &changed, &moved, &with_bfd] {
         let _ = std::fs::remove_file(p);
     }
     assert!(none.status.success());
@@ -162,5 +167,10 @@ fn check_diff_says_what_a_reload_would_change_or_why_it_would_be_refused() {
             "{}: a reload would be refused: nodes: node edge-1 changed its TAP, bridge, MAC or addresses: restart nodegate to apply that\n",
             moved.display()
         )
+    );
+    assert_eq!(bfd.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(bfd.stderr).unwrap(),
+        format!("{}: a reload would be refused: bfd: changed: restart nodegate to apply that\n", with_bfd.display())
     );
 }

@@ -59,8 +59,12 @@ fn the_metrics_of_the_largest_config_fit_their_buffer() {
             )
         })
         .collect();
+    let sessions: Vec<String> =
+        (0..board::MAX_BFD_SESSIONS).map(|i| format!(r#"{{"peer":"10.77.0.{}"}}"#, 254 - i)).collect();
     let json = format!(
-        r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.77.0.254"}}],"services":[{}]}}"#,
+        r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.77.0.1/24"],"gateway":"10.77.0.254"}}],
+            "bfd":{{"sessions":[{}]}},"services":[{}]}}"#,
+        sessions.join(","),
         services.join(",")
     );
     let cfg = nodegate::config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
