@@ -12,10 +12,8 @@ use nodegate::bfd::{BfdDrop, State};
 use nodegate::config;
 use nodegate::engine::{DropReason, Engine, Verdict};
 use nodegate::time::Millis;
-use support::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, Room};
+use support::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, ROUTER, ROUTER_MAC, Room, bfd_from_router};
 
-const ROUTER: [u8; 4] = [10, 77, 0, 254];
-const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const VIP: [u8; 4] = [10, 96, 0, 10];
 
 const CONFIG: &str = r#"{
@@ -37,21 +35,6 @@ fn control(c: &Control, ttl: u8) -> Vec<u8> {
     let mut payload = [0u8; 24];
     c.emit(&mut payload);
     built!(PacketBuilder::ethernet2(ROUTER_MAC, NODE_MAC).ipv4(ROUTER, NODE, ttl).udp(49200, 3784), &payload)
-}
-
-fn router(state: State, your_disc: u32) -> Control {
-    Control {
-        diag: 0,
-        state,
-        poll: false,
-        final_: false,
-        demand: false,
-        detect_mult: 3,
-        my_disc: 0x5151,
-        your_disc,
-        desired_min_tx_us: 100_000,
-        required_min_rx_us: 100_000,
-    }
 }
 
 /// The BFD packet in an answer or output frame: checks its headers, returns its control.
@@ -92,11 +75,11 @@ fn output(e: &mut Engine, now: u64) -> Vec<Control> {
 
 /// Up by the three-way handshake; returns the session's discriminator.
 fn bring_up(e: &mut Engine, now: u64) -> u32 {
-    let (v, out) = send(e, control(&router(State::Down, 0), 255), now);
+    let (v, out) = send(e, control(&bfd_from_router(State::Down, 0), 255), now);
     assert!(matches!(v, Verdict::Reply { dropped: None, .. }), "{v:?}");
     let init = answer(&out);
     assert_eq!((init.state, init.your_disc), (State::Init, 0x5151));
-    let (_, out) = send(e, control(&router(State::Up, init.my_disc), 255), now);
+    let (_, out) = send(e, control(&bfd_from_router(State::Up, init.my_disc), 255), now);
     assert_eq!(answer(&out).state, State::Up);
     assert_eq!(e.bfd_sessions()[0].state, State::Up);
     init.my_disc
@@ -113,7 +96,7 @@ fn the_routers_packets_bring_a_session_up_and_keep_it_up() {
     for now in (0..=1000).step_by(10) {
         sent.extend(output(&mut e, now));
         if now % 100 == 0 {
-            let from_router = Control { final_: now == 200, ..router(State::Up, disc) };
+            let from_router = Control { final_: now == 200, ..bfd_from_router(State::Up, disc) };
             assert_eq!(send(&mut e, control(&from_router, 255), now).0, Verdict::Consumed);
         }
     }
@@ -133,7 +116,7 @@ fn hostile_packets_are_dropped_and_counted_by_reason() {
     let mut room = Room::new(64);
     let mut e = engine(&mut room, "edge-1", 1);
     let disc = bring_up(&mut e, 0);
-    let mut c = router(State::Up, disc);
+    let mut c = bfd_from_router(State::Up, disc);
     let cases: Vec<(Vec<u8>, BfdDrop)> = vec![
         (control(&c, 254), BfdDrop::BadTtl),
         (control(&Control { detect_mult: 0, ..c }, 255), BfdDrop::BadField),
@@ -231,14 +214,14 @@ fn a_gateway_that_cannot_serve_or_is_leaving_says_admin_down() {
     }
     let sent = output(&mut e, 10);
     assert_eq!(sent.iter().map(|c| (c.state, c.diag)).collect::<Vec<_>>(), [(State::AdminDown, 7)], "at once");
-    assert_eq!(send(&mut e, control(&router(State::Up, disc), 255), 20).0, Verdict::Consumed);
+    assert_eq!(send(&mut e, control(&bfd_from_router(State::Up, disc), 255), 20).0, Verdict::Consumed);
     assert_eq!(e.bfd_sessions()[0].state, State::AdminDown, "the router's Up changes nothing");
     // An endpoint back: the session starts again from Down and comes up with the router.
     e.set_endpoint_health(0, 1, true);
     assert_eq!(output(&mut e, 30)[0].state, State::Down);
-    let (_, out) = send(&mut e, control(&router(State::Down, disc), 255), 40);
+    let (_, out) = send(&mut e, control(&bfd_from_router(State::Down, disc), 255), 40);
     assert_eq!(answer(&out).state, State::Init);
-    send(&mut e, control(&router(State::Up, disc), 255), 50);
+    send(&mut e, control(&bfd_from_router(State::Up, disc), 255), 50);
     assert_eq!(e.bfd_sessions()[0].state, State::Up);
     // Leaving: AdminDown at once, and the gateway still forwards while the router moves away.
     e.bfd_leave(Millis(60));

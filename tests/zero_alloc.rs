@@ -78,21 +78,9 @@ fn frames(round: u16, disc: u32) -> Vec<Vec<u8>> {
     ];
     let (state, your_disc) = if round == 0 { (State::Down, 0) } else { (State::Up, disc) };
     let mut bfd = [0u8; 24];
-    Control {
-        diag: 0,
-        state,
-        poll: round % 100 == 1,
-        final_: false,
-        demand: false,
-        detect_mult: 3,
-        my_disc: 7,
-        your_disc,
-        desired_min_tx_us: 100_000,
-        required_min_rx_us: 100_000,
-    }
-    .emit(&mut bfd);
+    Control { poll: round % 100 == 1, ..support::bfd_from_router(state, your_disc) }.emit(&mut bfd);
     out.push(built!(
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], NODE_MAC).ipv4([10, 77, 0, 254], node, 255).udp(49200, 3784),
+        PacketBuilder::ethernet2(support::ROUTER_MAC, NODE_MAC).ipv4(support::ROUTER, node, 255).udp(49200, 3784),
         &bfd
     ));
     out.push(vec![0xff; 9]);

@@ -15,6 +15,8 @@ pub const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 pub const NODE: [u8; 4] = [10, 77, 0, 1];
 pub const CLIENT: [u8; 4] = [10, 77, 0, 100];
 pub const EP: [u8; 4] = [10, 77, 0, 11];
+pub const ROUTER: [u8; 4] = [10, 77, 0, 254];
+pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 
 /// What an engine runs in, on the heap: a connection table of `capacity` flows and the engine's
 /// own tables ([`Resources`]), so that no test needs a big stack.
@@ -48,6 +50,23 @@ impl Room {
     pub fn engine_seeded(&mut self, config: &Config, node: Option<&str>, seed: u64) -> Engine<'_> {
         let table = Table::new(&mut self.flows, &mut self.buckets, [3, 4], board::TIMEOUTS);
         Engine::new(config, node, table, &mut self.resources, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A BFD control packet from the router in `state` (BIRD's timers: 100 ms, multiplier 3),
+/// addressed to the session `your_disc` (0: not known yet).
+pub fn bfd_from_router(state: nodegate::bfd::State, your_disc: u32) -> nodegate::bfd::wire::Control {
+    nodegate::bfd::wire::Control {
+        diag: 0,
+        state,
+        poll: false,
+        final_: false,
+        demand: false,
+        detect_mult: 3,
+        my_disc: 0x5151,
+        your_disc,
+        desired_min_tx_us: 100_000,
+        required_min_rx_us: 100_000,
     }
 }
 
