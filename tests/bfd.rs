@@ -266,3 +266,32 @@ fn gateways_with_other_addresses_macs_and_keys_choose_the_same_endpoint_for_ever
     }
     assert_eq!(agree, 100_000);
 }
+
+#[test]
+fn behind_ecmp_a_mid_stream_segment_is_taken_up_as_an_established_flow() {
+    let mut room = Room::new(64);
+    let mut e = engine(&mut room, "edge-1", 1);
+    let mut out = [0u8; 1514];
+    for ep in 11..=13 {
+        e.process(&mut support::arp(2, [2, 0, 0, 0, 0, ep], [10, 77, 0, ep], NODE), Millis(0), &mut out);
+    }
+    // An ACK with data of a connection another gateway opened: ECMP moved it here.
+    let mut moved = built!(
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(CLIENT, VIP, 64).tcp(40000, 80, 5000, 1000).ack(9000),
+        b"more"
+    );
+    assert_eq!(e.process(&mut moved, Millis(10), &mut out), Verdict::Forward);
+    assert_eq!(e.counters().flows_picked_up, 1);
+    let flow = e.conntrack().flows().next().unwrap();
+    assert_eq!(flow.state.as_str(), "ESTABLISHED");
+    // Without BFD (or high availability) the same segment has no flow to belong to.
+    let plain = CONFIG.replace(r#""bfd": { "sessions": [{ "peer": "10.77.0.254" }] },"#, "");
+    let cfg = config::parse(plain.as_bytes()).unwrap();
+    let mut room = Room::new(64);
+    let mut e = room.engine(&cfg, Some("edge-1"));
+    let mut moved = built!(
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv4(CLIENT, VIP, 64).tcp(40000, 80, 5000, 1000).ack(9000),
+        b"more"
+    );
+    assert_eq!(e.process(&mut moved, Millis(10), &mut out), Verdict::Drop(DropReason::TcpNoFlow));
+}

@@ -253,9 +253,9 @@ impl Default for Reload {
 
 impl Reload {
     /// Validates `next` against `running` for node `node_name` and builds what the loop swaps
-    /// in. The node itself (TAP, MAC, addresses) and flow sync cannot change without a restart.
-    /// Services,
-    /// ports and endpoints are matched by name, by name, protocol and port, and by address.
+    /// in; what cannot change without a restart is [`crate::config::diff::reload_refuses`].
+    /// Services, ports and endpoints are matched by name, by name, protocol and port, and by
+    /// address.
     pub fn prepare(&mut self, running: &Config, next: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
         crate::config::diff::reload_refuses(running, next, node_name)?;
         let renumbering = &mut self.renumbering;
