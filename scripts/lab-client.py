@@ -15,15 +15,11 @@
                                        a datagram every INTERVAL_MS (50) on one 5-tuple, each
                                        waiting for its answer; prints each answer's backend and
                                        "udpstream: N sent, M answered"
-  lab-client.py keepalive HOST PORT SECONDS CONNECTIONS
-                                       HTTP/1.1 GETs one after another on CONNECTIONS kept-alive
-                                       connections, in turn, for SECONDS (each answer may take 15 s);
-                                       prints "keepalive: N requests, F failed, R reconnected on C
-                                       connections" (a reconnect: a connection's source port changed)
   lab-client.py longlived HOST PORT SECONDS CONNECTIONS [INTERVAL_MS]
                                        CONNECTIONS kept-alive HTTP/1.1 connections at once, each
-                                       with a GET every INTERVAL_MS (200) for SECONDS (an answer may
-                                       take 5 s); a connection that fails once is broken and stops;
+                                       with a GET every INTERVAL_MS (200; 0: back to back) for SECONDS
+                                       (an answer may take 5 s); a connection that fails once, or that
+                                       http.client opened again (its source port changed), is broken;
                                        prints "via ADDRESS: N connections, B broken" per source the
                                        backends saw (the gateway, with SNAT) and "longlived: N
                                        connections, B broken, R requests"
@@ -265,34 +261,6 @@ elif mode == "udpflows":
     again = round_trip("again")
     print(f"udpflows: {count} flows, {first} answered, {again} answered again")
     failed = 0 if first == again == count else 1
-elif mode == "keepalive":
-    import http.client
-    seconds, count = float(sys.argv[4]), int(sys.argv[5])
-    conns = [http.client.HTTPConnection(host, port, timeout=15) for _ in range(count)]
-    for c in conns:
-        c.connect()
-    ports = [c.sock.getsockname()[1] for c in conns]
-    requests = errors = reconnects = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for i, c in enumerate(conns):
-            try:
-                c.request("GET", "/")
-                answer = c.getresponse()
-                answer.read()
-                requests += 1
-                if answer.status != 200:
-                    errors += 1
-            except (OSError, http.client.HTTPException):
-                errors += 1
-                c.close()
-            if c.sock is None:
-                c.connect()
-            if c.sock.getsockname()[1] != ports[i]:
-                reconnects += 1
-                ports[i] = c.sock.getsockname()[1]
-    print(f"keepalive: {requests} requests, {errors} failed, {reconnects} reconnected on {count} connections")
-    failed = 1 if errors or reconnects else 0
 elif mode == "longlived":
     import http.client
     import resource
@@ -308,12 +276,16 @@ elif mode == "longlived":
         via, broken = None, None
         c = http.client.HTTPConnection(host, port, timeout=5)
         try:
+            c.connect()
+            source = c.sock.getsockname()[1]
             while time.monotonic() < deadline:
                 c.request("GET", "/")
                 answer = c.getresponse()
                 body = answer.read().decode()
                 if answer.status != 200 or " saw " not in body:
                     raise OSError(f"answer {answer.status}")
+                if c.sock is None or c.sock.getsockname()[1] != source:
+                    raise OSError("reconnected")
                 via = via or body.split(" saw ")[1].split(":")[0]
                 requests[i] += 1
                 time.sleep(interval)
