@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Lab, finish, lab_available, run, stop};
+use common::{Lab, finish, lab_available, run, stop, tracked};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::thread::sleep;
@@ -228,11 +228,9 @@ impl Drop for Ecmp {
 }
 
 /// The lines of a `longlived` client's output: connections and broken ones per gateway.
-fn per_gateway(out: &str, gateway: &str) -> (u32, u32) {
-    let line = out.lines().find(|l| l.starts_with(&format!("via {gateway}:"))).unwrap_or("");
-    let words: Vec<&str> = line.split([' ', ',', ':']).filter(|w| !w.is_empty()).collect();
-    let number = |unit: &str| words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0);
-    (number("connections"), number("broken"))
+fn per_gateway(out: &str, gateway: &str) -> (u64, u64) {
+    let prefix = format!("via {gateway}:");
+    (common::number_before(out, &prefix, "connections"), common::number_before(out, &prefix, "broken"))
 }
 
 /// 300 long-lived connections over the three gateways; gateway 2 is killed: BFD takes it out
@@ -306,12 +304,6 @@ fn kill_under_load(mut ecmp: Ecmp, shape: &str) {
 fn bfd_flaps(status: &str) -> u64 {
     let ups = |l: &str| l.split(", up ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
     status.lines().filter(|l| l.starts_with("bfd: peer")).filter_map(ups).map(|n| n.saturating_sub(1)).sum()
-}
-
-/// Flows gateway `n` tracks, from its status.
-fn tracked(status: &str) -> u64 {
-    let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
-    line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
 }
 
 /// A gateway told to stop (SIGTERM) says AdminDown first: the router takes it out at once, it

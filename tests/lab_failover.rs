@@ -147,22 +147,12 @@ impl Pair {
         status.lines().next().and_then(|l| l.rsplit(", ").next()).unwrap_or("down").to_string()
     }
 
-    /// A number on the status line starting `prefix`, before the word `unit`.
-    fn count(&self, n: usize, prefix: &str, unit: &str) -> u64 {
-        let status = self.status(n);
-        let line = status.lines().find(|l| l.starts_with(prefix)).unwrap_or("");
-        let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
-        words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0)
-    }
-
     fn forwarded(&self, n: usize) -> u64 {
-        self.count(n, "frames:", "forwarded")
+        common::number_before(&self.status(n), "frames:", "forwarded")
     }
 
     fn tracked(&self, n: usize) -> u64 {
-        let status = self.status(n);
-        let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
-        line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
+        common::tracked(&self.status(n))
     }
 
     /// A metric of gateway `n`, scraped from the client.

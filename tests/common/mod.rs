@@ -287,6 +287,20 @@ pub fn sample(metrics: &str, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
 }
 
+/// The number before the word `unit` on the first line of `text` that starts with `prefix`
+/// (words split at spaces, commas and colons); 0 when there is none.
+pub fn number_before(text: &str, prefix: &str, unit: &str) -> u64 {
+    let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or("");
+    let words: Vec<&str> = line.split([' ', ',', ':']).filter(|w| !w.is_empty()).collect();
+    words.windows(2).find(|w| w[1] == unit).and_then(|w| w[0].parse().ok()).unwrap_or(0)
+}
+
+/// The flows a gateway tracks, from its `nodegate status` ("conntrack: N ...").
+pub fn tracked(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
+    line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
 /// Waits for a client from [`Lab::spawn_client`]: whether it succeeded, and what it printed.
 pub fn finish(client: Child) -> (bool, String) {
     let out = client.wait_with_output().expect("lab client ends");
