@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Lab, finish, lab_available, run, stop};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -111,19 +112,12 @@ impl Pair {
             .collect();
         let path = self.dir.join(format!("keepalived-{n}.conf"));
         std::fs::write(&path, conf.join("\n") + "\n").unwrap();
-        let log = std::fs::File::create(self.dir.join(format!("keepalived-{n}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lab.ns(&format!("ka{n}")), "keepalived", "--dont-fork", "--log-console"])
-            .args(["--vrrp", "-f"])
-            .arg(&path)
-            .arg("-p")
-            .arg(self.dir.join(format!("keepalived-{n}.pid")))
-            .arg("-r")
-            .arg(self.dir.join(format!("vrrp-{n}.pid")))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("keepalived runs (scripts/test installs it)");
+        let (pid, vrrp_pid) = (self.dir.join(format!("keepalived-{n}.pid")), self.dir.join(format!("vrrp-{n}.pid")));
+        let command = ["keepalived", "--dont-fork", "--log-console", "--vrrp", "-f"].map(OsStr::new).into_iter();
+        let command =
+            command.chain([path.as_os_str(), "-p".as_ref(), pid.as_os_str(), "-r".as_ref(), vrrp_pid.as_os_str()]);
+        let log = self.dir.join(format!("keepalived-{n}.log"));
+        let child = self.lab.spawn_in(&format!("ka{n}"), command, &log);
         self.keepalived[n - 1] = Some(child);
     }
 
@@ -161,13 +155,8 @@ impl Pair {
         common::sample(&String::from_utf8_lossy(&out.stdout), series)
     }
 
-    fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-        let start = Instant::now();
-        while !done() {
-            assert!(start.elapsed() < limit, "waited {limit:?} for {what}:\n{}", self.logs());
-            sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
+    fn wait_for(&self, what: &str, limit: Duration, done: impl FnMut() -> bool) -> Duration {
+        common::wait_for(what, limit, Duration::from_millis(20), done, || self.logs())
     }
 
     /// Both gateways and keepalived beside each: gateway 1 active, gateway 2 standby and in sync.

@@ -4,6 +4,7 @@
 //! when it goes out of scope, also when the test fails.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -238,19 +239,28 @@ impl Lab {
     /// `bin` as node `node` of the site file `config` in the gateway namespace, its control
     /// socket at `control`, logging to `log`: one of several gateways of one site.
     pub fn spawn_node(&self, bin: &Path, node: &str, config: &Path, control: &Path, log: &Path) -> Child {
+        let (bin, config, control) = (bin.as_os_str(), config.as_os_str(), control.as_os_str());
+        let args = [bin, "run".as_ref(), "--node".as_ref(), node.as_ref(), "--config".as_ref(), config];
+        self.spawn_in("gw", args.into_iter().chain(["--control".as_ref(), control]), log)
+    }
+
+    /// `command` (a program and its arguments) in namespace `host`, its output to the file `log`:
+    /// a daemon the test stops by PID.
+    pub fn spawn_in<'a>(&self, host: &str, command: impl IntoIterator<Item = &'a OsStr>, log: &Path) -> Child {
         let log = std::fs::File::create(log).unwrap();
+        let mut command = command.into_iter();
+        let program = command.next().expect("a program");
         Command::new("ip")
-            .args(["netns", "exec", &self.ns("gw")])
-            .arg(bin)
-            .args(["run", "--node", node, "--config"])
-            .arg(config)
-            .arg("--control")
-            .arg(control)
+            .args(["netns", "exec", &self.ns(host)])
+            .arg(program)
+            .args(command)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("nodegate starts")
+            .unwrap_or_else(|e| {
+                panic!("{} starts in {host} (scripts/test installs it): {e}", program.to_string_lossy())
+            })
     }
 
     /// Whether interface `name` exists in namespace `host`.
@@ -299,6 +309,23 @@ pub fn number_before(text: &str, prefix: &str, unit: &str) -> u64 {
 pub fn tracked(status: &str) -> u64 {
     let line = status.lines().find(|l| l.starts_with("conntrack: ")).unwrap_or("conntrack: 0");
     line["conntrack: ".len()..].split(' ').next().and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
+/// Polls `done` every `poll` until it holds (how long that took), or fails after `limit` with
+/// `what` and the `logs`.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    poll: Duration,
+    mut done: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "waited {limit:?} for {what}:\n{}", logs());
+        std::thread::sleep(poll);
+    }
+    start.elapsed()
 }
 
 /// Waits for a client from [`Lab::spawn_client`]: whether it succeeded, and what it printed.
