@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nodegate::board;
-use nodegate::config::{Config, Endpoint, Node, SessionAffinity, TrafficPolicy, diff};
+use nodegate::config::{Config, Node, SessionAffinity, diff};
 
 use nodegate::host::{control, load, memory, runner};
 
@@ -200,13 +200,15 @@ fn service_table(config: &Config, node: &Node) -> String {
     let mut rows = vec![
         ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "AFFINITY", "ENDPOINTS"].map(String::from),
     ];
+    let node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
     for svc in &config.services {
         let target = svc.ports.first().map_or(0, |p| p.target_port);
-        let this_node = |e: &&Endpoint| {
-            svc.external_traffic_policy == TrafficPolicy::Cluster
-                || e.node.is_some_and(|i| config.nodes.get(i as usize).is_some_and(|n| n.name == node.name))
-        };
-        let endpoints = svc.endpoints.iter().filter(this_node).map(|e| format!("{}:{target}", e.ip)).collect();
+        let endpoints = svc
+            .endpoints
+            .iter()
+            .filter(|e| svc.sends_to(e, node_index))
+            .map(|e| format!("{}:{target}", e.ip))
+            .collect();
         let policy = match svc.health_check_node_port {
             Some(hc) => format!("{} (health {hc})", svc.external_traffic_policy.as_str()),
             None => svc.external_traffic_policy.as_str().into(),

@@ -295,3 +295,84 @@ fn behind_ecmp_a_mid_stream_segment_is_taken_up_as_an_established_flow() {
     );
     assert_eq!(e.process(&mut moved, Millis(10), &mut out), Verdict::Drop(DropReason::TcpNoFlow));
 }
+
+/// Behind ECMP with Local policy the router sends an endpoint's reply through any gateway, and
+/// after a gateway's loss through another: a gateway takes up the reply of a flow it never saw
+/// when its own Maglev sends that client's tuple to that endpoint, and only then.
+#[test]
+fn behind_ecmp_a_reply_of_a_flow_another_gateway_opened_is_taken_up_with_local_policy() {
+    let local = CONFIG.replace("Cluster", "Local");
+    let cfg = config::parse(local.as_bytes()).unwrap();
+    let (mut a, mut b) = (Room::new(64), Room::new(64));
+    let (mut opener, mut other) = (a.engine(&cfg, Some("edge-2")), b.engine(&cfg, Some("edge-1")));
+    let mut out = [0u8; 1514];
+    for ep in 11..=13 {
+        // Broadcast requests: edge-2 learns from them too (replies are addressed to edge-1).
+        opener.process(
+            &mut support::arp(1, [2, 0, 0, 0, 0, ep], [10, 77, 0, ep], [10, 77, 0, 99]),
+            Millis(0),
+            &mut out,
+        );
+    }
+    other.process(&mut support::arp(2, ROUTER_MAC, ROUTER, NODE), Millis(0), &mut out);
+    // A client behind the router opens a connection through edge-2; the endpoints have no
+    // node, so Local sends to them from every gateway, and keeps the client's address.
+    let client = [172, 16, 0, 5];
+    let mut syn = built!(
+        PacketBuilder::ethernet2(ROUTER_MAC, [2, 0, 0, 0, 0, 2]).ipv4(client, VIP, 64).tcp(40000, 80, 1, 1000).syn(),
+        b""
+    );
+    assert_eq!(opener.process(&mut syn, Millis(10), &mut out), Verdict::Forward);
+    assert_eq!(&syn[26..30], &client, "Local keeps the client's address");
+    let chosen: [u8; 4] = syn[30..34].try_into().unwrap();
+    let reply = |from: [u8; 4], syn: bool, rst: bool, payload: &[u8]| {
+        let tcp = PacketBuilder::ethernet2(ROUTER_MAC, NODE_MAC).ipv4(from, client, 64).tcp(30080, 40000, 7000, 1000);
+        let tcp = if syn { tcp.syn() } else { tcp };
+        let tcp = if rst { tcp.rst() } else { tcp };
+        built!(tcp.ack(2), payload)
+    };
+    // Its SYN-ACK comes back through edge-1 (the router hashes the reply's tuple on its own).
+    let mut syn_ack = reply(chosen, true, false, b"");
+    assert_eq!(other.process(&mut syn_ack, Millis(20), &mut out), Verdict::Forward);
+    let p = SlicedPacket::from_ethernet(&syn_ack).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else { panic!("not TCP") };
+    assert_eq!((ip.header().source(), ip.header().destination(), ip.header().ttl()), (VIP, client, 63));
+    assert_eq!((tcp.source_port(), tcp.destination_port()), (80, 40000));
+    assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv4(&ip.header().to_header(), tcp.payload()).unwrap());
+    assert_eq!(ip.header().header_checksum(), ip.header().to_header().calc_header_checksum());
+    assert_eq!((&syn_ack[..6], &syn_ack[6..12]), (&ROUTER_MAC[..], &NODE_MAC[..]), "to the router, from the node");
+    assert_eq!(other.counters().flows_picked_up, 1);
+    let flow = other.conntrack().flows().next().unwrap();
+    assert_eq!(flow.state.as_str(), "ESTABLISHED");
+    // The flow's next replies are tracked ones.
+    assert_eq!(other.process(&mut reply(chosen, false, false, b"data"), Millis(30), &mut out), Verdict::Forward);
+    assert_eq!((other.counters().flows_picked_up, other.conntrack().flows().count()), (1, 1));
+    // Another endpoint's "reply" on that tuple is not the flow's (Maglev sends it elsewhere),
+    // and an RST or a bare SYN opens nothing.
+    let elsewhere = [10, 77, 0, if chosen[3] == 11 { 12 } else { 11 }];
+    let mut fresh = Room::new(64);
+    let mut fresh = fresh.engine(&cfg, Some("edge-1"));
+    fresh.process(&mut support::arp(2, ROUTER_MAC, ROUTER, NODE), Millis(0), &mut out);
+    for (what, mut frame) in
+        [("another endpoint", reply(elsewhere, false, false, b"data")), ("an RST", reply(chosen, false, true, b""))]
+    {
+        assert_eq!(fresh.process(&mut frame, Millis(30), &mut out), Verdict::Drop(DropReason::OtherAddress), "{what}");
+    }
+    let mut bare_syn = built!(
+        PacketBuilder::ethernet2(ROUTER_MAC, NODE_MAC).ipv4(chosen, client, 64).tcp(30080, 40000, 7000, 1000).syn(),
+        b""
+    );
+    assert_eq!(fresh.process(&mut bare_syn, Millis(30), &mut out), Verdict::Drop(DropReason::OtherAddress));
+    assert_eq!(fresh.conntrack().flows().count(), 0);
+    // With Cluster policy the endpoints answer the gateway's own address, never a client: a
+    // reply to a client is no flow's. Nor without BFD or high availability.
+    for site in [CONFIG.to_string(), local.replace(r#""bfd": { "sessions": [{ "peer": "10.77.0.254" }] },"#, "")] {
+        let cfg = config::parse(site.as_bytes()).unwrap();
+        let mut room = Room::new(64);
+        let mut e = room.engine(&cfg, Some("edge-1"));
+        e.process(&mut support::arp(2, ROUTER_MAC, ROUTER, NODE), Millis(0), &mut out);
+        let mut frame = reply(chosen, false, false, b"data");
+        assert_eq!(e.process(&mut frame, Millis(30), &mut out), Verdict::Drop(DropReason::OtherAddress));
+    }
+}

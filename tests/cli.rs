@@ -96,13 +96,15 @@ fn version_names_the_board_and_its_capacities() {
 fn check_shows_allocated_node_ports_policy_and_affinity() {
     let path = temp_config(
         "effective",
-        r#"{"nodes":[{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]}],
+        r#"{"nodes":[{"name":"edge-1","tap":"ng0","addresses":["10.77.0.1/24"]},
+                     {"name":"edge-2","tap":"ng1","addresses":["10.77.0.2/24"]}],
             "services":[{"name":"web","externalTrafficPolicy":"Local","healthCheckNodePort":30100,"sessionAffinity":"ClientIP",
                          "clusterIP":"10.96.0.10","externalIPs":["10.77.0.50"],
                          "ports":[{"name":"http","port":80,"targetPort":3000}],
-                         "endpoints":[{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12"}]}]}"#,
+                         "endpoints":[{"ip":"10.77.0.11","nodeName":"edge-1"},{"ip":"10.77.0.12","nodeName":"edge-2"},
+                                      {"ip":"10.77.0.13"}]}]}"#,
     );
-    let out = nodegate(&["check", "--config", path.to_str().unwrap()]);
+    let out = nodegate(&["check", "--config", path.to_str().unwrap(), "--node", "edge-1"]);
     let config = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     let text = String::from_utf8(out.stdout).unwrap();
@@ -111,7 +113,10 @@ fn check_shows_allocated_node_ports_policy_and_affinity() {
     assert!(row.contains(&format!("80:{allocated}/TCP")), "the allocated nodePort is shown: {text}");
     assert!(row.contains("10.96.0.10") && row.contains("10.77.0.50"), "{text}");
     assert!(row.contains("Local (health 30100)") && row.contains("ClientIP (10800s)"), "{text}");
-    assert!(row.ends_with("10.77.0.11:3000"), "Local: only this node's endpoints: {text}");
+    assert!(
+        row.ends_with(" 10.77.0.11:3000,10.77.0.13:3000"),
+        "Local: this node's endpoints and those of no node, not edge-2's: {text}"
+    );
 }
 
 #[test]

@@ -198,6 +198,16 @@ fn local_policy_uses_this_nodes_endpoints_and_drops_without_one() {
     let mut e = engine(&service(r#""externalTrafficPolicy":"Local","#, eps), &mut s);
     assert_eq!(send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0), Err(Verdict::Drop(DropReason::NoLocalEndpoint)));
     assert_eq!(e.ready_endpoints(0), 0);
+
+    // An endpoint of no node (a server, or a Kubernetes node behind the gateways) is every
+    // gateway's: Local sends to it and counts it as local.
+    let mut s = small();
+    let eps = r#"{"ip":"10.77.0.11","nodeName":"edge-2"},{"ip":"10.77.0.13"}"#;
+    let mut e = engine(&service(r#""externalTrafficPolicy":"Local","healthCheckNodePort":30100,"#, eps), &mut s);
+    for port in 40000..40010 {
+        assert_eq!(send(&mut e, syn(CLIENT_A, port, NODE, 30080), 0).unwrap().0, [10, 77, 0, 13]);
+    }
+    assert_eq!(e.ready_endpoints(0), 1);
 }
 
 #[test]

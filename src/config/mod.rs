@@ -221,6 +221,14 @@ impl Service {
         self.source_ranges.is_empty() || self.source_ranges.iter().any(|r| r.contains_addr(&client))
     }
 
+    /// Whether node `node` (its index in the nodes) sends the service's traffic to `endpoint`:
+    /// any endpoint with Cluster policy; with Local, not one of another node's. An endpoint
+    /// with no node is off the gateways (a Kubernetes node behind them, a server): every
+    /// gateway reaches it alike, and keeps the client's address for it.
+    pub fn sends_to(&self, endpoint: &Endpoint, node: u8) -> bool {
+        self.external_traffic_policy == TrafficPolicy::Cluster || endpoint.node.is_none_or(|n| n == node)
+    }
+
     /// The addresses the service listens on besides the node's: clusterIP and externalIPs.
     pub fn virtual_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.cluster_ip.iter().chain(self.external_ips.iter()).copied()

@@ -180,6 +180,9 @@ impl Engine<'_> {
         match self.services.listener(p.proto, p.dst, dst_port) {
             Some(listener) if for_node => self.new_flow(p, listener, src_port, dst_port, now, out),
             _ if for_node || p.dst.is_broadcast() || p.dst.is_multicast() => Verdict::Stack,
+            _ if self.services.picks_up => {
+                self.pick_up_reply(p, (src_port, dst_port), now, out).unwrap_or(Verdict::Drop(DropReason::OtherAddress))
+            }
             _ => Verdict::Drop(DropReason::OtherAddress),
         }
     }

@@ -38,24 +38,16 @@ impl Engine<'_> {
             svc.counters.source_range_drops += 1;
             return Verdict::Drop(DropReason::SourceRange);
         }
-        // A live pin wins while its endpoint still takes new flows; else Maglev decides.
-        let pinned = match svc.config.session_affinity {
-            SessionAffinity::ClientIp { .. } => self.affinity.lookup(listener.service_index, p.src, secs),
-            SessionAffinity::None => None,
+        let original = Tuple { src: p.src, dst: p.dst, src_port, dst_port, proto: p.proto };
+        let Some(ep) = self.choose(s, &original, secs) else {
+            let svc = &mut self.services.list[s];
+            svc.counters.no_endpoint_drops += 1;
+            return match svc.config.external_traffic_policy {
+                TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
+                TrafficPolicy::Cluster => self.reject(p, now, out),
+            };
         };
-        let ep = match pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)) {
-            Some(e) => e,
-            None => match svc.maglev.pick(flow_hash(p.src, src_port, p.dst, dst_port, p.proto)) {
-                Some(e) => e,
-                None => {
-                    svc.counters.no_endpoint_drops += 1;
-                    return match svc.config.external_traffic_policy {
-                        TrafficPolicy::Local => Verdict::Drop(DropReason::NoLocalEndpoint),
-                        TrafficPolicy::Cluster => self.reject(p, now, out),
-                    };
-                }
-            },
-        };
+        let svc = &self.services.list[s];
         let endpoint = svc.config.endpoints[ep].ip;
         let endpoint_port = svc.config.ports[listener.port_index as usize].target_port;
         let policy = svc.config.external_traffic_policy;
@@ -98,24 +90,109 @@ impl Engine<'_> {
             endpoint_index: ep as u8,
             ..Flow::EMPTY
         };
-        // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
-        if !snat && !self.conntrack.claim(&flow.reply(), secs) {
-            return Verdict::Drop(DropReason::SnatExhausted);
+        if let Err(v) = self.track(&flow, Direction::Original, p, now) {
+            return v;
         }
-        let Ok(slot) = self.conntrack.insert(flow, now) else { return Verdict::Drop(DropReason::ConntrackFull) };
-        // The SYN (or the segment picked up) starts the client's sequence.
-        self.conntrack.seen(slot, Direction::Original, p.tcp, now);
-        self.sync_flow(slot, now);
         self.counters.flows_picked_up += u64::from(picked_up);
         if let SessionAffinity::ClientIp { timeout_seconds } = self.services.list[s].config.session_affinity {
             // Refreshed by every new connection, as kube-proxy's `recent` match does.
             self.affinity.pin(listener.service_index, p.src, ep as u8, secs, timeout_seconds);
             self.sync_pin(&flow, timeout_seconds, now);
         }
-        self.counters.new_flows += 1;
-        self.services.list[s].counters.ports[listener.port_index as usize].connections += 1;
-        self.account(&flow, Direction::Original, p);
         self.forward(p, Rewrite::from(flow.reply().reversed()), None, endpoint, now, out)
+    }
+
+    /// Tracks the new `flow` whose first packet `p` travels `dir`, and counts it.
+    fn track(&mut self, flow: &Flow, dir: Direction, p: &Ipv4Fields, now: Millis) -> Result<(), Verdict> {
+        // A SNAT port was chosen free; without SNAT the client's own tuple may be taken.
+        if !flow.is_snat() && !self.conntrack.claim(&flow.reply(), now.secs()) {
+            return Err(Verdict::Drop(DropReason::SnatExhausted));
+        }
+        let Ok(slot) = self.conntrack.insert(*flow, now) else { return Err(Verdict::Drop(DropReason::ConntrackFull)) };
+        // The first packet (a SYN, or the segment picked up) starts its sender's sequence.
+        self.conntrack.seen(slot, dir, p.tcp, now);
+        self.sync_flow(slot, now);
+        self.counters.new_flows += 1;
+        self.services.list[flow.service_index as usize].counters.ports[flow.port_index as usize].connections += 1;
+        self.account(flow, dir, p);
+        Ok(())
+    }
+
+    /// The endpoint of service `s` for a new flow `original` (client to service address): a
+    /// live pin while its endpoint still takes new flows, else Maglev's choice.
+    fn choose(&self, s: usize, original: &Tuple, secs: u32) -> Option<usize> {
+        let svc = &self.services.list[s];
+        let pinned = match svc.config.session_affinity {
+            SessionAffinity::ClientIp { .. } => self.affinity.lookup(s as u8, original.src, secs),
+            SessionAffinity::None => None,
+        };
+        let t = original;
+        let pick = || svc.maglev.pick(flow_hash(t.src, t.src_port, t.dst, t.dst_port, t.proto));
+        pinned.map(usize::from).filter(|&e| svc.maglev.takes(e)).or_else(pick)
+    }
+
+    /// A reply from an endpoint to a client, of a flow this gateway does not track. Behind ECMP
+    /// with Local policy (no SNAT) the router sends an endpoint's replies through whichever
+    /// gateway its hash picks, and after a gateway's loss through another one: the reply is
+    /// taken up when its flow is one this gateway would have sent to that endpoint itself, a
+    /// `Local` service port whose target is the reply's source, on a virtual IP for which the
+    /// client's tuple chooses that endpoint (Maglev is the same on every gateway). `None`: it
+    /// is not such a reply.
+    pub(super) fn pick_up_reply(
+        &mut self,
+        p: &mut Ipv4Frame<'_>,
+        (src_port, dst_port): (u16, u16),
+        now: Millis,
+        out: &mut [u8],
+    ) -> Option<Verdict> {
+        // An endpoint's SYN opens nothing, and its RST ends what it does not know.
+        if p.tcp.is_some_and(|t| t.flags.rst || !t.flags.ack) {
+            return None;
+        }
+        let secs = now.secs();
+        let (client, proto) = (p.dst, p.proto);
+        let (s, port_index, ep, service_ip, service_port) =
+            self.services.list.iter().enumerate().find_map(|(s, svc)| {
+                let cfg = &svc.config;
+                if cfg.external_traffic_policy != TrafficPolicy::Local {
+                    return None;
+                }
+                let ep = cfg.endpoints.iter().position(|e| e.ip == p.src)?;
+                let ports = cfg.ports.iter().enumerate();
+                let mut ports = ports.filter(|(_, sp)| sp.protocol.number() == proto && sp.target_port == src_port);
+                ports.find_map(|(i, sp)| {
+                    let original = |vip| Tuple { src: client, dst: vip, src_port: dst_port, dst_port: sp.port, proto };
+                    let vip = cfg.virtual_ips().find(|&vip| self.choose(s, &original(vip), secs) == Some(ep))?;
+                    Some((s, i, ep, vip, sp.port))
+                })
+            })?;
+        if let Some(v) = self.ttl_expired(p, now, out) {
+            return Some(v);
+        }
+        let Some(hop) = self.next_hop(client) else { return Some(Verdict::Drop(DropReason::NoRoute)) };
+        let Some(client_mac) = self.neighbors.lookup(hop, now) else { return Some(self.park(p, hop, now, out)) };
+        let flow = Flow {
+            client,
+            service_ip,
+            endpoint: p.src,
+            source: client,
+            client_port: dst_port,
+            service_port,
+            endpoint_port: src_port,
+            source_port: dst_port,
+            client_mac,
+            proto,
+            state: if proto == PROTO_TCP { State::Established } else { State::None },
+            service_index: s as u8,
+            port_index: port_index as u8,
+            endpoint_index: ep as u8,
+            ..Flow::EMPTY
+        };
+        if let Err(v) = self.track(&flow, Direction::Reply, p, now) {
+            return Some(v);
+        }
+        self.counters.flows_picked_up += 1;
+        Some(self.forward(p, Rewrite::from(flow.original().reversed()), Some(client_mac), client, now, out))
     }
 
     /// A source port towards `endpoint:endpoint_port` from `snat_ip` that no tracked flow uses

@@ -8,9 +8,7 @@ use super::packet::PROTO_UDP;
 use super::{Engine, Role};
 use crate::balance::Maglev;
 use crate::board;
-use crate::config::{
-    Config, ConfigError, Endpoint, HighAvailability, Node, Service, ServicePort, ServiceType, TrafficPolicy,
-};
+use crate::config::{Config, ConfigError, HighAvailability, Node, Service, ServicePort, ServiceType};
 use crate::conntrack::{Flow, Renumbering};
 
 /// A service's balancing state.
@@ -26,9 +24,8 @@ impl ServiceState {
     /// Endpoint `i` passes its health checks and may serve this node (`node`: its index), as
     /// Local policy asks.
     fn eligible(&self, i: usize, node: u8) -> bool {
-        let policy_allows =
-            |e: &Endpoint| self.config.external_traffic_policy == TrafficPolicy::Cluster || e.node == Some(node);
-        self.healthy.get(i).copied().unwrap_or(false) && self.config.endpoints.get(i).is_some_and(policy_allows)
+        self.healthy.get(i).copied().unwrap_or(false)
+            && self.config.endpoints.get(i).is_some_and(|e| self.config.sends_to(e, node))
     }
 
     /// Eligible endpoints that are ready: what the healthCheckNodePort reports. Terminating ones
