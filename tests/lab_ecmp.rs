@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 const VIP: &str = "10.96.0.10";
 const NODE_IPS: [&str; 3] = ["10.77.0.1", "10.77.0.2", "10.77.0.3"];
 
-/// The gateways' site: the VIP of `contrib/bird/` to the lab's three backends, with SNAT
-/// (Cluster policy), BFD sessions with `peers`, health checks each second.
-fn site(peers: &[&str]) -> String {
+/// The gateways' site: the VIP of `contrib/bird/` to the lab's three backends (of no node, so
+/// every gateway's) with `policy`, BFD sessions with `peers`, health checks each second.
+fn site(peers: &[&str], policy: Policy) -> String {
     let sessions: Vec<String> = peers.iter().map(|p| format!(r#"{{ "peer": "{p}" }}"#)).collect();
     format!(
         r#"{{
@@ -28,13 +28,24 @@ fn site(peers: &[&str]) -> String {
     {{ "name": "edge-2", "tap": "ng1", "bridge": "br0", "mac": "02:00:00:00:00:02", "addresses": ["10.77.0.2/24"], "gateway": "10.77.0.254", "metricsPort": 9100 }},
     {{ "name": "edge-3", "tap": "ng2", "bridge": "br0", "mac": "02:00:00:00:00:03", "addresses": ["10.77.0.3/24"], "gateway": "10.77.0.254", "metricsPort": 9100 }}],
   "bfd": {{ "sessions": [{}] }},
-  "services": [{{ "name": "web", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Cluster",
+  "services": [{{ "name": "web", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "{policy:?}",
                  "ports": [{{ "port": 80, "targetPort": 3000 }}],
                  "healthCheck": {{ "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2, "healthyThreshold": 1 }},
                  "endpoints": [{{ "ip": "10.77.0.11" }}, {{ "ip": "10.77.0.12" }}, {{ "ip": "10.77.0.13" }}] }}]
 }}"#,
         sessions.join(", ")
     )
+}
+
+/// The service's `externalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Policy {
+    /// SNAT to the gateway's address: the endpoints answer the gateway that sent the flow.
+    Cluster,
+    /// The client's address kept: the endpoints answer through the router, which sends their
+    /// replies over the gateways as it sends the requests (`contrib/bird/router.conf`'s
+    /// `replies` table).
+    Local,
 }
 
 /// How the router learns the VIP's next hops.
@@ -59,7 +70,7 @@ struct Ecmp {
 }
 
 impl Ecmp {
-    fn new(test: &str, tag: &str, shape: Shape) -> Option<Ecmp> {
+    fn new(test: &str, tag: &str, shape: Shape, policy: Policy) -> Option<Ecmp> {
         if !lab_available(test) {
             return None;
         }
@@ -68,7 +79,7 @@ impl Ecmp {
         std::fs::create_dir_all(&dir).unwrap();
         let peers: &[&str] =
             if shape == Shape::Static { &["10.77.0.254"] } else { &["10.77.0.211", "10.77.0.212", "10.77.0.213"] };
-        std::fs::write(dir.join("site.json"), site(peers)).unwrap();
+        std::fs::write(dir.join("site.json"), site(peers, policy)).unwrap();
         let mut ecmp = Ecmp { lab, dir, gateways: [None, None, None], birds: Vec::new(), hosts: 0 };
         // The clients' link to the router.
         let (router, clients) = (ecmp.lab.ns("router"), ecmp.lab.ns("clients"));
@@ -80,7 +91,22 @@ impl Ecmp {
         run("ip", &["-n", &clients, "addr", "add", "10.80.0.100/24", "dev", "eth0"]);
         run("ip", &["-n", &clients, "link", "set", "eth0", "up"]);
         run("ip", &["-n", &clients, "route", "add", "default", "via", "10.80.0.1"]);
-        run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+        // The L4 hash over the packet's own 5-tuple, as a hardware router's (policy 3, these
+        // fields). Policy 1 takes a hash the packet already carries: over a veth that is the
+        // sending socket's, which TCP draws anew on each retransmission timeout, so flows would
+        // move between gateways as no real router moves them.
+        let hash = ["net.ipv4.fib_multipath_hash_policy=3", "net.ipv4.fib_multipath_hash_fields=0x0037"];
+        run("ip", &["netns", "exec", &router, "sysctl", "-qw", hash[0], hash[1]]);
+        if policy == Policy::Local {
+            // As router.conf says: the endpoints' packets to the clients via the gateways, and
+            // no redirects that would pin a client to one of them.
+            ecmp.lab.ip("router", &["rule", "add", "from", "10.77.0.8/29", "lookup", "100"]);
+            let redirects = ["net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"];
+            run("ip", &["netns", "exec", &router, "sysctl", "-qw", redirects[0], redirects[1]]);
+            for be in 1..=3 {
+                ecmp.lab.ip(&format!("be{be}"), &["route", "add", "10.80.0.0/24", "via", "10.77.0.254"]);
+            }
+        }
         for n in 1..=3 {
             ecmp.start_gateway(n);
         }
@@ -174,6 +200,12 @@ impl Ecmp {
             .unwrap()
     }
 
+    /// A sample of gateway `n`'s metrics, fetched from the router.
+    fn metric(&self, n: usize, series: &str) -> u64 {
+        let out = self.lab.client("router", &["get", NODE_IPS[n - 1], "9100", "/metrics"]);
+        common::sample(&String::from_utf8_lossy(&out.stdout), series)
+    }
+
     fn status(&self, n: usize) -> String {
         String::from_utf8_lossy(&self.nodegate(n, "status").stdout).into_owned()
     }
@@ -232,16 +264,19 @@ fn per_gateway(out: &str, gateway: &str) -> (u64, u64) {
 #[test]
 fn a_killed_gateway_leaves_the_route_within_a_second_and_the_others_flows_go_on() {
     let test = "a_killed_gateway_leaves_the_route_within_a_second_and_the_others_flows_go_on";
-    let Some(ecmp) = Ecmp::new(test, "ek", Shape::Static) else { return };
+    let Some(ecmp) = Ecmp::new(test, "ek", Shape::Static, Policy::Cluster) else { return };
     kill_under_load(ecmp, "static routes with BFD");
 }
 
 /// The same with the routes announced over BGP by each gateway's host, gated by BFD there.
 #[test]
 fn a_killed_gateways_host_withdraws_its_announcement_within_a_second() {
-    let Some(ecmp) =
-        Ecmp::new("a_killed_gateways_host_withdraws_its_announcement_within_a_second", "eb", Shape::Announced)
-    else {
+    let Some(ecmp) = Ecmp::new(
+        "a_killed_gateways_host_withdraws_its_announcement_within_a_second",
+        "eb",
+        Shape::Announced,
+        Policy::Cluster,
+    ) else {
         return;
     };
     let kernel = ecmp.lab.ip("router", &["route", "show", VIP]);
@@ -288,6 +323,50 @@ fn kill_under_load(mut ecmp: Ecmp, shape: &str) {
     assert_eq!((broken_1, broken_3), (0, 0), "{out}\n{}", ecmp.logs());
 }
 
+/// With Local policy every gateway can carry every flow: Maglev sends a client's tuple to the
+/// same endpoint everywhere, the endpoint sees the client and answers through the router, and
+/// a gateway takes up what it never saw of a flow, a request or a reply. Gateway 1 is killed
+/// (an outer next hop: ECMP moves a sixth of the survivors' flows between them too), and no
+/// connection breaks, those it carried included; six downloads arrive with every byte, in order.
+#[test]
+fn with_local_policy_a_killed_gateways_connections_carry_on_through_the_others() {
+    let test = "with_local_policy_a_killed_gateways_connections_carry_on_through_the_others";
+    let Some(mut ecmp) = Ecmp::new(test, "el", Shape::Static, Policy::Local) else { return };
+    let client = ecmp.lab.spawn_client("clients", &["longlived", VIP, "80", "14", "300", "1000"]);
+    let streams: Vec<Child> = (0..6).map(|_| ecmp.lab.spawn_client("clients", &["stream", VIP, "80", "12"])).collect();
+    ecmp.wait_for("the connections to spread", Duration::from_secs(10), || {
+        let flows: Vec<u64> = (1..=3).map(|n| tracked(&ecmp.status(n))).collect();
+        flows.iter().all(|&f| f >= 50) && flows.iter().sum::<u64>() >= 300
+    });
+    sleep(Duration::from_secs(2));
+    let carried = tracked(&ecmp.status(1));
+    let picked_before: u64 = [2, 3].iter().map(|&n| ecmp.metric(n, "nodegate_flows_picked_up_total")).sum();
+    let killed = Instant::now();
+    let mut g1 = ecmp.gateways[0].take().unwrap();
+    g1.kill().unwrap();
+    g1.wait().unwrap();
+    ecmp.wait_for("BIRD to drop gateway 1", Duration::from_secs(5), || {
+        ecmp.next_hops().is_some_and(|h| !h.contains(&"10.77.0.1".to_string()))
+    });
+    let detection = killed.elapsed();
+    let (_, out) = finish(client);
+    let downloads: Vec<String> = streams.into_iter().map(|s| finish(s).1.trim().to_string()).collect();
+    let picked: u64 = [2, 3].iter().map(|&n| ecmp.metric(n, "nodegate_flows_picked_up_total")).sum();
+    let summary = out.lines().last().unwrap_or("").to_string();
+    println!(
+        "ecmp kill -9 (Local policy): route withdrawn {:.0} ms after the kill; gateway 1 carried {carried} flows \
+         (requests or replies); the others took up {} after the kill; {summary}; downloads: {}",
+        detection.as_secs_f64() * 1000.0,
+        picked - picked_before,
+        downloads.join(", ")
+    );
+    assert!(detection < Duration::from_secs(1), "{:?}\n{}", detection, ecmp.logs());
+    assert!(carried >= 50, "{}", ecmp.logs());
+    assert!(picked > picked_before, "the survivors took gateway 1's flows up\n{}", ecmp.logs());
+    assert!(summary.starts_with("longlived: 300 connections, 0 broken"), "{out}\n{}", ecmp.logs());
+    assert!(downloads.iter().all(|d| d.ends_with("blocks intact")), "{downloads:?}\n{}", ecmp.logs());
+}
+
 /// How often the BFD sessions in a gateway's status came up again after their first time.
 fn bfd_flaps(status: &str) -> u64 {
     let ups = |l: &str| l.split(", up ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
@@ -300,9 +379,12 @@ fn bfd_flaps(status: &str) -> u64 {
 /// next packets go to another gateway, and with SNAT the endpoint does not know them there).
 #[test]
 fn a_stopping_gateway_says_admin_down_first_and_the_load_sees_no_error() {
-    let Some(mut ecmp) =
-        Ecmp::new("a_stopping_gateway_says_admin_down_first_and_the_load_sees_no_error", "es", Shape::Static)
-    else {
+    let Some(mut ecmp) = Ecmp::new(
+        "a_stopping_gateway_says_admin_down_first_and_the_load_sees_no_error",
+        "es",
+        Shape::Static,
+        Policy::Cluster,
+    ) else {
         return;
     };
     let load = ecmp.lab.spawn_client("clients", &["connects", VIP, "80", "8", "3"]);
@@ -356,9 +438,12 @@ fn unix_now() -> f64 {
 /// and the router stops sending to it; when the endpoints recover it comes back.
 #[test]
 fn gateways_whose_endpoints_all_fail_withdraw_and_return_when_they_recover() {
-    let Some(ecmp) =
-        Ecmp::new("gateways_whose_endpoints_all_fail_withdraw_and_return_when_they_recover", "eh", Shape::Static)
-    else {
+    let Some(ecmp) = Ecmp::new(
+        "gateways_whose_endpoints_all_fail_withdraw_and_return_when_they_recover",
+        "eh",
+        Shape::Static,
+        Policy::Cluster,
+    ) else {
         return;
     };
     for be in 1..=3 {
