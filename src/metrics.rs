@@ -204,6 +204,13 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
     writeln!(w, "nodegate_loop_turn_longest_seconds {}", Seconds(turns.longest_micros))?;
     header(w, "nodegate_loop_turn_longest_cpu_seconds", "gauge", "The most CPU time one turn of the loop used.")?;
     writeln!(w, "nodegate_loop_turn_longest_cpu_seconds {}", Seconds(turns.longest_cpu_micros))?;
+    header(
+        w,
+        "nodegate_tap_queue_drops_total",
+        "counter",
+        "Frames the kernel dropped in front of the TAP, its queue to the gateway full (not in frames received).",
+    )?;
+    writeln!(w, "nodegate_tap_queue_drops_total {}", turns.queue_drops)?;
     Ok(())
 }
 

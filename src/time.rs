@@ -25,6 +25,9 @@ pub struct Turns {
     pub longest_cpu_micros: u64,
     /// Turns longer than [`Turns::BUDGET_MICROS`].
     pub over_budget: u64,
+    /// Frames that found the TAP's queue full while the loop was away, dropped by the kernel
+    /// before the gateway could see them (since start, read once a second).
+    pub queue_drops: u64,
 }
 
 impl Turns {

@@ -128,6 +128,36 @@ fn a_syn_flood_neither_breaks_a_running_stream_nor_locks_out_new_clients() {
     );
 }
 
+/// A flood faster than the loop reads it piles up in the kernel in front of the TAP, and what
+/// the TAP's queue has no room for is dropped there, before the gateway sees it: counted
+/// (`nodegate_tap_queue_drops_total`), so that what the gateway received and what the kernel
+/// dropped in front of it add up to what was sent. The queue is cut to 16 frames so that the
+/// flood overruns it at any speed of this machine; the datagrams go to a port of the node's
+/// that nothing serves, so that nothing comes back through the TAP on top of them.
+#[test]
+fn frames_the_kernel_drops_in_front_of_the_tap_are_counted() {
+    let _load = ONE_LOAD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(lab) = Lab::started("frames_the_kernel_drops_in_front_of_the_tap_are_counted", "tq", WEB) else {
+        return;
+    };
+    lab.ip("gw", &["link", "set", "ng0", "txqueuelen", "16"]);
+    let (received, dropped) = ("nodegate_frames_received_total", "nodegate_tap_queue_drops_total");
+    let before = lab.scrape("client2");
+    let flood = lab.spawn_client("client", &["udpflood", NODE_IP, "9", "5", "10.80", "0", "50000"]);
+    let (_, said) = finish(flood);
+    let sent: u64 = said.trim().strip_prefix("udpflood: ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
+    // The count is read once a second.
+    sleep(Duration::from_millis(1500));
+    let after = lab.scrape("client2");
+    let got = sample(&after, received) - sample(&before, received);
+    let lost = sample(&after, dropped) - sample(&before, dropped);
+    println!("tap queue: {sent} sent, {got} received by the gateway, {lost} dropped in front of it");
+    assert_eq!(sent, 50_000, "{said}");
+    assert!(lost > 0, "the flood overran a 16-frame queue: {got} received\n{}", lab.gateway_log());
+    // On top of the flood: the scrapes' own frames, ARP.
+    assert!((sent..sent + 100).contains(&(got + lost)), "{sent} sent, {got} received, {lost} dropped in front");
+}
+
 const ENTRIES: &str = "nodegate_conntrack_entries";
 const FULL: &str = r#"nodegate_drops_total{reason="conntrack_full"}"#;
 const EVICTIONS: &str = "nodegate_conntrack_evictions_total";

@@ -34,6 +34,9 @@ use crate::time::{Millis, Turns};
 /// How often expired flows are swept (a bounded number each time).
 const SWEEP_EVERY_MS: u64 = 10;
 
+/// How often the TAP's queue drops are read (a file read: not every turn).
+const QUEUE_DROPS_EVERY_MS: u64 = 1000;
+
 /// Longest sleep between two turns: timers (conntrack expiry, ARP refresh, health checks, the
 /// control thread's requests) need this often.
 const MAX_WAIT_MS: i64 = 50;
@@ -174,6 +177,9 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
     let mut watch = Watch::default();
     let mut last_sweep = Millis(0);
     let mut turns = Turns::default();
+    // The TAP's drops before this run (a persistent TAP keeps its counters).
+    let queue_drops_before = device.tap.queue_drops().unwrap_or(0);
+    let mut last_queue_read = Millis(0);
     let mut waiting_reload = None;
 
     // Told to stop with BFD sessions: when the drain after AdminDown ends.
@@ -205,6 +211,12 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
         if now.0 >= last_sweep.0 + SWEEP_EVERY_MS {
             device.engine.housekeeping(now);
             last_sweep = now;
+        }
+        if now.0 >= last_queue_read.0 + QUEUE_DROPS_EVERY_MS {
+            if let Some(drops) = device.tap.queue_drops() {
+                turns.queue_drops = drops.saturating_sub(queue_drops_before);
+            }
+            last_queue_read = now;
         }
         if let Some(sync) = &mut sync {
             sync.poll(now, &mut sockets, device.engine);
@@ -323,12 +335,14 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
     );
     let _ = writeln!(
         out,
-        "loop: {} turns, longest {} us ({} us on the CPU at most), {} over {} us; {} flows to renumber",
+        "loop: {} turns, longest {} us ({} us on the CPU at most), {} over {} us; {} frames dropped by the kernel \
+         in front of the TAP (its queue full); {} flows to renumber",
         turns.count,
         turns.longest_micros,
         turns.longest_cpu_micros,
         turns.over_budget,
         Turns::BUDGET_MICROS,
+        turns.queue_drops,
         engine.flows_to_renumber()
     );
     for (s, (svc, c)) in engine.services().enumerate() {

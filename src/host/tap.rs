@@ -42,6 +42,29 @@ impl Tap {
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
         (&self.file).write(frame)
     }
+
+    /// Frames the kernel dropped in front of the TAP since it was made, its queue towards us
+    /// being full: the device's transmit drops, from /proc/net/dev (which is this namespace's,
+    /// where /sys may be another's). Read into a fixed buffer; `None` when unreadable.
+    pub fn queue_drops(&self) -> Option<u64> {
+        let mut buf = [0u8; 16 * 1024];
+        let mut file = File::open("/proc/net/dev").ok()?;
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+        }
+        transmit_drops(core::str::from_utf8(&buf[..len]).ok()?, &self.name)
+    }
+}
+
+/// The transmit drops of interface `name` in /proc/net/dev's `text`: after `name:`, eight
+/// receive counters, then transmit bytes, packets, errors, drops.
+fn transmit_drops(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))?;
+    line.split_whitespace().nth(11)?.parse().ok()
 }
 
 impl AsRawFd for Tap {
@@ -93,5 +116,25 @@ impl fmt::Display for TapError {
             Step::AddToBridge(bridge) => write!(f, "TAP {name}: cannot add it to bridge {bridge}: {e}"),
             Step::SetBridgeUp(bridge) => write!(f, "bridge {bridge}: cannot set it up: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::transmit_drops;
+
+    #[test]
+    fn transmit_drops_are_the_twelfth_counter_of_the_interfaces_line() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+   ng1:     100       2    0    5    0     0          0         0      200       4    0    9    0     0       0          0
+    ng0: 4096000   64000    0    0    0     0          0         0  3500000 3000000    0 616313    0     0       0          0
+";
+        assert_eq!(transmit_drops(text, "ng0"), Some(616_313));
+        assert_eq!(transmit_drops(text, "ng1"), Some(9));
+        assert_eq!(transmit_drops(text, "ng"), None, "a name is matched whole");
+        assert_eq!(transmit_drops(text, "br0"), None);
+        assert_eq!(transmit_drops("   ng0: 1 2 3", "ng0"), None, "a short line");
     }
 }
