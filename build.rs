@@ -38,6 +38,7 @@ struct Board<'a> {
     neighbor_refresh_millis: u32,
     gratuitous_arp_count: u32,
     gratuitous_arp_interval_millis: u32,
+    spin_micros: u32,
     sync: Sync,
     health_check_defaults: HealthCheckDefaults,
     timeouts: Timeouts,
@@ -270,6 +271,9 @@ fn main() {
              /// active, and the time between two rounds.\n\
              pub const GRATUITOUS_ARP_COUNT: u8 = {garps};\n\
              pub const GRATUITOUS_ARP_INTERVAL_MILLIS: u64 = {garp_ms};\n\
+             /// Microseconds the loop looks at the TAP after a turn with traffic before it sleeps\n\
+             /// (0: it sleeps at once); `nodegate run --spin-micros` overrides it.\n\
+             pub const SPIN_MICROS: u32 = {spin};\n\
              /// What a service's `healthCheck` leaves out.\n\
              pub const HEALTH_CHECK_DEFAULTS: crate::config::HealthCheck = crate::config::HealthCheck {{\n\
                  interval_seconds: {hi}, timeout_seconds: {ht}, unhealthy_threshold: {hu}, healthy_threshold: {hh},\n\
@@ -281,6 +285,7 @@ fn main() {
             refresh = b.neighbor_refresh_millis,
             garps = b.gratuitous_arp_count,
             garp_ms = b.gratuitous_arp_interval_millis,
+            spin = b.spin_micros,
             hi = h.interval_seconds,
             ht = h.timeout_seconds,
             hu = h.unhealthy_threshold,

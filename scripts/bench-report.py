@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns scripts/bench's raw results ("TARGET METRIC VALUE" lines) into a Markdown table:
 medians with min-max per target, and the ratios nodegate/kernel (the better of the two
-nftables variants) and nodegate/HAProxy."""
+nftables variants), nodegate/HAProxy and nodegate/nodegate-nospin (what the spin after
+traffic changes)."""
 import math
 import statistics
 import sys
@@ -20,15 +21,15 @@ for line in open(path):
     if not math.isnan(v):
         values[(parts[0], parts[1])].append(v)
 
-targets = ["direct", "nodegate", "nft-random", "nft-plain", "haproxy"]
+targets = ["direct", "nodegate", "nodegate-nospin", "nft-random", "nft-plain", "haproxy"]
 # metric, label, higher is better
 metrics = [
     ("bulk_gbps", "TCP bulk, Gbit/s", True),
     ("keepalive_rps", "HTTP keep-alive, req/s", True),
     ("keepalive_p99_ms", "HTTP keep-alive p99, ms", False),
     ("newconn_cps", "new connections/s", True),
-    ("udp_p50_us", "UDP req/resp p50, µs", False),
-    ("udp_p99_us", "UDP req/resp p99, µs", False),
+    ("udp_p50_us", "UDP round trip p50, µs", False),
+    ("udp_p99_us", "UDP round trip p99, µs", False),
     ("udp64_kpps", "64-byte UDP delivered, kpps", True),
     ("udp64_loss_pct", "64-byte UDP loss, %", False),
     ("rss_kib", "RSS under load, KiB", False),
@@ -53,12 +54,13 @@ def ratio(a, b):
 
 
 print(f"{rounds} rounds, {secs} s per workload; median (min–max)\n")
-print("| workload | " + " | ".join(targets) + " | nodegate / kernel | nodegate / HAProxy |")
-print("|---" * (len(targets) + 3) + "|")
+print("| workload | " + " | ".join(targets) + " | nodegate / kernel | nodegate / HAProxy | spin / no spin |")
+print("|---" * (len(targets) + 4) + "|")
 for m, label, higher in metrics:
     kernel = [median(t, m) for t in ("nft-random", "nft-plain")]
     kernel = [k for k in kernel if k is not None]
     best = (max(kernel) if higher else min(kernel)) if kernel else None
     ng = median("nodegate", m)
-    row = [label] + [cell(t, m) for t in targets] + [ratio(ng, best), ratio(ng, median("haproxy", m))]
+    row = [label] + [cell(t, m) for t in targets]
+    row += [ratio(ng, best), ratio(ng, median("haproxy", m)), ratio(ng, median("nodegate-nospin", m))]
     print("| " + " | ".join(row) + " |")

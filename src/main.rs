@@ -28,6 +28,10 @@ enum Command {
         /// Switch to this user once the TAP and the control socket are open.
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// Microseconds to keep looking at the TAP after a turn with traffic before sleeping
+        /// (0: sleep at once); the board's spinMicros by default.
+        #[arg(long, value_name = "MICROS", default_value_t = board::SPIN_MICROS)]
+        spin_micros: u32,
     },
     /// Validate a config and show its services as `kubectl get svc` does; with --diff, what a
     /// reload from RUNNING to NEW would change.
@@ -125,7 +129,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { target, diff: None } => check(&target),
         Command::Check { target, diff: Some(files) } => diff(&target, &files),
-        Command::Run { target, control, user } => run(&target, control, user),
+        Command::Run { target, control, user, spin_micros } => run(&target, control, user, spin_micros),
         Command::Status { target, control, check: false } => ask(&target, &control, "status"),
         Command::Status { target, control, check: true } => ask(&target, &control, "check"),
         Command::Ha { role, target, control } => ask(&target, &control, &format!("ha {role}")),
@@ -143,13 +147,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(t: &Target, control: Control, user: Option<String>) -> Result<(), Box<dyn Error>> {
+fn run(t: &Target, control: Control, user: Option<String>, spin_micros: u32) -> Result<(), Box<dyn Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let (source, config) = load::load(t.config.as_deref())?;
-    let options =
-        runner::Options { config_path: t.config.clone(), node: t.node.clone(), control: control.control, user };
+    let options = runner::Options {
+        config_path: t.config.clone(),
+        node: t.node.clone(),
+        control: control.control,
+        user,
+        spin_micros,
+    };
     Ok(runner::run(config, &source, &options)?)
 }
 

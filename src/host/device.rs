@@ -37,6 +37,8 @@ pub struct NatDevice<'e, 't> {
     now: Millis,
     /// Frames this turn may still read.
     reads_left: usize,
+    /// Frames read this turn.
+    pub read_this_turn: usize,
     /// A read error other than "nothing waiting" (the TAP vanished): the loop stops on it.
     pub fatal: Option<io::Error>,
 }
@@ -51,6 +53,7 @@ impl<'e, 't> NatDevice<'e, 't> {
             out: [0; VNET_HEADER + FRAME],
             now: Millis(0),
             reads_left: BUDGET,
+            read_this_turn: 0,
             fatal: None,
         }
     }
@@ -59,6 +62,7 @@ impl<'e, 't> NatDevice<'e, 't> {
     pub fn start_turn(&mut self, now: Millis) {
         self.now = now;
         self.reads_left = BUDGET;
+        self.read_this_turn = 0;
     }
 
     /// Sends the engine's own frames: released parked frames and ARP refreshes.
@@ -116,6 +120,7 @@ impl<'e, 't> Device for NatDevice<'e, 't> {
                     return None;
                 }
             };
+            self.read_this_turn += 1;
             let (header, frame) = self.rx[..n].split_at_mut(VNET_HEADER);
             let out = &mut self.out[VNET_HEADER..];
             match self.engine.process_offloaded(frame, offload(header), self.now, out) {

@@ -38,8 +38,9 @@ pub fn catch_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `fd` is readable or `timeout_ms` passes (or a signal arrives).
-pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<()> {
+/// Waits until `fd` is readable or `timeout_ms` passes (or a signal arrives); whether it is
+/// readable (0 ms: a look, no wait).
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
@@ -49,7 +50,7 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<()> {
             return Err(e);
         }
     }
-    Ok(())
+    Ok(rc > 0)
 }
 
 /// Opens TAP `name` (creating it unless it exists) with a virtio-net header in front of every
