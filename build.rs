@@ -277,6 +277,7 @@ fn main() {
              /// What a service's `healthCheck` leaves out.\n\
              pub const HEALTH_CHECK_DEFAULTS: crate::config::HealthCheck = crate::config::HealthCheck {{\n\
                  interval_seconds: {hi}, timeout_seconds: {ht}, unhealthy_threshold: {hu}, healthy_threshold: {hh},\n\
+                 port: None, http: None,\n\
              }};\n",
             window = b.conntrack_eviction_window,
             attempts = b.snat_attempts,

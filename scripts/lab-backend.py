@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """A lab backend: HTTP on :3000 and UDP on :5353, each answering with the backend's name and
-the address the request came from, so a test can see who served it and whom it saw."""
+the address the request came from, so a test can see who served it and whom it saw.
+
+GET /health answers as the file HEALTH (the second argument) says: 200 without it, else the
+status code it holds, "hang" (no answer, the connection kept open), or "big" (200 after a
+64 KiB header block)."""
 import http.server
 import socket
 import sys
@@ -8,6 +12,7 @@ import threading
 import time
 
 NAME = sys.argv[1]
+HEALTH = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -18,11 +23,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/stream/"):
             return self.stream(float(self.path.split("/")[2]))
+        if self.path == "/health":
+            return self.health()
         body = f"{NAME} saw {self.client_address[0]}:{self.client_address[1]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def health(self):
+        try:
+            with open(HEALTH) as f:
+                say = f.read().strip()
+        except (OSError, TypeError):
+            say = "200"
+        if say == "hang":
+            time.sleep(30)
+            return
+        self.send_response(200 if say == "big" else int(say))
+        if say == "big":
+            for i in range(64):
+                self.send_header(f"X-Padding-{i}", "x" * 1000)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
 
     def stream(self, seconds):
         """Streams numbered 1 KiB blocks, 8 KiB a write, for `seconds`, then the block count: a client can check

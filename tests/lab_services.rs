@@ -232,6 +232,53 @@ fn an_endpoint_down_at_a_reload_comes_back_when_it_recovers() {
     assert!(answers.contains(&"web-frontend-1".to_string()), "{answers:?}");
 }
 
+/// HTTP checks read the status line: a backend that answers 503 leaves the table, one that
+/// accepts the connection and never answers times out, and one whose answer is far larger
+/// than the probe reads (64 KiB of headers) passes on its status; the 503 one comes back when
+/// it answers 200 again.
+#[test]
+fn http_health_checks_go_by_the_status_of_the_answer() {
+    let services = r#"{ "name": "web", "healthCheck": { "type": "HTTP", "path": "/health", "intervalSeconds": 1, "timeoutSeconds": 1,
+                                          "unhealthyThreshold": 2, "healthyThreshold": 1 },
+             "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#;
+    let Some(lab) = start("http_health_checks_go_by_the_status_of_the_answer", "hh", services) else {
+        return;
+    };
+    let status = |lab: &Lab| String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).into_owned();
+    let wait_for = |lab: &Lab, what: &str, want: &[(u8, bool)]| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let line = |&(n, serving): &(u8, bool)| {
+            format!("endpoint 10.77.0.1{n}:3000 {}", if serving { "serving" } else { "not serving" })
+        };
+        while !want.iter().all(|w| status(lab).contains(&line(w))) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {}
+{}",
+                status(lab),
+                lab.gateway_log()
+            );
+            sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(distinct(&lab.backends("client", NODE_IP, 30080, 30)).len(), 3, "all three pass at first");
+    lab.backend_health(1, "503");
+    lab.backend_health(2, "hang");
+    lab.backend_health(3, "big");
+    wait_for(&lab, "503 and the hung one down, the big answer up", &[(1, false), (2, false), (3, true)]);
+    // Two more rounds of checks: the big answer keeps passing.
+    sleep(Duration::from_secs(2));
+    wait_for(&lab, "the big answer still up", &[(1, false), (2, false), (3, true)]);
+    let answers = lab.backends("client", NODE_IP, 30080, 10);
+    assert!(answers.iter().all(|a| a == "web-frontend-3"), "{answers:?}");
+    lab.backend_health(1, "200");
+    wait_for(&lab, "the 503 one back", &[(1, true), (2, false)]);
+    let log = lab.gateway_log();
+    assert!(log.contains("HTTP checks of GET /health every 1s"), "{log}");
+    assert!(log.contains("endpoint 10.77.0.12:3000 is down"), "{log}");
+}
+
 #[test]
 fn the_nodes_own_connections_start_from_unpredictable_sequences_and_ports() {
     let services = r#"{ "name": "web", "healthCheck": { "intervalSeconds": 1, "timeoutSeconds": 1 },

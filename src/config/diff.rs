@@ -98,7 +98,7 @@ fn settings(s: &Service) -> impl PartialEq + '_ {
         s.session_affinity,
         &s.source_ranges,
         s.health_check_node_port,
-        s.health_check,
+        &s.health_check,
     )
 }
 
@@ -123,8 +123,11 @@ impl fmt::Display for Settings<'_> {
         if let Some(p) = s.health_check_node_port {
             write!(f, " healthCheckNodePort {p}")?;
         }
-        if let Some(h) = s.health_check {
-            write!(f, " checks every {}s", h.interval_seconds)?;
+        if let Some(h) = &s.health_check {
+            match &h.http {
+                Some(http) => write!(f, " HTTP checks of {} every {}s", http.path, h.interval_seconds)?,
+                None => write!(f, " checks every {}s", h.interval_seconds)?,
+            }
         }
         Ok(())
     }

@@ -117,8 +117,8 @@ impl SessionAffinity {
     pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10800;
 }
 
-/// Active health checks: a TCP connect to each endpoint's `ip:targetPort`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Active health checks of each endpoint: a TCP connect, or an HTTP `GET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub interval_seconds: u32,
     pub timeout_seconds: u32,
@@ -126,13 +126,39 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     /// Successful checks in a row that bring it back.
     pub healthy_threshold: u32,
+    /// The port checked; `None`: the targetPort of the service's first port.
+    pub port: Option<u16>,
+    pub http: Option<HttpCheck>,
+}
+
+/// The longest `healthCheck.path` and `healthCheck.host`, and how many status codes a check
+/// may expect.
+pub const HTTP_PATH_LEN: usize = 128;
+pub const HTTP_HOST_LEN: usize = 64;
+pub const HTTP_STATUSES: usize = 8;
+
+/// An HTTP check: `GET path` with `Host: host`, passed by one of the expected statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String<HTTP_PATH_LEN>,
+    /// `None`: the endpoint's `ip:port`.
+    pub host: Option<String<HTTP_HOST_LEN>>,
+    /// Empty: any of 200-399, as a Kubernetes `httpGet` probe.
+    pub statuses: Vec<u16, HTTP_STATUSES>,
+}
+
+impl HttpCheck {
+    pub fn passes(&self, status: u16) -> bool {
+        if self.statuses.is_empty() { (200..400).contains(&status) } else { self.statuses.contains(&status) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrafficPolicy {
     /// Any ready endpoint; the client's address is replaced by the node's (SNAT).
     Cluster,
-    /// Only this node's endpoints; the client's address is kept.
+    /// This node's endpoints and those of no node, not another node's; the client's address
+    /// is kept.
     Local,
 }
 

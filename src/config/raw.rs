@@ -137,7 +137,8 @@ pub struct RawService<'a> {
     #[serde(borrow, default)]
     pub load_balancer_source_ranges: Bounded<&'a str, { board::MAX_SOURCE_RANGES_PER_SERVICE }>,
     pub health_check_node_port: Option<u32>,
-    pub health_check: Option<RawHealthCheck>,
+    #[serde(borrow)]
+    pub health_check: Option<RawHealthCheck<'a>>,
     #[serde(borrow, default)]
     pub ports: Bounded<RawPort<'a>, { board::MAX_PORTS_PER_SERVICE }>,
     #[serde(borrow, default)]
@@ -158,11 +159,18 @@ pub struct RawClientIp {
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RawHealthCheck {
+pub struct RawHealthCheck<'a> {
     pub interval_seconds: Option<u32>,
     pub timeout_seconds: Option<u32>,
     pub unhealthy_threshold: Option<u32>,
     pub healthy_threshold: Option<u32>,
+    #[serde(rename = "type")]
+    pub kind: Option<&'a str>,
+    pub port: Option<u32>,
+    pub path: Option<&'a str>,
+    pub host: Option<&'a str>,
+    #[serde(default)]
+    pub expected_statuses: Bounded<u32, { super::HTTP_STATUSES }>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -267,10 +267,42 @@ fn service_fields_and_defaults() {
     assert!(!s.admits(Ipv4Addr::new(10, 77, 0, 101)));
     assert_eq!(
         s.health_check,
-        Some(HealthCheck { interval_seconds: 5, timeout_seconds: 1, unhealthy_threshold: 3, healthy_threshold: 2 })
+        Some(HealthCheck {
+            interval_seconds: 5,
+            timeout_seconds: 1,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            port: None,
+            http: None
+        })
     );
     assert_eq!((s.endpoints[0].weight, s.endpoints[0].ready, s.endpoints[0].terminating), (3, false, true));
     assert_eq!((s.endpoints[1].weight, s.endpoints[1].ready, s.endpoints[1].terminating), (1, true, false));
+}
+
+#[test]
+fn an_http_health_check_keeps_its_path_host_port_and_statuses() {
+    let json = |check: &str| {
+        std::format!(
+            r#"{{"nodes":[{{"name":"n","tap":"t","addresses":["10.77.0.1/24"]}}],
+                "services":[{{"name":"web","ports":[{{"port":80,"targetPort":3000}}],"healthCheck":{check},
+                              "endpoints":[{{"ip":"10.77.0.11"}}]}}]}}"#
+        )
+    };
+    let cfg = parse(
+        json(r#"{"type":"HTTP","path":"/healthz?full=1","host":"web.example","port":10256,"expectedStatuses":[200,204]}"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    let check = cfg.services[0].health_check.clone().unwrap();
+    assert_eq!(check.port, Some(10256));
+    let http = check.http.unwrap();
+    assert_eq!((http.path.as_str(), http.host.as_deref()), ("/healthz?full=1", Some("web.example")));
+    assert!(http.passes(204) && !http.passes(301), "only the codes listed");
+    let plain = parse(json(r#"{"type":"HTTP"}"#).as_bytes()).unwrap();
+    let http = plain.services[0].health_check.clone().unwrap().http.unwrap();
+    assert_eq!((http.path.as_str(), http.host.as_deref()), ("/", None));
+    assert!(http.passes(200) && http.passes(399) && !http.passes(400) && !http.passes(199), "200-399, as httpGet");
 }
 
 #[test]
@@ -388,6 +420,41 @@ fn invalid_service_fields_name_the_field() {
             "health check timeout above interval",
             r#""healthCheck":{"intervalSeconds":2,"timeoutSeconds":3}"#,
             "services[0].healthCheck.timeoutSeconds: 3 is longer than intervalSeconds 2",
+        ),
+        (
+            "unknown health check type",
+            r#""healthCheck":{"type":"gRPC"}"#,
+            "services[0].healthCheck.type: \"gRPC\" is not one of TCP, HTTP",
+        ),
+        (
+            "HTTP path without a slash",
+            r#""healthCheck":{"type":"HTTP","path":"healthz"}"#,
+            "services[0].healthCheck.path: \"healthz\" is not a path (starting with '/', visible ASCII, no spaces)",
+        ),
+        (
+            "HTTP path that would end the request line",
+            r#""healthCheck":{"type":"HTTP","path":"/ HTTP/1.0"}"#,
+            "services[0].healthCheck.path: \"/ HTTP/1.0\" is not a path (starting with '/', visible ASCII, no spaces)",
+        ),
+        (
+            "HTTP host with a space",
+            r#""healthCheck":{"type":"HTTP","host":"a b"}"#,
+            "services[0].healthCheck.host: \"a b\" is not a host (visible ASCII, no spaces)",
+        ),
+        (
+            "HTTP status out of range",
+            r#""healthCheck":{"type":"HTTP","expectedStatuses":[200,99]}"#,
+            "services[0].healthCheck.expectedStatuses[1]: 99 is not an HTTP status (100-599)",
+        ),
+        (
+            "path on a TCP check",
+            r#""healthCheck":{"path":"/healthz"}"#,
+            "services[0].healthCheck.path: is only valid with type: HTTP",
+        ),
+        (
+            "health check port zero",
+            r#""healthCheck":{"type":"HTTP","port":0}"#,
+            "services[0].healthCheck.port: 0 is not a port (1-65535)",
         ),
         (
             "health check threshold zero",

@@ -549,11 +549,31 @@ fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {
         }
     };
     let d = board::HEALTH_CHECK_DEFAULTS;
+    let http = match raw.kind.unwrap_or("TCP") {
+        "TCP" => None,
+        "HTTP" => Some(http_check(i, raw)?),
+        other => fail!(format_args!("services[{i}].healthCheck.type"), "{:?} is not one of TCP, HTTP", Short(other)),
+    };
+    if http.is_none() {
+        for (field, given) in [("path", raw.path.is_some()), ("host", raw.host.is_some())] {
+            if given {
+                fail!(format_args!("services[{i}].healthCheck.{field}"), "is only valid with type: HTTP");
+            }
+        }
+        if raw.expected_statuses.len > 0 {
+            fail!(format_args!("services[{i}].healthCheck.expectedStatuses"), "is only valid with type: HTTP");
+        }
+    }
     let h = HealthCheck {
         interval_seconds: within("intervalSeconds", raw.interval_seconds, d.interval_seconds, 3600)?,
         timeout_seconds: within("timeoutSeconds", raw.timeout_seconds, d.timeout_seconds, 3600)?,
         unhealthy_threshold: within("unhealthyThreshold", raw.unhealthy_threshold, d.unhealthy_threshold, 100)?,
         healthy_threshold: within("healthyThreshold", raw.healthy_threshold, d.healthy_threshold, 100)?,
+        port: match raw.port {
+            Some(p) => Some(port(format_args!("services[{i}].healthCheck.port"), p)?),
+            None => None,
+        },
+        http,
     };
     if h.timeout_seconds > h.interval_seconds {
         fail!(
@@ -564,6 +584,51 @@ fn health_check(i: usize, raw: &RawHealthCheck) -> Result<HealthCheck> {
         );
     }
     Ok(h)
+}
+
+/// An HTTP check's request line and header: visible ASCII only, so that nothing in the config
+/// can end the line or add a header.
+fn http_check(i: usize, raw: &RawHealthCheck) -> Result<HttpCheck> {
+    let visible = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+    let path = raw.path.unwrap_or("/");
+    if !path.starts_with('/') || !visible(path) {
+        fail!(
+            format_args!("services[{i}].healthCheck.path"),
+            "{:?} is not a path (starting with '/', visible ASCII, no spaces)",
+            Short(path)
+        );
+    }
+    let Ok(path) = String::try_from(path) else {
+        fail!(format_args!("services[{i}].healthCheck.path"), "is longer than {HTTP_PATH_LEN} bytes");
+    };
+    let host = match raw.host {
+        None => None,
+        Some(h) if !visible(h) => {
+            fail!(
+                format_args!("services[{i}].healthCheck.host"),
+                "{:?} is not a host (visible ASCII, no spaces)",
+                Short(h)
+            )
+        }
+        Some(h) => match String::try_from(h) {
+            Ok(h) => Some(h),
+            Err(_) => fail!(format_args!("services[{i}].healthCheck.host"), "is longer than {HTTP_HOST_LEN} bytes"),
+        },
+    };
+    if raw.expected_statuses.len > HTTP_STATUSES {
+        fail!(format_args!("services[{i}].healthCheck.expectedStatuses"), "at most {HTTP_STATUSES} codes");
+    }
+    let mut statuses = Vec::new();
+    for (j, &code) in raw.expected_statuses.items.iter().enumerate() {
+        if !(100..=599).contains(&code) {
+            fail!(
+                format_args!("services[{i}].healthCheck.expectedStatuses[{j}]"),
+                "{code} is not an HTTP status (100-599)"
+            );
+        }
+        let _ = statuses.push(code as u16);
+    }
+    Ok(HttpCheck { path, host, statuses })
 }
 
 fn node_port(path: fmt::Arguments, value: u32, range: PortRange) -> Result<u16> {

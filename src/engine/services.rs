@@ -153,7 +153,7 @@ impl Services {
     }
 
     /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
-    /// ones (this node's only, with Local policy); if none is ready, the terminating ones.
+    /// ones (not another node's, with Local policy); if none is ready, the terminating ones.
     fn rebuild(&mut self, s: usize) {
         let node = self.node_index;
         let Some(svc) = self.list.get_mut(s) else { return };

@@ -1,5 +1,5 @@
-//! Active health checks on the node's own smoltcp sockets: a TCP connect to every endpoint of a
-//! service with a `healthCheck`, every interval.
+//! Active health checks on the node's own smoltcp sockets, every interval, of every endpoint of
+//! a service with a `healthCheck`: a TCP connect, or an HTTP `GET` whose status line decides.
 
 use std::format;
 use std::net::Ipv4Addr;
@@ -10,7 +10,7 @@ use log::{info, warn};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
-use crate::config::{Config, HealthCheck, PortRange};
+use crate::config::{Config, HealthCheck, HttpCheck, PortRange};
 use crate::engine::Engine;
 use crate::health::Tracker;
 use crate::random::Rng;
@@ -25,7 +25,66 @@ struct Probe {
     tracker: Tracker,
     next: Millis,
     deadline: Option<Millis>,
+    /// With an HTTP check: the request and what came back of it.
+    exchange: Option<Exchange>,
 }
+
+/// An HTTP check under way: the request, sent once the connection is up, and the first bytes
+/// of the answer, as many as the status line needs (the rest is never read).
+struct Exchange {
+    request: Vec<u8>,
+    sent: bool,
+    head: [u8; STATUS_LINE],
+    got: usize,
+}
+
+/// `HTTP/1.1 200`: the bytes up to the status code.
+const STATUS_LINE: usize = 12;
+
+impl Exchange {
+    fn new(http: &HttpCheck, (ip, port): (Ipv4Addr, u16)) -> Exchange {
+        let host = http.host.as_ref().map_or_else(|| format!("{ip}:{port}"), |h| h.as_str().into());
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: nodegate/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            http.path,
+            env!("CARGO_PKG_VERSION")
+        );
+        Exchange { request: request.into_bytes(), sent: false, head: [0; STATUS_LINE], got: 0 }
+    }
+
+    fn restart(&mut self) {
+        self.sent = false;
+        self.got = 0;
+    }
+
+    /// Moves the exchange on; `Some(passed)` once the status line is in, or the connection
+    /// ended before it.
+    fn step(&mut self, socket: &mut tcp::Socket, http: &HttpCheck) -> Option<bool> {
+        if !self.sent && socket.can_send() {
+            // The request fits the socket's buffer whole (see `REQUEST_BUFFER`).
+            self.sent = socket.send_slice(&self.request).is_ok_and(|n| n == self.request.len());
+        }
+        if socket.can_recv()
+            && let Ok(n) = socket.recv_slice(&mut self.head[self.got..])
+        {
+            self.got += n;
+        }
+        if self.got == STATUS_LINE {
+            return Some(status(&self.head).is_some_and(|code| http.passes(code)));
+        }
+        (socket.state() == tcp::State::Closed || (self.sent && !socket.may_recv())).then_some(false)
+    }
+}
+
+/// The status code of a status line's start, `HTTP/1.x NNN`.
+fn status(head: &[u8; STATUS_LINE]) -> Option<u16> {
+    let digits = &head[9..12];
+    let well_formed = head.starts_with(b"HTTP/1.") && head[8] == b' ' && digits.iter().all(u8::is_ascii_digit);
+    well_formed.then(|| digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+/// A probe's send buffer: an HTTP request with the longest path and host the config allows.
+const REQUEST_BUFFER: usize = 512;
 
 /// Active health checks: a TCP connect to each endpoint's `ip:targetPort` every interval.
 pub struct Probes {
@@ -41,21 +100,21 @@ impl Probes {
     pub fn new(config: &Config, sockets: &mut SocketSet<'_>, seed: u64, engine: &Engine) -> Probes {
         let mut probes = Vec::new();
         for (s, svc) in config.services.iter().enumerate() {
-            let (Some(check), Some(port)) = (svc.health_check, svc.ports.first()) else { continue };
+            let (Some(check), Some(port)) = (&svc.health_check, svc.ports.first()) else { continue };
             for (e, ep) in svc.endpoints.iter().enumerate() {
-                let buffers = (tcp::SocketBuffer::new(vec![0; 64]), tcp::SocketBuffer::new(vec![0; 64]));
+                let buffers = (tcp::SocketBuffer::new(vec![0; 64]), tcp::SocketBuffer::new(vec![0; REQUEST_BUFFER]));
                 let socket = sockets.add(tcp::Socket::new(buffers.0, buffers.1));
-                let target = (ep.ip, port.target_port);
-                let next = Millis(0);
+                let target = (ep.ip, check.port.unwrap_or(port.target_port));
                 probes.push(Probe {
                     service: s,
                     endpoint: e,
                     target,
-                    check,
+                    check: check.clone(),
                     socket,
                     tracker: Tracker::starting(engine.endpoint_healthy(s, e)),
-                    next,
+                    next: Millis(0),
                     deadline: None,
+                    exchange: check.http.as_ref().map(|http| Exchange::new(http, target)),
                 });
             }
         }
@@ -87,6 +146,9 @@ impl Probes {
                     let local = self.ports.in_range(PortRange::NODE_CLIENTS.ports());
                     socket.abort();
                     p.next = Millis(now.0 + p.check.interval_seconds as u64 * 1000);
+                    if let Some(x) = &mut p.exchange {
+                        x.restart();
+                    }
                     match socket.connect(iface.context(), p.target, local) {
                         Ok(()) => {
                             p.deadline = Some(Millis(now.0 + p.check.timeout_seconds as u64 * 1000));
@@ -96,17 +158,22 @@ impl Probes {
                     }
                 }
                 None => None,
-                Some(deadline) => match socket.state() {
-                    tcp::State::Established => Some(true),
-                    tcp::State::Closed => Some(false),
-                    _ if now >= deadline => Some(false),
-                    _ => None,
-                },
+                Some(deadline) => {
+                    let answer = match (&mut p.exchange, &p.check.http) {
+                        (Some(x), Some(http)) => x.step(socket, http),
+                        _ => match socket.state() {
+                            tcp::State::Established => Some(true),
+                            tcp::State::Closed => Some(false),
+                            _ => None,
+                        },
+                    };
+                    answer.or((now >= deadline).then_some(false))
+                }
             };
             let Some(ok) = result else { continue };
             socket.abort();
             p.deadline = None;
-            let c = p.check;
+            let c = &p.check;
             if let Some(up) = p.tracker.record(ok, c.healthy_threshold, c.unhealthy_threshold) {
                 engine.set_endpoint_health(p.service, p.endpoint, up);
                 let name = &config.services[p.service].name;
@@ -130,9 +197,12 @@ pub fn describe(config: &Config) -> Vec<std::string::String> {
         .services
         .iter()
         .filter_map(|s| {
-            let checks = s.health_check.map(|c| {
+            let checks = s.health_check.as_ref().map(|c| {
+                let kind =
+                    c.http.as_ref().map_or_else(|| "TCP checks".into(), |h| format!("HTTP checks of GET {}", h.path));
+                let port = c.port.map(|p| format!(" on port {p}")).unwrap_or_default();
                 format!(
-                    "TCP checks every {}s (timeout {}s, down after {}, up after {})",
+                    "{kind}{port} every {}s (timeout {}s, down after {}, up after {})",
                     c.interval_seconds, c.timeout_seconds, c.unhealthy_threshold, c.healthy_threshold
                 )
             });
@@ -141,4 +211,19 @@ pub fn describe(config: &Config) -> Vec<std::string::String> {
             (!parts.is_empty()).then(|| format!("service {}: {}", s.name, parts.join(", ")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod test {
+    use super::{STATUS_LINE, status};
+
+    #[test]
+    fn the_status_code_is_read_from_the_status_lines_start() {
+        let head = |s: &[u8]| -> [u8; STATUS_LINE] { s[..STATUS_LINE].try_into().unwrap() };
+        assert_eq!(status(&head(b"HTTP/1.1 200 OK\r\n")), Some(200));
+        assert_eq!(status(&head(b"HTTP/1.0 503 Service Unavailable")), Some(503));
+        assert_eq!(status(&head(b"HTTP/2.0 200 OK  ")), None, "not HTTP/1");
+        assert_eq!(status(&head(b"HTTP/1.1 2x0 OK  ")), None);
+        assert_eq!(status(&head(b"SSH-2.0-OpenSSH_9")), None, "not HTTP at all");
+    }
 }

@@ -197,6 +197,13 @@ impl Lab {
         assert!(out.status.success(), "scripts/lab {cmd}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// What backend `n`'s `GET /health` answers from now on: a status code, "hang" or "big"
+    /// (see `scripts/lab-backend.py`).
+    pub fn backend_health(&self, n: u8, say: &str) {
+        let state = std::env::temp_dir().join(format!("nodegate-lab-{}", self.prefix));
+        std::fs::write(state.join(format!("be{n}.health")), say).unwrap();
+    }
+
     /// Runs `ip ARGS` in namespace `host` and returns its output.
     pub fn ip(&self, host: &str, args: &[&str]) -> String {
         let out = Command::new("ip").args(["-n", &self.ns(host)]).args(args).output().unwrap();
