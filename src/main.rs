@@ -63,6 +63,26 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
+    /// Drain an endpoint of a service on the running gateway: it takes no new flows (affinity
+    /// pins move), its tracked flows go on; a reload keeps it drained.
+    Drain {
+        service: String,
+        /// The endpoint's address.
+        endpoint: std::net::Ipv4Addr,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+    },
+    /// Take a drained endpoint back: it takes new flows again.
+    Undrain {
+        service: String,
+        endpoint: std::net::Ipv4Addr,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        control: Control,
+    },
     /// List the tracked flows of the running gateway, as `conntrack -L` does.
     Conntrack {
         #[command(flatten)]
@@ -137,6 +157,12 @@ fn main() -> ExitCode {
             ask(&target, &control, &format!("conntrack {}", service.unwrap_or_default()))
         }
         Command::Reload { target, control } => ask(&target, &control, "reload"),
+        Command::Drain { service, endpoint, target, control } => {
+            ask(&target, &control, &format!("drain {service} {endpoint}"))
+        }
+        Command::Undrain { service, endpoint, target, control } => {
+            ask(&target, &control, &format!("undrain {service} {endpoint}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,6 +60,24 @@ fn per_direction(
     Ok(())
 }
 
+/// A gauge with a series per endpoint of each service (`ip:targetPort` of its first port).
+fn per_endpoint(
+    w: &mut impl Write,
+    engine: &Engine,
+    name: &str,
+    help: &str,
+    of: fn(&Engine, usize, usize) -> u64,
+) -> fmt::Result {
+    header(w, name, "gauge", help)?;
+    for (s, (svc, _)) in engine.services().enumerate() {
+        let target = svc.ports.first().map_or(0, |p| p.target_port);
+        for (e, ep) in svc.endpoints.iter().enumerate() {
+            writeln!(w, "{name}{{service=\"{}\",endpoint=\"{}:{target}\"}} {}", svc.name, ep.ip, of(engine, s, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes every metric of `engine` and of the loop that runs it (`turns`). Fails
 /// (`fmt::Error`) only when `w` is full.
 pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result {
@@ -79,33 +97,28 @@ pub fn render(engine: &Engine, turns: &Turns, w: &mut impl Write) -> fmt::Result
             writeln!(w, "nodegate_connections_total{{service=\"{}\",port=\"{}\"}} {n}", svc.name, PortLabel(port))?;
         }
     }
-    header(w, "nodegate_endpoint_ready", "gauge", "1 while the endpoint takes new flows (ready, healthy, eligible).")?;
-    for (s, (svc, _)) in engine.services().enumerate() {
-        let target = svc.ports.first().map_or(0, |p| p.target_port);
-        for (e, ep) in svc.endpoints.iter().enumerate() {
-            let up = u8::from(engine.endpoint_serving(s, e));
-            writeln!(w, "nodegate_endpoint_ready{{service=\"{}\",endpoint=\"{}:{target}\"}} {up}", svc.name, ep.ip)?;
-        }
-    }
-
-    let ct = engine.conntrack();
-    header(
+    per_endpoint(
         w,
-        "nodegate_endpoint_snat_ports_in_use",
-        "gauge",
-        "SNAT source ports held towards the endpoint, all service ports together (each port's pool holds nodegate_snat_pool_ports).",
+        engine,
+        "nodegate_endpoint_ready",
+        "1 while the endpoint takes new flows (ready, healthy, eligible, not drained).",
+        |engine, s, e| u64::from(engine.endpoint_serving(s, e)),
     )?;
-    for (s, (svc, _)) in engine.services().enumerate() {
-        let target = svc.ports.first().map_or(0, |p| p.target_port);
-        for (e, ep) in svc.endpoints.iter().enumerate() {
-            let n = ct.endpoint_snat_ports(s, e);
-            writeln!(
-                w,
-                "nodegate_endpoint_snat_ports_in_use{{service=\"{}\",endpoint=\"{}:{target}\"}} {n}",
-                svc.name, ep.ip
-            )?;
-        }
-    }
+    per_endpoint(
+        w,
+        engine,
+        "nodegate_endpoint_drained",
+        "1 while the endpoint is drained (nodegate drain).",
+        |engine, s, e| u64::from(engine.endpoint_drained(s, e)),
+    )?;
+    per_endpoint(
+        w,
+        engine,
+        "nodegate_endpoint_snat_ports_in_use",
+        "SNAT source ports held towards the endpoint, all service ports together (each port's pool holds nodegate_snat_pool_ports).",
+        |engine, s, e| engine.conntrack().endpoint_snat_ports(s, e) as u64,
+    )?;
+    let ct = engine.conntrack();
     header(w, "nodegate_snat_pool_ports", "gauge", "SNAT source ports per endpoint and service port (board).")?;
     writeln!(w, "nodegate_snat_pool_ports {}", POOL_PORTS)?;
     header(

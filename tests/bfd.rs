@@ -12,7 +12,7 @@ use nodegate::bfd::{BfdDrop, State};
 use nodegate::config;
 use nodegate::engine::{DropReason, Engine, Verdict};
 use nodegate::time::Millis;
-use support::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, ROUTER, ROUTER_MAC, Room, bfd_from_router};
+use support::{CLIENT, CLIENT_MAC, NODE, NODE_MAC, ROUTER, ROUTER_MAC, Room, bfd_from_router, metrics_of};
 
 const VIP: [u8; 4] = [10, 96, 0, 10];
 
@@ -183,14 +183,6 @@ fn hostile_packets_are_dropped_and_counted_by_reason() {
     assert_eq!((s.state, s.counters.received), (State::Up, 2), "nothing hostile reached the session");
     c.final_ = true;
     assert_eq!(send(&mut e, control(&c, 255), 20).0, Verdict::Consumed);
-}
-
-fn metrics_of(e: &Engine) -> String {
-    let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
-    let mut w = nodegate::text::SliceWriter::new(&mut buf);
-    nodegate::metrics::render(e, &nodegate::time::Turns::default(), &mut w).unwrap();
-    let len = w.len();
-    String::from_utf8(buf[..len].to_vec()).unwrap()
 }
 
 fn fix_udp_checksum(mut f: Vec<u8>) -> Vec<u8> {

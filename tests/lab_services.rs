@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Lab, NODE_IP, lab_available};
+use common::{Lab, NODE_IP, finish, lab_available};
 use std::collections::BTreeSet;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -277,6 +277,41 @@ fn http_health_checks_go_by_the_status_of_the_answer() {
     let log = lab.gateway_log();
     assert!(log.contains("HTTP checks of GET /health every 1s"), "{log}");
     assert!(log.contains("endpoint 10.77.0.12:3000 is down"), "{log}");
+}
+
+/// `nodegate drain` during a kept-alive load: the drained endpoint gets no new connection,
+/// the ones it has go on to the end of the load, and `undrain` takes it back.
+#[test]
+fn a_drained_endpoint_finishes_its_connections_and_gets_no_new_ones() {
+    let services = r#"{ "name": "web", "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#;
+    let Some(lab) = start("a_drained_endpoint_finishes_its_connections_and_gets_no_new_ones", "dr", services) else {
+        return;
+    };
+    let text = |out: std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let load = lab.spawn_client("client", &["longlived", NODE_IP, "30080", "8", "30", "200"]);
+    sleep(Duration::from_secs(2));
+    let said = lab.nodegate("drain", &["web", "10.77.0.11"]);
+    assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
+    let said = text(said);
+    // 30 connections over three endpoints: some of them are the drained one's.
+    let open: u64 = said.split("; ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(said.contains("endpoint 10.77.0.11 drained") && open > 0, "{said}");
+    let flows = text(lab.nodegate("conntrack", &[]));
+    let established = flows.lines().filter(|l| l.contains("ESTABLISHED") && l.contains("endpoint=10.77.0.11:3000"));
+    assert!(established.count() > 0, "{flows}");
+    let answers = lab.backends("client2", NODE_IP, 30080, 20);
+    assert!(answers.iter().all(|a| a == "web-frontend-2" || a == "web-frontend-3"), "{answers:?}");
+    let status = text(lab.nodegate("status", &[]));
+    assert!(status.contains("endpoint 10.77.0.11:3000 not serving (drained)"), "{status}");
+    let (ok, out) = finish(load);
+    assert!(ok && out.contains("longlived: 30 connections, 0 broken"), "{out}\n{}", lab.gateway_log());
+    let said = lab.nodegate("undrain", &["web", "10.77.0.11"]);
+    assert!(text(said).contains("undrained"));
+    assert!(lab.backends("client2", NODE_IP, 30080, 30).contains(&"web-frontend-1".to_string()));
+    let unknown = lab.nodegate("drain", &["web", "10.77.0.99"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("service web has no endpoint 10.77.0.99"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use nodegate::config::{self, Config};
 use nodegate::engine::{DropReason, Engine, Reload, Verdict};
 use nodegate::time::Millis;
-use support::{CLIENT_MAC, NODE, NODE_MAC, Room, arp};
+use support::{CLIENT_MAC, NODE, NODE_MAC, Room, arp, metrics_of};
 
 /// A room for 256 flows.
 fn small() -> Room {
@@ -439,4 +439,41 @@ fn flows_are_counted_with_their_service_while_a_reload_renumbers_them() {
     let owners: Vec<(u16, u8)> = e.conntrack().flows().map(|f| (f.client_port, f.service_index)).collect();
     assert_eq!(owners.len(), 2);
     assert!(owners.contains(&(5000, 1)) && owners.contains(&(5001, 0)), "{owners:?}");
+}
+
+#[test]
+fn a_drained_endpoint_takes_no_new_flows_keeps_its_own_and_stays_drained_across_a_reload() {
+    let mut s = small();
+    let json = service(r#""sessionAffinity":"ClientIP","#, THREE);
+    let mut e = engine(&json, &mut s);
+    // Client A's connection, its UDP flow and its pin: all on one endpoint.
+    let (victim, _) = send(&mut e, syn(CLIENT_A, 40000, NODE, 30080), 0).unwrap();
+    assert_eq!(send(&mut e, udp(CLIENT_A, 5555, NODE, 30053), 0).unwrap().0, victim);
+    let v = usize::from(victim[3] - 11);
+    e.set_endpoint_drained(0, v, true);
+    assert!(e.endpoint_drained(0, v) && !e.endpoint_serving(0, v) && e.endpoint_healthy(0, v));
+    assert_eq!(e.ready_endpoints(0), 2, "a drained endpoint is not counted ready");
+    let series =
+        format!(r#"nodegate_endpoint_drained{{service="web",endpoint="{}:3000"}} 1"#, std::net::Ipv4Addr::from(victim));
+    assert!(metrics_of(&e).contains(&series), "{}", metrics_of(&e));
+    let drained_ok = |e: &mut Engine, what: &str| {
+        assert_eq!(send(e, syn(CLIENT_A, 40000, NODE, 30080), 1).unwrap().0, victim, "{what}: its connection goes on");
+        assert_eq!(send(e, udp(CLIENT_A, 5555, NODE, 30053), 1).unwrap().0, victim, "{what}: its UDP flow too");
+        for port in 41000..41030 {
+            let (to, _) = send(e, syn(CLIENT_A, port, NODE, 30080), 1).unwrap();
+            assert_ne!(to, victim, "{what}: the pin moved");
+            assert_ne!(send(e, syn(CLIENT_B, port, NODE, 30080), 1).unwrap().0, victim, "{what}: no new flow");
+        }
+    };
+    drained_ok(&mut e, "drained");
+    assert_eq!(e.counters().udp_flows_flushed, 0, "draining flushes nothing");
+    let cfg = config::parse(json.as_bytes()).unwrap();
+    reload(&mut e, &json, &cfg).unwrap();
+    assert!(e.endpoint_drained(0, v), "a reload keeps it drained");
+    drained_ok(&mut e, "after a reload");
+    e.set_endpoint_drained(0, v, false);
+    assert!(e.endpoint_serving(0, v));
+    // New clients (each pinned where its first flow goes): some of them to it.
+    let back = (102..160).filter(|&c| send(&mut e, syn([10, 77, 0, c], 42000, NODE, 30080), 2).unwrap().0 == victim);
+    assert!(back.count() >= 5, "undrained, it takes new flows again");
 }

@@ -17,6 +17,8 @@ pub(super) struct ServiceState {
     pub(super) maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
     /// Per endpoint: passing its active health checks (always, without checks).
     pub(super) healthy: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+    /// Per endpoint: drained by the operator (`nodegate drain`): no new flows, its own go on.
+    pub(super) drained: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
     pub(super) counters: ServiceCounters,
 }
 
@@ -25,6 +27,7 @@ impl ServiceState {
     /// Local policy asks.
     fn eligible(&self, i: usize, node: u8) -> bool {
         self.healthy.get(i).copied().unwrap_or(false)
+            && !self.drained.get(i).copied().unwrap_or(false)
             && self.config.endpoints.get(i).is_some_and(|e| self.config.sends_to(e, node))
     }
 
@@ -123,10 +126,12 @@ impl Services {
         self.picks_up = config.high_availability.is_some() || !config.bfd.sessions.is_empty();
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
+            let drained = svc.endpoints.iter().map(|_| false).collect();
             let _ = self.list.push(ServiceState {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
+                drained,
                 counters: ServiceCounters::default(),
             });
             self.rebuild(s);
@@ -183,10 +188,13 @@ impl Services {
                 }
             }
             let mut changed = false;
-            for (e, &healthy) in old.healthy.iter().enumerate() {
-                if let Some(slot) = map.endpoint_of(s, e).and_then(|to| svc.healthy.get_mut(to)) {
-                    changed |= *slot != healthy;
-                    *slot = healthy;
+            for (e, (&healthy, &drained)) in old.healthy.iter().zip(&old.drained).enumerate() {
+                let Some(to) = map.endpoint_of(s, e) else { continue };
+                for (slot, was) in [(svc.healthy.get_mut(to), healthy), (svc.drained.get_mut(to), drained)] {
+                    if let Some(slot) = slot {
+                        changed |= *slot != was;
+                        *slot = was;
+                    }
                 }
             }
             if changed && let Some(to) = map.service_of(s) {
@@ -225,12 +233,12 @@ impl Services {
     /// A UDP flow stays only while its endpoint takes new flows (it has no end of its own: a
     /// client that keeps sending on the same 5-tuple must reach a live endpoint, as kube-proxy
     /// flushes it); TCP flows are left to finish.
+    /// A drained endpoint keeps its UDP flows too: only new flows go elsewhere.
     pub(super) fn keeps(&self, flow: &Flow) -> bool {
+        let e = usize::from(flow.endpoint_index);
+        let drained_only = |s: &ServiceState| s.drained.get(e) == Some(&true) && s.healthy.get(e) == Some(&true);
         flow.proto != PROTO_UDP
-            || self
-                .list
-                .get(usize::from(flow.service_index))
-                .is_some_and(|s| s.maglev.takes(usize::from(flow.endpoint_index)))
+            || self.list.get(usize::from(flow.service_index)).is_some_and(|s| s.maglev.takes(e) || drained_only(s))
     }
 }
 
@@ -322,6 +330,20 @@ impl Engine<'_> {
     /// health carries over a reload by address).
     pub fn endpoint_healthy(&self, s: usize, e: usize) -> bool {
         self.services.list.get(s).and_then(|svc| svc.healthy.get(e)).copied().unwrap_or(true)
+    }
+
+    /// Drains endpoint `e` of service `s` (no new flows, its pins move, its flows go on), or
+    /// takes it back. A reload keeps it drained.
+    pub fn set_endpoint_drained(&mut self, s: usize, e: usize, drained: bool) {
+        let Some(slot) = self.services.list.get_mut(s).and_then(|svc| svc.drained.get_mut(e)) else { return };
+        if *slot != drained {
+            *slot = drained;
+            self.services.rebuild(s);
+        }
+    }
+
+    pub fn endpoint_drained(&self, s: usize, e: usize) -> bool {
+        self.services.list.get(s).and_then(|svc| svc.drained.get(e)).copied().unwrap_or(false)
     }
 
     /// Whether endpoint `e` of service `s` takes new flows now.

@@ -44,6 +44,12 @@ pub enum Request {
     },
     /// A validated config, made ready to swap in.
     Apply(Box<Prepared>),
+    /// Drain (or take back) the endpoint at `endpoint` of `service`.
+    Drain {
+        service: String,
+        endpoint: std::net::Ipv4Addr,
+        drained: bool,
+    },
 }
 
 /// A reload as the control thread prepares it: the engine's part and the config it came from.
@@ -60,8 +66,8 @@ pub const FLOWS_PER_ANSWER: usize = 16384;
 pub enum Reply {
     Text(String),
     Flows(FlowSnapshot),
-    /// Not fit to be active, and why.
-    Unfit(String),
+    /// The loop refused, and why: not fit to be active, no such service or endpoint.
+    Refused(String),
 }
 
 /// What went wrong on either side of the control socket.
@@ -296,7 +302,8 @@ fn ask(tx: &Sender<Command>, request: Request) -> Result<Reply, ControlError> {
 fn ask_text(tx: &Sender<Command>, request: Request) -> Result<String, ControlError> {
     match ask(tx, request)? {
         Reply::Text(text) => Ok(text),
-        Reply::Flows(_) | Reply::Unfit(_) => Err(ControlError::WrongAnswer),
+        Reply::Refused(why) => Err(ControlError::Refused(why)),
+        Reply::Flows(_) => Err(ControlError::WrongAnswer),
     }
 }
 
@@ -359,7 +366,7 @@ fn dump(tx: &Sender<Command>) -> Result<FlowSnapshot, ControlError> {
         let from = all.as_ref().map_or(0, |a| a.flows.len());
         let slice = match ask(tx, Request::Flows { from })? {
             Reply::Flows(slice) => slice,
-            Reply::Text(_) | Reply::Unfit(_) => return Err(ControlError::WrongAnswer),
+            Reply::Text(_) | Reply::Refused(_) => return Err(ControlError::WrongAnswer),
         };
         let last = slice.flows.len() < FLOWS_PER_ANSWER;
         match &mut all {
@@ -384,11 +391,21 @@ fn serve_client(mut stream: UnixStream, site: &Site, tx: &Sender<Command>) -> io
     let mut words = line.split_whitespace();
     let answer = match (words.next(), words.next()) {
         (Some("status"), None) => ask_text(tx, Request::Status),
-        (Some("check"), None) => ask(tx, Request::Check).and_then(|reply| match reply {
-            Reply::Text(text) => Ok(text),
-            Reply::Unfit(why) => Err(ControlError::Refused(why)),
-            Reply::Flows(_) => Err(ControlError::WrongAnswer),
-        }),
+        (Some("check"), None) => ask_text(tx, Request::Check),
+        (Some(verb @ ("drain" | "undrain")), Some(service)) => {
+            let drained = verb == "drain";
+            match words.next().map(str::parse::<std::net::Ipv4Addr>) {
+                Some(Ok(endpoint)) if words.next().is_none() => {
+                    let service = service.to_string();
+                    let result = ask_text(tx, Request::Drain { service, endpoint, drained });
+                    if let Ok(text) = &result {
+                        info!("{verb} (control socket): {}", text.trim_end());
+                    }
+                    result
+                }
+                _ => Err(ControlError::UnknownCommand(line.trim().to_string())),
+            }
+        }
         (Some("ha"), Some(role @ ("active" | "standby"))) => {
             let role = if role == "active" { Role::Active } else { Role::Standby };
             let result = ask_text(tx, Request::Role(role));

@@ -229,7 +229,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
             let answer = match request {
                 Request::Status => Reply::Text(status(source, device.engine, now, &turns)),
                 Request::Check => match unfit(device.engine) {
-                    Some(why) => Reply::Unfit(why),
+                    Some(why) => Reply::Refused(why),
                     None => Reply::Text(String::new()),
                 },
                 Request::Role(role) => {
@@ -240,6 +240,7 @@ pub fn run(config: Config, source: &str, opts: &Options) -> Result<(), RunError>
                     Reply::Text(format!("{} (was {})\n", role.as_str(), was.as_str()))
                 }
                 Request::Flows { from } => Reply::Flows(flows_from(device.engine, from, now)),
+                Request::Drain { service, endpoint, drained } => drain(device.engine, &service, endpoint, drained),
                 Request::Apply(prepared) => {
                     // Reloads come one at a time (the control thread waits for each answer).
                     waiting_reload = Some((prepared, reply));
@@ -325,6 +326,21 @@ fn log_start(config: &Config, source: &str, tap: &Tap, control: &std::path::Path
     }
 }
 
+/// `nodegate drain` and `undrain`: the endpoint at `ip` of `service` takes no new flows (or
+/// does again); its tracked flows go on either way.
+fn drain(engine: &mut Engine, service: &str, ip: std::net::Ipv4Addr, drained: bool) -> Reply {
+    let Some(s) = engine.services().position(|(svc, _)| svc.name == service) else {
+        return Reply::Refused(format!("no service {service:?}"));
+    };
+    let Some(e) = engine.services().nth(s).and_then(|(svc, _)| svc.endpoints.iter().position(|ep| ep.ip == ip)) else {
+        return Reply::Refused(format!("service {service} has no endpoint {ip}"));
+    };
+    engine.set_endpoint_drained(s, e, drained);
+    let flows = engine.conntrack().flows().filter(|f| usize::from(f.service_index) == s && f.endpoint == ip).count();
+    let state = if drained { "drained: no new flows" } else { "undrained: takes new flows" };
+    Reply::Text(format!("service {service}: endpoint {ip} {state}; {flows} tracked flow(s) go on\n"))
+}
+
 /// What an operator sees with `nodegate status`.
 fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
     use std::fmt::Write;
@@ -377,7 +393,11 @@ fn status(source: &str, engine: &Engine, now: Millis, turns: &Turns) -> String {
         );
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         for (e, ep) in svc.endpoints.iter().enumerate() {
-            let state = if engine.endpoint_serving(s, e) { "serving" } else { "not serving" };
+            let state = match (engine.endpoint_serving(s, e), engine.endpoint_drained(s, e)) {
+                (_, true) => "not serving (drained)",
+                (true, false) => "serving",
+                (false, false) => "not serving",
+            };
             let snat = ct.endpoint_snat_ports(s, e);
             let _ = writeln!(out, "  endpoint {}:{target} {state}, {snat} SNAT ports in use", ep.ip);
         }

@@ -70,6 +70,15 @@ pub fn bfd_from_router(state: nodegate::bfd::State, your_disc: u32) -> nodegate:
     }
 }
 
+/// The engine's metrics page, as the node serves it.
+pub fn metrics_of(e: &nodegate::engine::Engine) -> String {
+    let mut buf = vec![0u8; nodegate::metrics::MAX_TEXT];
+    let mut w = nodegate::text::SliceWriter::new(&mut buf);
+    nodegate::metrics::render(e, &nodegate::time::Turns::default(), &mut w).unwrap();
+    let len = w.len();
+    String::from_utf8(buf[..len].to_vec()).unwrap()
+}
+
 /// An ARP frame from `mac` at `ip` about `target`: a broadcast request (`op` 1) or a reply
 /// to the node (`op` 2).
 pub fn arp(op: u8, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
