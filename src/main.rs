@@ -65,24 +65,9 @@ enum Command {
     },
     /// Drain an endpoint of a service on the running gateway: it takes no new flows (affinity
     /// pins move), its tracked flows go on; a reload keeps it drained.
-    Drain {
-        service: String,
-        /// The endpoint's address.
-        endpoint: std::net::Ipv4Addr,
-        #[command(flatten)]
-        target: Target,
-        #[command(flatten)]
-        control: Control,
-    },
+    Drain(EndpointOf),
     /// Take a drained endpoint back: it takes new flows again.
-    Undrain {
-        service: String,
-        endpoint: std::net::Ipv4Addr,
-        #[command(flatten)]
-        target: Target,
-        #[command(flatten)]
-        control: Control,
-    },
+    Undrain(EndpointOf),
     /// List the tracked flows of the running gateway, as `conntrack -L` does.
     Conntrack {
         #[command(flatten)]
@@ -107,6 +92,18 @@ struct Control {
     /// The control socket [default: /run/nodegate/NODE.sock].
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+}
+
+/// An endpoint of a service on the running gateway.
+#[derive(clap::Args)]
+struct EndpointOf {
+    service: String,
+    /// The endpoint's address.
+    endpoint: std::net::Ipv4Addr,
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    control: Control,
 }
 
 #[derive(clap::Args)]
@@ -157,12 +154,8 @@ fn main() -> ExitCode {
             ask(&target, &control, &format!("conntrack {}", service.unwrap_or_default()))
         }
         Command::Reload { target, control } => ask(&target, &control, "reload"),
-        Command::Drain { service, endpoint, target, control } => {
-            ask(&target, &control, &format!("drain {service} {endpoint}"))
-        }
-        Command::Undrain { service, endpoint, target, control } => {
-            ask(&target, &control, &format!("undrain {service} {endpoint}"))
-        }
+        Command::Drain(e) => ask(&e.target, &e.control, &format!("drain {} {}", e.service, e.endpoint)),
+        Command::Undrain(e) => ask(&e.target, &e.control, &format!("undrain {} {}", e.service, e.endpoint)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -200,6 +200,30 @@ impl Ecmp {
             .unwrap()
     }
 
+    /// Waits until the 300 connections of a `longlived` client are open and spread over the
+    /// three gateways, then 2 s more for them to be answered.
+    fn spread(&self) {
+        self.wait_for("the connections to spread", Duration::from_secs(10), || {
+            let flows: Vec<u64> = (1..=3).map(|n| tracked(&self.status(n))).collect();
+            flows.iter().all(|&f| f >= 50) && flows.iter().sum::<u64>() >= 300
+        });
+        sleep(Duration::from_secs(2));
+    }
+
+    /// Kills gateway `n` (`kill -9`) and waits for BIRD to take it out of the VIP's route: how
+    /// long that took from the kill.
+    fn kill(&mut self, n: usize) -> Duration {
+        let killed = Instant::now();
+        let mut gateway = self.gateways[n - 1].take().unwrap();
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        let hop = NODE_IPS[n - 1].to_string();
+        self.wait_for(&format!("BIRD to drop gateway {n}"), Duration::from_secs(5), || {
+            self.next_hops().is_some_and(|h| !h.contains(&hop))
+        });
+        killed.elapsed()
+    }
+
     /// A sample of gateway `n`'s metrics, fetched from the router.
     fn metric(&self, n: usize, series: &str) -> u64 {
         let out = self.lab.client("router", &["get", NODE_IPS[n - 1], "9100", "/metrics"]);
@@ -287,19 +311,8 @@ fn a_killed_gateways_host_withdraws_its_announcement_within_a_second() {
 fn kill_under_load(mut ecmp: Ecmp, shape: &str) {
     let client = ecmp.lab.spawn_client("clients", &["longlived", VIP, "80", "14", "300", "1000"]);
     // Every connection open and answered once, spread over the three gateways.
-    ecmp.wait_for("the connections to spread", Duration::from_secs(10), || {
-        let flows: Vec<u64> = (1..=3).map(|n| tracked(&ecmp.status(n))).collect();
-        flows.iter().all(|&f| f >= 50) && flows.iter().sum::<u64>() >= 300
-    });
-    sleep(Duration::from_secs(2));
-    let killed = Instant::now();
-    let mut g2 = ecmp.gateways[1].take().unwrap();
-    g2.kill().unwrap();
-    g2.wait().unwrap();
-    ecmp.wait_for("BIRD to drop gateway 2", Duration::from_secs(5), || {
-        ecmp.next_hops().is_some_and(|h| !h.contains(&"10.77.0.2".to_string()))
-    });
-    let detection = killed.elapsed();
+    ecmp.spread();
+    let detection = ecmp.kill(2);
     let (_, out) = finish(client);
     // A session of a survivor that went down and up again: its loop did not answer within the
     // detection time (a starved CPU), and the router took it out for that while.
@@ -334,21 +347,10 @@ fn with_local_policy_a_killed_gateways_connections_carry_on_through_the_others()
     let Some(mut ecmp) = Ecmp::new(test, "el", Shape::Static, Policy::Local) else { return };
     let client = ecmp.lab.spawn_client("clients", &["longlived", VIP, "80", "14", "300", "1000"]);
     let streams: Vec<Child> = (0..6).map(|_| ecmp.lab.spawn_client("clients", &["stream", VIP, "80", "12"])).collect();
-    ecmp.wait_for("the connections to spread", Duration::from_secs(10), || {
-        let flows: Vec<u64> = (1..=3).map(|n| tracked(&ecmp.status(n))).collect();
-        flows.iter().all(|&f| f >= 50) && flows.iter().sum::<u64>() >= 300
-    });
-    sleep(Duration::from_secs(2));
+    ecmp.spread();
     let carried = tracked(&ecmp.status(1));
     let picked_before: u64 = [2, 3].iter().map(|&n| ecmp.metric(n, "nodegate_flows_picked_up_total")).sum();
-    let killed = Instant::now();
-    let mut g1 = ecmp.gateways[0].take().unwrap();
-    g1.kill().unwrap();
-    g1.wait().unwrap();
-    ecmp.wait_for("BIRD to drop gateway 1", Duration::from_secs(5), || {
-        ecmp.next_hops().is_some_and(|h| !h.contains(&"10.77.0.1".to_string()))
-    });
-    let detection = killed.elapsed();
+    let detection = ecmp.kill(1);
     let (_, out) = finish(client);
     let downloads: Vec<String> = streams.into_iter().map(|s| finish(s).1.trim().to_string()).collect();
     let picked: u64 = [2, 3].iter().map(|&n| ecmp.metric(n, "nodegate_flows_picked_up_total")).sum();
