@@ -97,6 +97,7 @@ struct Control {
 /// An endpoint of a service on the running gateway.
 #[derive(clap::Args)]
 struct EndpointOf {
+    /// The service's name.
     service: String,
     /// The endpoint's address.
     endpoint: std::net::Ipv4Addr,
