@@ -357,6 +357,13 @@ fn behind_ecmp_a_reply_of_a_flow_another_gateway_opened_is_taken_up_with_local_p
     );
     assert_eq!(fresh.process(&mut bare_syn, Millis(30), &mut out), Verdict::Drop(DropReason::OtherAddress));
     assert_eq!(fresh.conntrack().flows().count(), 0);
+    // Before the router's MAC is known the reply is not held (a held frame would leave
+    // untranslated): the router is asked, the reply dropped, and its next copy taken up.
+    let mut unresolved = Room::new(64);
+    let mut unresolved = unresolved.engine(&cfg, Some("edge-1"));
+    let v = unresolved.process(&mut reply(chosen, false, false, b"data"), Millis(30), &mut out);
+    assert!(matches!(v, Verdict::Reply { len, dropped: Some(DropReason::NeighborMissing) } if len > 0), "{v:?}");
+    assert_eq!(unresolved.conntrack().flows().count(), 0);
     // With Cluster policy the endpoints answer the gateway's own address, never a client: a
     // reply to a client is no flow's. Nor without BFD or high availability.
     for site in [CONFIG.to_string(), local.replace(r#""bfd": { "sessions": [{ "peer": "10.77.0.254" }] },"#, "")] {

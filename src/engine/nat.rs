@@ -170,7 +170,12 @@ impl Engine<'_> {
             return Some(v);
         }
         let Some(hop) = self.next_hop(client) else { return Some(Verdict::Drop(DropReason::NoRoute)) };
-        let Some(client_mac) = self.neighbors.lookup(hop, now) else { return Some(self.park(p, hop, now, out)) };
+        let Some(client_mac) = self.neighbors.lookup(hop, now) else {
+            // Not parked: a parked frame leaves as it is, and this one is not translated yet.
+            // The endpoint sends its reply again; by then the next hop is known.
+            let len = self.arp_request(hop, now, out);
+            return Some(Verdict::Reply { len, dropped: Some(DropReason::NeighborMissing) });
+        };
         let flow = Flow {
             client,
             service_ip,
