@@ -287,7 +287,7 @@ fn bfd_metrics(w: &mut impl Write, engine: &Engine) -> fmt::Result {
 /// A buffer that holds the metrics of the largest config the board allows.
 pub const MAX_TEXT: usize = 4096
     + board::MAX_SERVICES * board::MAX_PORTS_PER_SERVICE * 5 * 192
-    + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 2 * 160
+    + board::MAX_SERVICES * board::MAX_ENDPOINTS_PER_SERVICE * 3 * 160
     + DropReason::ALL.len() * 80
     + board::MAX_BFD_SESSIONS * 5 * 96
     + BfdDrop::ALL.len() * 80
