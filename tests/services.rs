@@ -476,4 +476,13 @@ fn a_drained_endpoint_takes_no_new_flows_keeps_its_own_and_stays_drained_across_
     // New clients (each pinned where its first flow goes): some of them to it.
     let back = (102..160).filter(|&c| send(&mut e, syn([10, 77, 0, c], 42000, NODE, 30080), 2).unwrap().0 == victim);
     assert!(back.count() >= 5, "undrained, it takes new flows again");
+
+    // Drained, then no longer ready: now it could not serve undrained either, and its UDP flow
+    // is flushed as any not-ready endpoint's.
+    e.set_endpoint_drained(0, v, true);
+    let ip = std::net::Ipv4Addr::from(victim);
+    let not_ready = json.replace(&format!(r#"{{"ip":"{ip}"}}"#), &format!(r#"{{"ip":"{ip}","ready":false}}"#));
+    assert_ne!(not_ready, json);
+    let flushed = reload(&mut e, &json, &config::parse(not_ready.as_bytes()).unwrap()).unwrap();
+    assert_eq!(flushed, 1, "the drained, not-ready endpoint's UDP flow");
 }

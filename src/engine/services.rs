@@ -11,14 +11,20 @@ use crate::board;
 use crate::config::{Config, ConfigError, HighAvailability, Node, Service, ServicePort, ServiceType};
 use crate::conntrack::{Flow, Renumbering};
 
+/// A yes or no per endpoint of a service.
+pub(super) type EndpointFlags = Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>;
+
 /// A service's balancing state.
 pub(super) struct ServiceState {
     pub(super) config: Service,
     pub(super) maglev: Maglev<{ board::MAGLEV_TABLE_SIZE }>,
     /// Per endpoint: passing its active health checks (always, without checks).
-    pub(super) healthy: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+    pub(super) healthy: EndpointFlags,
     /// Per endpoint: drained by the operator (`nodegate drain`): no new flows, its own go on.
-    pub(super) drained: Vec<bool, { board::MAX_ENDPOINTS_PER_SERVICE }>,
+    pub(super) drained: EndpointFlags,
+    /// Per endpoint: its UDP flows stay. It takes new flows, or would if it were not drained;
+    /// decided at each rebuild, read per packet.
+    pub(super) keeps_flows: EndpointFlags,
     pub(super) counters: ServiceCounters,
 }
 
@@ -26,8 +32,12 @@ impl ServiceState {
     /// Endpoint `i` passes its health checks and may serve this node (`node`: its index), as
     /// Local policy asks.
     fn eligible(&self, i: usize, node: u8) -> bool {
+        self.eligible_undrained(i, node) && !self.drained.get(i).copied().unwrap_or(false)
+    }
+
+    /// [`ServiceState::eligible`] as if no endpoint were drained.
+    fn eligible_undrained(&self, i: usize, node: u8) -> bool {
         self.healthy.get(i).copied().unwrap_or(false)
-            && !self.drained.get(i).copied().unwrap_or(false)
             && self.config.endpoints.get(i).is_some_and(|e| self.config.sends_to(e, node))
     }
 
@@ -127,11 +137,13 @@ impl Services {
         for (s, svc) in config.services.iter().enumerate() {
             let healthy = svc.endpoints.iter().map(|_| true).collect();
             let drained = svc.endpoints.iter().map(|_| false).collect();
+            let keeps_flows = Vec::new();
             let _ = self.list.push(ServiceState {
                 config: svc.clone(),
                 maglev: Maglev::new(),
                 healthy,
                 drained,
+                keeps_flows,
                 counters: ServiceCounters::default(),
             });
             self.rebuild(s);
@@ -157,21 +169,29 @@ impl Services {
         Ok(())
     }
 
-    /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy
-    /// ones (not another node's, with Local policy); if none is ready, the terminating ones.
+    /// Rebuilds the Maglev table of service `s` from its endpoints' state: the ready, healthy,
+    /// undrained ones (not another node's, with Local policy); if none is ready, the
+    /// terminating ones. And which endpoints keep their UDP flows: those, and those a drain
+    /// alone keeps out.
     fn rebuild(&mut self, s: usize) {
         let node = self.node_index;
         let Some(svc) = self.list.get_mut(s) else { return };
-        let any_ready = svc.ready(node) > 0;
         let cfg = &svc.config;
+        let any_ready = svc.ready(node) > 0;
+        let any_ready_undrained =
+            (0..cfg.endpoints.len()).any(|i| svc.eligible_undrained(i, node) && cfg.endpoints[i].ready);
         let mut ips: Vec<Ipv4Addr, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
         let mut weights: Vec<u8, { board::MAX_ENDPOINTS_PER_SERVICE }> = Vec::new();
+        let mut keeps_flows = Vec::new();
         for (i, e) in cfg.endpoints.iter().enumerate() {
-            let usable = svc.eligible(i, node) && if any_ready { e.ready } else { e.terminating };
+            let serves = |eligible: bool, any_ready: bool| eligible && if any_ready { e.ready } else { e.terminating };
+            let usable = serves(svc.eligible(i, node), any_ready);
             let _ = ips.push(e.ip);
             let _ = weights.push(if usable { e.weight } else { 0 });
+            let _ = keeps_flows.push(usable || serves(svc.eligible_undrained(i, node), any_ready_undrained));
         }
         svc.maglev.build(&ips, &weights, &mut [0; board::MAX_ENDPOINTS_PER_SERVICE]);
+        svc.keeps_flows = keeps_flows;
     }
 
     /// Takes health and counters over from `before`, the services running until now (`map`
@@ -230,15 +250,13 @@ impl Services {
         self.high_availability.iter().flat_map(|ha| ha.floating())
     }
 
-    /// A UDP flow stays only while its endpoint takes new flows (it has no end of its own: a
-    /// client that keeps sending on the same 5-tuple must reach a live endpoint, as kube-proxy
-    /// flushes it); TCP flows are left to finish.
-    /// A drained endpoint keeps its UDP flows too: only new flows go elsewhere.
+    /// A UDP flow stays only while its endpoint takes new flows, or would but for a drain (it
+    /// has no end of its own: a client that keeps sending on the same 5-tuple must reach a live
+    /// endpoint, as kube-proxy flushes it); TCP flows are left to finish.
     pub(super) fn keeps(&self, flow: &Flow) -> bool {
         let e = usize::from(flow.endpoint_index);
-        let drained_only = |s: &ServiceState| s.drained.get(e) == Some(&true) && s.healthy.get(e) == Some(&true);
         flow.proto != PROTO_UDP
-            || self.list.get(usize::from(flow.service_index)).is_some_and(|s| s.maglev.takes(e) || drained_only(s))
+            || self.list.get(usize::from(flow.service_index)).is_some_and(|s| s.keeps_flows.get(e) == Some(&true))
     }
 }
 
@@ -308,9 +326,15 @@ impl Engine<'_> {
     /// flows; its UDP flows are flushed (see [`Services::keeps`]): at their next packet, or
     /// when the sweep reaches them. TCP flows are left to finish or time out.
     pub fn set_endpoint_health(&mut self, s: usize, e: usize, healthy: bool) {
-        let Some(slot) = self.services.list.get_mut(s).and_then(|svc| svc.healthy.get_mut(e)) else { return };
-        if *slot != healthy {
-            *slot = healthy;
+        self.set_endpoint_flag(s, e, |svc| &mut svc.healthy, healthy);
+    }
+
+    /// Sets endpoint `e`'s entry in the `flags` of service `s`, and rebuilds the service if it
+    /// changed.
+    fn set_endpoint_flag(&mut self, s: usize, e: usize, flags: fn(&mut ServiceState) -> &mut EndpointFlags, to: bool) {
+        let Some(slot) = self.services.list.get_mut(s).and_then(|svc| flags(svc).get_mut(e)) else { return };
+        if *slot != to {
+            *slot = to;
             self.services.rebuild(s);
         }
     }
@@ -335,11 +359,7 @@ impl Engine<'_> {
     /// Drains endpoint `e` of service `s` (no new flows, its pins move, its flows go on), or
     /// takes it back. A reload keeps it drained.
     pub fn set_endpoint_drained(&mut self, s: usize, e: usize, drained: bool) {
-        let Some(slot) = self.services.list.get_mut(s).and_then(|svc| svc.drained.get_mut(e)) else { return };
-        if *slot != drained {
-            *slot = drained;
-            self.services.rebuild(s);
-        }
+        self.set_endpoint_flag(s, e, |svc| &mut svc.drained, drained);
     }
 
     pub fn endpoint_drained(&self, s: usize, e: usize) -> bool {
