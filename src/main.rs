@@ -229,7 +229,7 @@ fn service_table(config: &Config, node: &Node) -> String {
     let mut rows = vec![
         ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "POLICY", "AFFINITY", "ENDPOINTS"].map(String::from),
     ];
-    let node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
+    let node_index = config.index_of(node);
     for svc in &config.services {
         let target = svc.ports.first().map_or(0, |p| p.target_port);
         let endpoints = svc

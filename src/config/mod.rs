@@ -336,6 +336,12 @@ impl BfdSession {
 }
 
 impl Config {
+    /// The index of `node`, one of this config's nodes, in `nodes`: what an endpoint's `node`
+    /// holds.
+    pub fn index_of(&self, node: &Node) -> u8 {
+        self.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8
+    }
+
     /// The node this gateway runs as: `name`, or the only node when none is given.
     pub fn node(&self, name: Option<&str>) -> Result<&Node, ConfigError> {
         match name {

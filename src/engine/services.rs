@@ -128,7 +128,7 @@ impl Services {
     pub(super) fn build(&mut self, config: &Config, node_name: Option<&str>) -> Result<(), ConfigError> {
         let node = config.node(node_name)?;
         self.node = node.clone();
-        self.node_index = config.nodes.iter().position(|n| n.name == node.name).unwrap_or(0) as u8;
+        self.node_index = config.index_of(node);
         self.list.clear();
         self.listeners.clear();
         self.virtual_ips.clear();

@@ -329,10 +329,10 @@ fn log_start(config: &Config, source: &str, tap: &Tap, control: &std::path::Path
 /// `nodegate drain` and `undrain`: the endpoint at `ip` of `service` takes no new flows (or
 /// does again); its tracked flows go on either way.
 fn drain(engine: &mut Engine, service: &str, ip: std::net::Ipv4Addr, drained: bool) -> Reply {
-    let Some(s) = engine.services().position(|(svc, _)| svc.name == service) else {
+    let Some((s, (svc, _))) = engine.services().enumerate().find(|(_, (svc, _))| svc.name == service) else {
         return Reply::Refused(format!("no service {service:?}"));
     };
-    let Some(e) = engine.services().nth(s).and_then(|(svc, _)| svc.endpoints.iter().position(|ep| ep.ip == ip)) else {
+    let Some(e) = svc.endpoints.iter().position(|ep| ep.ip == ip) else {
         return Reply::Refused(format!("service {service} has no endpoint {ip}"));
     };
     engine.set_endpoint_drained(s, e, drained);
