@@ -29,9 +29,10 @@ struct Probe {
     exchange: Option<Exchange>,
 }
 
-/// An HTTP check under way: the request, sent once the connection is up, and the first bytes
-/// of the answer, as many as the status line needs (the rest is never read).
+/// An HTTP check and its exchange under way: the request, sent once the connection is up, and
+/// the first bytes of the answer, as many as the status line needs (the rest is never read).
 struct Exchange {
+    http: HttpCheck,
     request: Vec<u8>,
     sent: bool,
     head: [u8; STATUS_LINE],
@@ -49,7 +50,7 @@ impl Exchange {
             http.path,
             env!("CARGO_PKG_VERSION")
         );
-        Exchange { request: request.into_bytes(), sent: false, head: [0; STATUS_LINE], got: 0 }
+        Exchange { http: http.clone(), request: request.into_bytes(), sent: false, head: [0; STATUS_LINE], got: 0 }
     }
 
     fn restart(&mut self) {
@@ -59,7 +60,7 @@ impl Exchange {
 
     /// Moves the exchange on; `Some(passed)` once the status line is in, or the connection
     /// ended before it.
-    fn step(&mut self, socket: &mut tcp::Socket, http: &HttpCheck) -> Option<bool> {
+    fn step(&mut self, socket: &mut tcp::Socket) -> Option<bool> {
         if !self.sent && socket.can_send() {
             // The request fits the socket's buffer whole (see `REQUEST_BUFFER`).
             self.sent = socket.send_slice(&self.request).is_ok_and(|n| n == self.request.len());
@@ -70,7 +71,7 @@ impl Exchange {
             self.got += n;
         }
         if self.got == STATUS_LINE {
-            return Some(status(&self.head).is_some_and(|code| http.passes(code)));
+            return Some(status(&self.head).is_some_and(|code| self.http.passes(code)));
         }
         (socket.state() == tcp::State::Closed || (self.sent && !socket.may_recv())).then_some(false)
     }
@@ -159,9 +160,9 @@ impl Probes {
                 }
                 None => None,
                 Some(deadline) => {
-                    let answer = match (&mut p.exchange, &p.check.http) {
-                        (Some(x), Some(http)) => x.step(socket, http),
-                        _ => match socket.state() {
+                    let answer = match &mut p.exchange {
+                        Some(x) => x.step(socket),
+                        None => match socket.state() {
                             tcp::State::Established => Some(true),
                             tcp::State::Closed => Some(false),
                             _ => None,
@@ -215,7 +216,9 @@ pub fn describe(config: &Config) -> Vec<std::string::String> {
 
 #[cfg(test)]
 mod test {
-    use super::{STATUS_LINE, status};
+    use super::{Exchange, STATUS_LINE, status};
+    use crate::config::HttpCheck;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn the_status_code_is_read_from_the_status_lines_start() {
@@ -225,5 +228,21 @@ mod test {
         assert_eq!(status(&head(b"HTTP/2.0 200 OK  ")), None, "not HTTP/1");
         assert_eq!(status(&head(b"HTTP/1.1 2x0 OK  ")), None);
         assert_eq!(status(&head(b"SSH-2.0-OpenSSH_9")), None, "not HTTP at all");
+    }
+
+    #[test]
+    fn the_request_names_the_path_and_the_host_and_fits_its_buffer() {
+        let target = (Ipv4Addr::new(10, 77, 0, 11), 10256);
+        let mut http = HttpCheck { path: "/healthz".try_into().unwrap(), host: None, statuses: Default::default() };
+        let request = |http: &HttpCheck| std::string::String::from_utf8(Exchange::new(http, target).request).unwrap();
+        let plain = request(&http);
+        assert!(plain.starts_with("GET /healthz HTTP/1.1\r\nHost: 10.77.0.11:10256\r\n"), "{plain}");
+        assert!(plain.ends_with("Connection: close\r\n\r\n"), "{plain}");
+        http.host = Some("web.example".try_into().unwrap());
+        assert!(request(&http).contains("\r\nHost: web.example\r\n"));
+        // The longest path and host the config allows.
+        http.path = core::iter::once('/').chain(core::iter::repeat_n('p', crate::config::HTTP_PATH_LEN - 1)).collect();
+        http.host = Some(core::iter::repeat_n('h', crate::config::HTTP_HOST_LEN).collect());
+        assert!(request(&http).len() <= super::REQUEST_BUFFER, "{}", request(&http).len());
     }
 }
