@@ -235,12 +235,17 @@ fn an_endpoint_down_at_a_reload_comes_back_when_it_recovers() {
 /// HTTP checks read the status line: a backend that answers 503 leaves the table, one that
 /// accepts the connection and never answers times out, and one whose answer is far larger
 /// than the probe reads (64 KiB of headers) passes on its status; the 503 one comes back when
-/// it answers 200 again.
+/// it answers 200 again. A check may name its own port: the UDP service's endpoints are
+/// checked over HTTP on the backends' port 3000.
 #[test]
 fn http_health_checks_go_by_the_status_of_the_answer() {
     let services = r#"{ "name": "web", "healthCheck": { "type": "HTTP", "path": "/health", "intervalSeconds": 1, "timeoutSeconds": 1,
                                           "unhealthyThreshold": 2, "healthyThreshold": 1 },
              "ports": [{ "port": 80, "targetPort": 3000, "nodePort": 30080 }],
+             "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] },
+           { "name": "dns", "healthCheck": { "type": "HTTP", "path": "/health", "port": 3000, "intervalSeconds": 1, "timeoutSeconds": 1,
+                                          "unhealthyThreshold": 2, "healthyThreshold": 1 },
+             "ports": [{ "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 30053 }],
              "endpoints": [{ "ip": "10.77.0.11" }, { "ip": "10.77.0.12" }, { "ip": "10.77.0.13" }] }"#;
     let Some(lab) = start("http_health_checks_go_by_the_status_of_the_answer", "hh", services) else {
         return;
@@ -248,17 +253,13 @@ fn http_health_checks_go_by_the_status_of_the_answer() {
     let status = |lab: &Lab| String::from_utf8_lossy(&lab.nodegate("status", &[]).stdout).into_owned();
     let wait_for = |lab: &Lab, what: &str, want: &[(u8, bool)]| {
         let deadline = Instant::now() + Duration::from_secs(8);
-        let line = |&(n, serving): &(u8, bool)| {
-            format!("endpoint 10.77.0.1{n}:3000 {}", if serving { "serving" } else { "not serving" })
+        // Both services, web's checks on its targetPort, dns's on the port its check names.
+        let lines = |&(n, serving): &(u8, bool)| {
+            let state = if serving { "serving" } else { "not serving" };
+            [3000, 5353].map(|port| format!("endpoint 10.77.0.1{n}:{port} {state},"))
         };
-        while !want.iter().all(|w| status(lab).contains(&line(w))) {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {}
-{}",
-                status(lab),
-                lab.gateway_log()
-            );
+        while !want.iter().flat_map(lines).all(|l| status(lab).contains(&l)) {
+            assert!(Instant::now() < deadline, "{what}: {}\n{}", status(lab), lab.gateway_log());
             sleep(Duration::from_millis(200));
         }
     };
@@ -276,6 +277,7 @@ fn http_health_checks_go_by_the_status_of_the_answer() {
     wait_for(&lab, "the 503 one back", &[(1, true), (2, false)]);
     let log = lab.gateway_log();
     assert!(log.contains("HTTP checks of GET /health every 1s"), "{log}");
+    assert!(log.contains("HTTP checks of GET /health on port 3000 every 1s"), "{log}");
     assert!(log.contains("endpoint 10.77.0.12:3000 is down"), "{log}");
 }
 
