@@ -297,3 +297,34 @@ fn a_reload_that_sets_the_gateway_routes_the_nodes_own_answers_through_it() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(ping(&lab), "after the reload the node's stack routes via the new gateway: {}", lab.gateway_log());
 }
+
+/// With a spin after traffic the gateway serves as without one, and an idle gateway does not
+/// spin: once the traffic stops its loop turns at the pace of its timers (a turn per 50 ms at
+/// most) and takes next to no CPU. The spin is set long (20 ms), so that a loop that spun
+/// after every turn, traffic or not, would burn a third of a core.
+#[test]
+fn a_gateway_with_a_spin_serves_and_goes_quiet_when_idle() {
+    if !lab_available("a_gateway_with_a_spin_serves_and_goes_quiet_when_idle") {
+        return;
+    }
+    let mut lab = Lab::up("spn");
+    lab.start_gateway_with(&config(&[1, 2, 3]), &["--spin-micros", "20000"]);
+    let answers = lab.backends("client", NODE_IP, 30080, 30);
+    assert!(answers.iter().all(|a| a.starts_with("web-frontend-")), "{answers:?}\n{}", lab.gateway_log());
+    let turns = |lab: &Lab| common::number_before(&text(&lab.nodegate("status", &[])), "loop: ", "turns");
+    // The gateway's CPU time so far, user and system (/proc/PID/stat, in clock ticks of 10 ms).
+    let cpu_ticks = |lab: &Lab| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", lab.gateway_pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    sleep(Duration::from_millis(500));
+    let (turns_before, cpu_before, started) = (turns(&lab), cpu_ticks(&lab), Instant::now());
+    sleep(Duration::from_secs(2));
+    let (idle_turns, idle_cpu, took) = (turns(&lab) - turns_before, cpu_ticks(&lab) - cpu_before, started.elapsed());
+    println!("spin 20 ms: {idle_turns} turns and {} ms of CPU in {:.1} s idle", idle_cpu * 10, took.as_secs_f64());
+    // A turn per 50 ms, and one per status request, ARP refresh or frame: well under 100.
+    assert!(idle_turns < 100, "{idle_turns} turns in {took:?} idle");
+    // Spinning 20 ms of every 70 would take some 600 ms of the 2 s.
+    assert!(idle_cpu * 10 < 200, "{} ms of CPU in {took:?} idle", idle_cpu * 10);
+}
